@@ -1,0 +1,255 @@
+"""What moto lacks for Auto Scaling: launch lifecycle hooks and the instances the emulator launched.
+
+An instance launched into a group with an `autoscaling:EC2_INSTANCE_LAUNCHING` hook waits in
+`Pending:Wait` until `CompleteLifecycleAction` (CONTINUE -> InService, ABANDON -> terminated) or until the
+hook's heartbeat timeout passes, when the hook's DefaultResult applies. `RecordLifecycleActionHeartbeat`
+restarts the timeout, as AWS documents.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+
+from moto.autoscaling.models import autoscaling_backends
+from moto.core import DEFAULT_ACCOUNT_ID
+from moto.ec2.models import ec2_backends
+
+LAUNCHING = "autoscaling:EC2_INSTANCE_LAUNCHING"
+ACCOUNT = DEFAULT_ACCOUNT_ID
+
+
+class LifecycleError(Exception):
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class LifecycleAction:
+    instance_id: str
+    region: str
+    group: str
+    hook: str
+    token: str
+    heartbeat_timeout: float
+    default_result: str
+    deadline: float
+    heartbeats: int = 0
+    result: str | None = None
+    timed_out: bool = False
+
+
+@dataclass
+class Member:
+    instance_id: str
+    region: str
+    group: str | None
+    metadata_tags: bool = True
+    http_endpoint: str = "enabled"
+
+
+class Fleet:
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.actions: dict[str, LifecycleAction] = {}
+        self.members: dict[str, Member] = {}
+        self.history: list[dict] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._expire_loop, daemon=True)
+        self._thread.start()
+
+    def reset(self) -> None:
+        with self.lock:
+            self.actions.clear()
+            self.members.clear()
+            self.history.clear()
+
+    # ---- backends ----
+    @staticmethod
+    def ec2(region: str):
+        return ec2_backends[ACCOUNT][region]
+
+    @staticmethod
+    def asg(region: str):
+        return autoscaling_backends[ACCOUNT][region]
+
+    def instance_state(self, region: str, instance_id: str):
+        for group in self.asg(region).autoscaling_groups.values():
+            for state in group.instance_states:
+                if state.instance.id == instance_id:
+                    return group, state
+        return None, None
+
+    def launching_hook(self, region: str, group: str):
+        for hook in self.asg(region).describe_lifecycle_hooks(group):
+            if hook.lifecycle_transition == LAUNCHING:
+                return hook
+        return None
+
+    # ---- launching ----
+    def launch(self, region: str, group: str | None, az: str | None, count: int,
+               tags: dict[str, str], metadata_tags: bool, instance_type: str) -> list[dict]:
+        ec2 = self.ec2(region)
+        asg = self.asg(region)
+        with self.lock:
+            grp = None
+            all_tags = dict(tags)
+            subnets = []
+            if group:
+                if group not in asg.autoscaling_groups:
+                    raise LifecycleError("ValidationError", f"group {group} not found")
+                grp = asg.autoscaling_groups[group]
+                all_tags = {**grp.get_propagated_tags(), **tags}
+                all_tags["aws:autoscaling:groupName"] = group
+                if grp.vpc_zone_identifier:
+                    subnets = [ec2.get_subnet(s) for s in grp.vpc_zone_identifier.split(",") if s]
+            if not subnets:
+                subnets = list(ec2.describe_subnets())
+            if az:
+                subnets = [s for s in subnets if s.availability_zone == az or
+                           getattr(s, "availability_zone_id", None) == az]
+                if not subnets:
+                    raise LifecycleError("ValidationError", f"no subnet in availability zone {az}")
+            image_id = next(iter(ec2.describe_images()), None)
+            image_id = image_id.id if image_id else "ami-12c6146b"
+            out = []
+            for i in range(count):
+                subnet = subnets[(len(self.members) + i) % len(subnets)]
+                reservation = ec2.run_instances(
+                    image_id, 1, "", [], instance_type=instance_type,
+                    tags={"instance": all_tags} if all_tags else {},
+                    placement=subnet.availability_zone, subnet_id=subnet.id,
+                    is_instance_type_default=False,
+                )
+                inst = reservation.instances[0]
+                self.members[inst.id] = Member(inst.id, region, group, metadata_tags)
+                state = "InService"
+                if grp is not None:
+                    grp.max_size = max(grp.max_size or 0, len(grp.instance_states) + 1)
+                    asg.attach_instances(group, [inst.id])
+                    hook = self.launching_hook(region, group)
+                    if hook is not None:
+                        _, istate = self.instance_state(region, inst.id)
+                        istate.lifecycle_state = state = "Pending:Wait"
+                        timeout = float(hook.heartbeat_timeout)
+                        self.actions[inst.id] = LifecycleAction(
+                            inst.id, region, group, hook.name, str(uuid.uuid4()), timeout,
+                            hook.default_result, time.monotonic() + timeout)
+                out.append({"instance_id": inst.id, "availability_zone": subnet.availability_zone,
+                            "lifecycle_state": state, "group": group})
+            return out
+
+    # ---- lifecycle API ----
+    def _find_action(self, region: str, params: dict) -> LifecycleAction:
+        group = params.get("AutoScalingGroupName", "")
+        hook = params.get("LifecycleHookName", "")
+        iid = params.get("InstanceId")
+        token = params.get("LifecycleActionToken")
+        if not any(h.name == hook for h in self.asg(region).describe_lifecycle_hooks(group)):
+            raise LifecycleError("ValidationError", f"No Lifecycle Hook found with name {hook} "
+                                 f"for group {group}")
+        for action in self.actions.values():
+            if action.result is not None or action.group != group or action.hook != hook:
+                continue
+            if (iid and action.instance_id == iid) or (token and action.token == token):
+                return action
+        what = f"instance ID {iid}" if iid else f"token {token}"
+        raise LifecycleError("ValidationError", f"No active Lifecycle Action found with {what}")
+
+    def complete(self, region: str, params: dict) -> None:
+        result = params.get("LifecycleActionResult", "")
+        if result not in ("CONTINUE", "ABANDON"):
+            raise LifecycleError("ValidationError", "LifecycleActionResult must be CONTINUE or ABANDON")
+        with self.lock:
+            action = self._find_action(region, params)
+            self._apply(action, result, timed_out=False)
+
+    def heartbeat(self, region: str, params: dict) -> None:
+        with self.lock:
+            action = self._find_action(region, params)
+            action.heartbeats += 1
+            action.deadline = time.monotonic() + action.heartbeat_timeout
+
+    def _apply(self, action: LifecycleAction, result: str, timed_out: bool) -> None:
+        action.result = result
+        action.timed_out = timed_out
+        self.history.append({"instance_id": action.instance_id, "group": action.group,
+                             "hook": action.hook, "result": result, "timed_out": timed_out,
+                             "heartbeats": action.heartbeats, "time": time.time()})
+        group, state = self.instance_state(action.region, action.instance_id)
+        if state is None:
+            return
+        if result == "CONTINUE":
+            state.lifecycle_state = "InService"
+        else:
+            # The group terminates an abandoned instance. No replacement is launched here.
+            state.lifecycle_state = "Terminating"
+            self.asg(action.region).detach_instances(group.name, [action.instance_id], True)
+            self.ec2(action.region).terminate_instances([action.instance_id])
+
+    def _expire_loop(self) -> None:
+        while not self._stop.wait(0.2):
+            now = time.monotonic()
+            with self.lock:
+                for action in list(self.actions.values()):
+                    if action.result is None and now >= action.deadline:
+                        try:
+                            self._apply(action, action.default_result, timed_out=True)
+                        except Exception:  # keep the loop alive; the history says what happened
+                            action.result = action.default_result
+
+    # ---- what IMDS shows ----
+    def member(self, instance_id: str) -> Member | None:
+        with self.lock:
+            return self.members.get(instance_id)
+
+    def describe(self, instance_id: str) -> dict | None:
+        """The instance as IMDS shows it, read live from moto's EC2 state."""
+        member = self.member(instance_id)
+        if member is None:
+            return None
+        ec2 = self.ec2(member.region)
+        try:
+            inst = ec2.get_instance(instance_id)
+        except Exception:
+            return None
+        zone = getattr(inst.placement, "zone", inst.placement)
+        zone_id = None
+        for z in ec2.describe_availability_zones():
+            if z.name == zone:
+                zone_id = z.zone_id
+        tags = {t["key"]: t["value"] for t in ec2.describe_tags(filters={"resource-id": [instance_id]})}
+        target = None
+        group, state = self.instance_state(member.region, instance_id)
+        if state is not None:
+            ls = state.lifecycle_state
+            target = ("Terminated" if ls.startswith("Terminat") else
+                      "Standby" if ls.startswith("Standby") or ls.startswith("EnteringStandby")
+                      else "InService")
+        elif member.group:
+            target = "Terminated"
+        nic = inst.nics[0] if inst.nics else None
+        return {
+            "instance_id": instance_id,
+            "region": member.region,
+            "availability_zone": zone,
+            "availability_zone_id": zone_id,
+            "instance_type": inst.instance_type,
+            "private_ipv4": inst.private_ip,
+            "public_ipv4": inst.public_ip,
+            "mac": getattr(nic, "mac_address", None),
+            "ami_id": inst.image_id,
+            "state": inst.state,
+            "tags": tags,
+            "metadata_tags": member.metadata_tags,
+            "http_endpoint": member.http_endpoint,
+            "target_lifecycle_state": target,
+        }
+
+    def lifecycle_state(self, region: str, instance_id: str) -> str | None:
+        _, state = self.instance_state(region, instance_id)
+        return state.lifecycle_state if state is not None else None

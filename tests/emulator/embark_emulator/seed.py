@@ -1,0 +1,88 @@
+"""A ready-made account: subnets in two zones, a group with a launching hook and embark tags, a pool of
+tagged Elastic IPs, an EFS file system with mount targets, a bucket, and SNS topics with SQS queues
+subscribed so that tests can read what was published.
+
+Created through the emulator's own API with boto3, so every resource is exactly what an AWS call makes.
+"""
+
+from __future__ import annotations
+
+import boto3
+
+
+def client(emulator, service: str, region: str):
+    return boto3.client(service, region_name=region, endpoint_url=emulator.endpoint,
+                        aws_access_key_id="testing", aws_secret_access_key="testing")
+
+
+def seed(emulator, spec: dict) -> dict:
+    region = spec.get("region", emulator.default_region)
+    name = spec.get("name", "web")
+    pool = spec.get("pool", name)
+    pool_size = int(spec.get("pool_size", 4))
+    hook_timeout = int(spec.get("heartbeat_timeout", 300))
+    with_hook = bool(spec.get("lifecycle_hook", True))
+    extra_tags = spec.get("group_tags", {})
+    bucket = spec.get("bucket", f"{name}-deploy")
+
+    ec2 = client(emulator, "ec2", region)
+    zones = [z for z in ec2.describe_availability_zones()["AvailabilityZones"]][:2]
+    vpc = ec2.create_vpc(CidrBlock="10.42.0.0/16")["Vpc"]["VpcId"]
+    subnets = []
+    for i, zone in enumerate(zones):
+        sub = ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.42.{i}.0/24",
+                                AvailabilityZone=zone["ZoneName"])["Subnet"]
+        subnets.append({"subnet_id": sub["SubnetId"], "availability_zone": zone["ZoneName"],
+                        "availability_zone_id": zone["ZoneId"]})
+
+    addresses = []
+    for _ in range(pool_size):
+        alloc = ec2.allocate_address(Domain="vpc", TagSpecifications=[{
+            "ResourceType": "elastic-ip", "Tags": [{"Key": "embark:pool", "Value": pool}]}])
+        addresses.append({"allocation_id": alloc["AllocationId"], "public_ip": alloc["PublicIp"]})
+
+    image = ec2.describe_images()["Images"][0]["ImageId"]
+    template = ec2.create_launch_template(
+        LaunchTemplateName=f"{name}-lt",
+        LaunchTemplateData={"ImageId": image, "InstanceType": "t3.micro"})["LaunchTemplate"]
+
+    asg = client(emulator, "autoscaling", region)
+    tags = {"embark:eip-pool": pool, "embark:role": name, **extra_tags}
+    asg.create_auto_scaling_group(
+        AutoScalingGroupName=name, MinSize=0, MaxSize=256, DesiredCapacity=0,
+        LaunchTemplate={"LaunchTemplateId": template["LaunchTemplateId"], "Version": "$Latest"},
+        VPCZoneIdentifier=",".join(s["subnet_id"] for s in subnets),
+        Tags=[{"Key": k, "Value": v, "PropagateAtLaunch": True, "ResourceId": name,
+               "ResourceType": "auto-scaling-group"} for k, v in tags.items()])
+    hook = None
+    if with_hook:
+        hook = f"{name}-launching"
+        asg.put_lifecycle_hook(LifecycleHookName=hook, AutoScalingGroupName=name,
+                               LifecycleTransition="autoscaling:EC2_INSTANCE_LAUNCHING",
+                               HeartbeatTimeout=hook_timeout, DefaultResult="ABANDON")
+
+    efs = client(emulator, "efs", region)
+    fs = efs.create_file_system(CreationToken=f"{name}-fs")["FileSystemId"]
+    mount_targets = []
+    for sub in subnets:
+        mt = efs.create_mount_target(FileSystemId=fs, SubnetId=sub["subnet_id"])
+        mount_targets.append({"mount_target_id": mt["MountTargetId"], "ip": mt["IpAddress"],
+                              "availability_zone_id": mt.get("AvailabilityZoneId")})
+
+    s3 = client(emulator, "s3", region)
+    s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": region})
+
+    sns = client(emulator, "sns", region)
+    sqs = client(emulator, "sqs", region)
+    topics = {}
+    for kind in ("ok", "error"):
+        arn = sns.create_topic(Name=f"{name}-deploy-{kind}")["TopicArn"]
+        url = sqs.create_queue(QueueName=f"{name}-deploy-{kind}")["QueueUrl"]
+        qarn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        sns.subscribe(TopicArn=arn, Protocol="sqs", Endpoint=qarn,
+                      Attributes={"RawMessageDelivery": "false"})
+        topics[kind] = {"topic_arn": arn, "queue_url": url}
+
+    return {"region": region, "vpc_id": vpc, "subnets": subnets, "group": name, "hook": hook,
+            "pool": pool, "addresses": addresses, "file_system_id": fs,
+            "mount_targets": mount_targets, "bucket": bucket, "topics": topics}

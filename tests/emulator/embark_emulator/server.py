@@ -1,0 +1,341 @@
+"""moto's server plus what embark's tests need: lifecycle actions, IMDS, faults, a request log, seeding.
+
+Everything listens on 127.0.0.1 only. The control API lives under /_embark/ on the AWS port:
+
+  POST   /_embark/seed                {region?, name?, pool_size?, ...} -> ids of a ready-made account
+  POST   /_embark/launch              {region?, group?, az?, count?, tags?, metadata_tags?}
+  POST   /_embark/instances/<id>      {http_endpoint?: "enabled"|"disabled", metadata_tags?: bool}
+  GET    /_embark/instances/<id>      the instance as IMDS shows it, with its lifecycle state
+  GET    /_embark/lifecycle           completed lifecycle actions (result, heartbeats, timed out)
+  POST   /_embark/faults              {service, operation, status, code, count | fraction, latency_ms}
+  POST   /_embark/throttle            {service, operation?, rps}
+  DELETE /_embark/faults              clears faults and throttles
+  POST   /_embark/imds/unavailable    {seconds}: IMDS refuses connections for that long
+  GET    /_embark/requests            the request log;  DELETE clears it
+  POST   /_embark/reset               forget everything (moto state too)
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+import threading
+import time
+from urllib.parse import parse_qs
+
+from moto.moto_server.werkzeug_app import (
+    DomainDispatcherApplication,
+    MotoRequestHandler,
+    create_backend_app,
+)
+from werkzeug.serving import make_server
+from werkzeug.wrappers import Request, Response
+
+from . import seed
+from .faults import Faults, RequestLog, request_id
+from .fleet import Fleet, LifecycleError
+from .imds import Imds
+
+ASG_NS = "http://autoscaling.amazonaws.com/doc/2011-01-01/"
+# moto checks and sets an address's association in two steps; AWS does it atomically. Serialise the
+# calls that change associations so that a race test measures embark, not the emulator.
+ATOMIC_EC2 = {"AssociateAddress", "DisassociateAddress", "AllocateAddress", "ReleaseAddress"}
+
+
+def service_of(environ) -> str:
+    auth = environ.get("HTTP_AUTHORIZATION", "")
+    if "Credential=" in auth:
+        scope = auth.split("Credential=", 1)[1].split(",", 1)[0].split("/")
+        if len(scope) >= 4:
+            return scope[3]
+    return "unknown"
+
+
+def s3_operation(method: str, path: str, query: dict, environ) -> str:
+    if not path.strip("/"):
+        return "ListBuckets"
+    has_key = len(path.strip("/").split("/", 1)) > 1
+    if not has_key:
+        if method == "GET":
+            return "ListObjectsV2" if query.get("list-type") == ["2"] else "ListObjects"
+        return {"PUT": "CreateBucket", "HEAD": "HeadBucket", "DELETE": "DeleteBucket",
+                "POST": "DeleteObjects"}.get(method, method)
+    if method == "GET":
+        return "GetObject"
+    if method == "HEAD":
+        return "HeadObject"
+    if method == "DELETE":
+        return "AbortMultipartUpload" if "uploadId" in query else "DeleteObject"
+    if method == "PUT":
+        if "partNumber" in query:
+            return "UploadPart"
+        if environ.get("HTTP_X_AMZ_COPY_SOURCE"):
+            return "CopyObject"
+        return "PutObject"
+    if method == "POST":
+        return "CreateMultipartUpload" if "uploads" in query else "CompleteMultipartUpload"
+    return method
+
+
+def error_response(service: str, status: int, code: str, message: str) -> Response:
+    rid = request_id()
+    if service == "ec2":
+        body = (f'<?xml version="1.0" encoding="UTF-8"?><Response><Errors><Error><Code>{code}</Code>'
+                f"<Message>{message}</Message></Error></Errors><RequestID>{rid}</RequestID></Response>")
+        return Response(body, status=status, content_type="text/xml")
+    if service == "s3":
+        body = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
+                f"<Message>{message}</Message><RequestId>{rid}</RequestId></Error>")
+        return Response(body, status=status, content_type="application/xml")
+    if service in ("elasticfilesystem", "sqs"):
+        body = json.dumps({"__type": code, "ErrorCode": code, "message": message, "Message": message})
+        return Response(body, status=status, content_type="application/json",
+                        headers={"x-amzn-ErrorType": code, "x-amzn-RequestId": rid})
+    body = (f'<ErrorResponse xmlns="{ASG_NS}"><Error><Type>Sender</Type><Code>{code}</Code>'
+            f"<Message>{message}</Message></Error><RequestId>{rid}</RequestId></ErrorResponse>")
+    return Response(body, status=status, content_type="text/xml")
+
+
+def query_response(action: str) -> Response:
+    body = (f'<{action}Response xmlns="{ASG_NS}"><{action}Result/><ResponseMetadata>'
+            f"<RequestId>{request_id()}</RequestId></ResponseMetadata></{action}Response>")
+    return Response(body, status=200, content_type="text/xml")
+
+
+def json_response(value, status: int = 200) -> Response:
+    return Response(json.dumps(value, indent=1, default=str), status=status,
+                    content_type="application/json")
+
+
+class Emulator:
+    def __init__(self, host: str, port: int, imds_port: int, default_region: str):
+        self.host = host
+        self.default_region = default_region
+        self.moto = DomainDispatcherApplication(create_backend_app)
+        self.faults = Faults()
+        self.log = RequestLog()
+        self.fleet = Fleet()
+        self.imds = Imds(self.fleet, self.faults, self.log, host, imds_port)
+        self.ec2_lock = threading.Lock()
+        self.server = make_server(host, port, self, threaded=True, request_handler=MotoRequestHandler)
+        self.port = self.server.server_address[1]
+        self.endpoint = f"http://{host}:{self.port}"
+
+    # ---- WSGI entry ----
+    def __call__(self, environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        if path.startswith("/_embark/"):
+            return self.control(Request(environ))(environ, start_response)
+        return self.aws(environ, start_response)
+
+    def aws(self, environ, start_response):
+        started = time.time()
+        method = environ.get("REQUEST_METHOD", "GET")
+        path = environ.get("PATH_INFO", "")
+        query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+        service = service_of(environ)
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        body = environ["wsgi.input"].read(length) if length else b""
+        environ["wsgi.input"] = io.BytesIO(body)
+        params: dict[str, str] = {}
+        ctype = environ.get("CONTENT_TYPE", "")
+        if service != "s3" and (ctype.startswith("application/x-www-form-urlencoded") or
+                                (body[:7] == b"Action=")):
+            params = {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
+        target = environ.get("HTTP_X_AMZ_TARGET", "")
+        if "Action" in params:
+            operation = params["Action"]
+        elif target:
+            operation = target.rsplit(".", 1)[-1]
+        elif service == "s3":
+            operation = s3_operation(method, path, query, environ)
+        elif service == "elasticfilesystem":
+            resource = path.rstrip("/").split("/")[2] if path.count("/") >= 2 else path
+            verb = {"GET": "Describe", "POST": "Create", "DELETE": "Delete", "PUT": "Put"}.get(method, method)
+            name = "".join(p.capitalize() for p in resource.split("-"))
+            operation = verb + name + ("s" if verb == "Describe" and not name.endswith("s") else "")
+        else:
+            operation = f"{method} {path}"
+        region = self.region_of(environ)
+
+        entry = {"time": started, "service": service, "operation": operation, "method": method,
+                 "path": path, "query": environ.get("QUERY_STRING", ""), "region": region}
+        if params:
+            entry["params"] = {k: v for k, v in params.items() if len(v) < 512}
+
+        latency, error = self.faults.decide(service, operation)
+        if latency:
+            time.sleep(latency)
+        if error is not None:
+            response = error_response(service, *error)
+        elif service == "autoscaling" and operation in ("CompleteLifecycleAction",
+                                                        "RecordLifecycleActionHeartbeat"):
+            response = self.lifecycle_call(region, operation, params)
+        else:
+            response = None
+
+        if response is not None:
+            entry.update(status=response.status_code, bytes_out=len(response.get_data()),
+                         injected=error is not None)
+            self.log.add(entry)
+            return response(environ, start_response)
+
+        status_holder = {}
+
+        def capture(status, headers, exc_info=None):
+            status_holder["status"] = int(status.split(" ", 1)[0])
+            return start_response(status, headers, exc_info)
+
+        def run():
+            return self.moto(environ, capture)
+
+        if service == "ec2" and operation in ATOMIC_EC2:
+            with self.ec2_lock:
+                chunks = list(run())
+        else:
+            chunks = run()
+        return self._counted(chunks, entry, status_holder)
+
+    def _counted(self, chunks, entry, status_holder):
+        total = 0
+        try:
+            for chunk in chunks:
+                total += len(chunk)
+                yield chunk
+        finally:
+            if hasattr(chunks, "close"):
+                chunks.close()
+            entry.update(status=status_holder.get("status"), bytes_out=total)
+            self.log.add(entry)
+
+    def region_of(self, environ) -> str:
+        auth = environ.get("HTTP_AUTHORIZATION", "")
+        if "Credential=" in auth:
+            scope = auth.split("Credential=", 1)[1].split(",", 1)[0].split("/")
+            if len(scope) >= 3:
+                return scope[2]
+        return self.default_region
+
+    def lifecycle_call(self, region: str, operation: str, params: dict) -> Response:
+        try:
+            if operation == "CompleteLifecycleAction":
+                self.fleet.complete(region, params)
+            else:
+                self.fleet.heartbeat(region, params)
+        except LifecycleError as err:
+            return error_response("autoscaling", 400, err.code, err.message)
+        return query_response(operation)
+
+    # ---- control API ----
+    def control(self, request: Request) -> Response:
+        try:
+            return self._control(request)
+        except (LifecycleError,) as err:
+            return json_response({"error": err.message}, 400)
+        except (ValueError, KeyError, TypeError) as err:
+            return json_response({"error": f"{type(err).__name__}: {err}"}, 400)
+
+    def _control(self, request: Request) -> Response:
+        path = request.path[len("/_embark/"):].strip("/")
+        method = request.method
+        spec = request.get_json(silent=True) or {}
+        if path == "health":
+            return json_response({"ok": True, "endpoint": self.endpoint, "imds_port": self.imds.port})
+        if path == "seed" and method == "POST":
+            return json_response(seed.seed(self, spec))
+        if path == "launch" and method == "POST":
+            region = spec.get("region", self.default_region)
+            launched = self.fleet.launch(region, spec.get("group"), spec.get("az"),
+                                         int(spec.get("count", 1)), spec.get("tags", {}),
+                                         bool(spec.get("metadata_tags", True)),
+                                         spec.get("instance_type", "t3.micro"))
+            for item in launched:
+                item["imds_endpoint"] = self.imds_endpoint(item["instance_id"])
+            return json_response(launched)
+        if path.startswith("instances/"):
+            iid = path.split("/", 1)[1]
+            member = self.fleet.member(iid)
+            if member is None:
+                return json_response({"error": f"unknown instance {iid}"}, 404)
+            if method == "POST":
+                if "http_endpoint" in spec:
+                    member.http_endpoint = spec["http_endpoint"]
+                if "metadata_tags" in spec:
+                    member.metadata_tags = bool(spec["metadata_tags"])
+            info = self.fleet.describe(iid) or {"instance_id": iid, "state": "unknown"}
+            info["lifecycle_state"] = self.fleet.lifecycle_state(member.region, iid)
+            info["imds_endpoint"] = self.imds_endpoint(iid)
+            return json_response(info)
+        if path == "lifecycle":
+            with self.fleet.lock:
+                return json_response(list(self.fleet.history))
+        if path == "faults":
+            if method == "DELETE":
+                self.faults.clear()
+                return json_response({"ok": True})
+            rules = spec if isinstance(spec, list) else [spec]
+            for rule in rules:
+                self.faults.add_rule(rule)
+            return json_response({"ok": True, "rules": len(rules)})
+        if path == "throttle" and method == "POST":
+            self.faults.add_throttle(spec)
+            return json_response({"ok": True})
+        if path == "imds/unavailable" and method == "POST":
+            self.imds.unavailable_for(float(spec["seconds"]))
+            return json_response({"ok": True})
+        if path == "requests":
+            if method == "DELETE":
+                self.log.clear()
+                return json_response({"ok": True})
+            return json_response(self.log.snapshot())
+        if path == "reset" and method == "POST":
+            from moto.backends import get_backend  # noqa: F401  (imported for side effects)
+            from moto.core.models import base_decorator  # noqa: F401
+            from moto.moto_api._internal.models import moto_api_backend
+
+            moto_api_backend.reset()
+            self.fleet.reset()
+            self.faults.clear()
+            self.log.clear()
+            self.imds.reset()
+            return json_response({"ok": True})
+        return json_response({"error": f"no control call {method} /_embark/{path}"}, 404)
+
+    def imds_endpoint(self, instance_id: str) -> str:
+        return f"http://{self.host}:{self.imds.port}/{instance_id}"
+
+    def serve(self, ready_file: str | None) -> None:
+        self.imds.start()
+        info = {"endpoint": self.endpoint, "port": self.port, "imds_port": self.imds.port,
+                "imds_base": f"http://{self.host}:{self.imds.port}", "pid": os.getpid(),
+                "region": self.default_region}
+        if ready_file:
+            tmp = ready_file + ".tmp"
+            with open(tmp, "w") as fh:
+                json.dump(info, fh)
+            os.replace(tmp, ready_file)
+        print(json.dumps(info), flush=True)
+        self.server.serve_forever()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="embark-emulator", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="AWS API port (0: any free port)")
+    parser.add_argument("--imds-port", type=int, default=0, help="IMDS port (0: any free port)")
+    parser.add_argument("--region", default="eu-west-1")
+    parser.add_argument("--ready-file", help="write the ports here as JSON once listening")
+    args = parser.parse_args(argv)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        sys.exit("the emulator listens on loopback only")
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    Emulator(args.host, args.port, args.imds_port, args.region).serve(args.ready_file)
+
+
+if __name__ == "__main__":
+    main()
