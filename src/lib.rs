@@ -1,1 +1,12 @@
+//! embark: turns a freshly launched EC2 instance into a healthy member of its Auto Scaling fleet.
+//!
+//! `cli` parses and dispatches; each concern has its own module.
 
+pub mod aws;
+pub mod check;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod identity;
+pub mod net;
+pub mod report;

@@ -1,0 +1,167 @@
+//! `embark check`: a preflight that exits 0 only when a boot could succeed here.
+//!
+//! Every check runs (one failure does not hide the next) and prints one line; nothing is changed.
+
+use std::path::Path;
+
+use crate::cli::{Cli, Context};
+use crate::config::{Config, Source};
+use crate::error::Error;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckLine {
+    pub name: &'static str,
+    pub ok: bool,
+    pub detail: String,
+}
+
+impl CheckLine {
+    fn ok(name: &'static str, detail: impl Into<String>) -> Self {
+        CheckLine {
+            name,
+            ok: true,
+            detail: detail.into(),
+        }
+    }
+    fn fail(name: &'static str, detail: impl Into<String>) -> Self {
+        CheckLine {
+            name,
+            ok: false,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for CheckLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mark = if self.ok { "ok  " } else { "FAIL" };
+        write!(f, "{mark} {:<10} {}", self.name, self.detail)
+    }
+}
+
+pub async fn run(cli: &Cli) -> Result<(), Error> {
+    let mut lines = Vec::new();
+    let config_error;
+    let ctx = match Context::load(cli) {
+        Ok(ctx) => {
+            config_error = false;
+            lines.push(CheckLine::ok(
+                "config",
+                match &ctx.source {
+                    Source::File(p) => format!("{} parses", p.display()),
+                    Source::Defaults(p) => format!("{} absent: all defaults", p.display()),
+                },
+            ));
+            Some(ctx)
+        }
+        Err(err) => {
+            config_error = matches!(err, Error::Config(_));
+            lines.push(CheckLine::fail("config", err.to_string()));
+            None
+        }
+    };
+    if let Some(ctx) = &ctx {
+        lines.extend(instance_checks(ctx).await);
+        lines.push(state_dir_writable(&ctx.config));
+    }
+    for line in &lines {
+        println!("{line}");
+    }
+    let failed = lines.iter().filter(|l| !l.ok).count();
+    if failed == 0 {
+        return Ok(());
+    }
+    if config_error {
+        // The configuration error itself, with its exit code 2.
+        if let Err(err) = Context::load(cli) {
+            return Err(err);
+        }
+    }
+    Err(Error::ChecksFailed {
+        failed,
+        total: lines.len(),
+    })
+}
+
+async fn instance_checks(ctx: &Context) -> Vec<CheckLine> {
+    let mut lines = Vec::new();
+    match ctx.identify().await {
+        Ok((identity, _aws)) => {
+            lines.push(CheckLine::ok(
+                "imds",
+                format!(
+                    "token accepted; instance {} in {}",
+                    identity.instance_id, identity.availability_zone
+                ),
+            ));
+            let mut config = ctx.config.clone();
+            match config.apply_tags(&identity.tags) {
+                Ok(()) => lines.push(CheckLine::ok(
+                    "tags",
+                    match &identity.auto_scaling_group {
+                        Some(group) => format!("group {group}; embark tags valid"),
+                        None => "not in an Auto Scaling group".to_string(),
+                    },
+                )),
+                Err(err) => lines.push(CheckLine::fail("tags", err.to_string())),
+            }
+        }
+        Err(err) => lines.push(CheckLine::fail("imds", err.to_string())),
+    }
+    lines
+}
+
+/// Writable without writing anything lasting: a probe file is created and removed; a state dir that
+/// does not exist yet must be creatable (its nearest existing parent writable).
+fn state_dir_writable(config: &Config) -> CheckLine {
+    let dir = &config.state_dir;
+    match probe_writable(dir) {
+        Ok(detail) => CheckLine::ok("state_dir", detail),
+        Err(detail) => CheckLine::fail("state_dir", detail),
+    }
+}
+
+fn probe_writable(dir: &Path) -> Result<String, String> {
+    if dir.is_dir() {
+        let probe = dir.join(format!(".embark-check-{}", std::process::id()));
+        std::fs::write(&probe, b"")
+            .map_err(|err| format!("{} is not writable: {err}", dir.display()))?;
+        let _ = std::fs::remove_file(&probe);
+        return Ok(format!("{} writable", dir.display()));
+    }
+    if dir.exists() {
+        return Err(format!("{} exists but is not a directory", dir.display()));
+    }
+    let parent = dir
+        .ancestors()
+        .skip(1)
+        .find(|p| p.is_dir())
+        .ok_or_else(|| format!("no existing parent directory for {}", dir.display()))?;
+    nix::unistd::access(parent, nix::unistd::AccessFlags::W_OK).map_err(|err| {
+        format!(
+            "{} does not exist and {} is not writable: {err}",
+            dir.display(),
+            parent.display()
+        )
+    })?;
+    Ok(format!("{} will be created", dir.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_reports_existing_missing_and_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert!(probe_writable(tmp.path()).unwrap().contains("writable"));
+        assert!(probe_writable(&tmp.path().join("a/b"))
+            .unwrap()
+            .contains("will be created"));
+        let file = tmp.path().join("f");
+        std::fs::write(&file, b"x").unwrap();
+        assert!(probe_writable(&file).unwrap_err().contains("not a directory"));
+        // The probe leaves nothing behind.
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1);
+    }
+}

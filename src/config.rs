@@ -1,0 +1,786 @@
+//! Configuration: the TOML file, then the group's `embark:*` tags, then environment and flags.
+//!
+//! Every key has a default, so an absent file means "all defaults". Anything the file or a tag says that
+//! embark does not understand is a usage error (exit 2) raised before any step changes anything, naming
+//! the file, the line and the key, with the nearest valid key for a typo.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_PATH: &str = "/etc/embark/embark.toml";
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the status file, locks and run-once markers live.
+    pub state_dir: PathBuf,
+    /// The whole boot.
+    #[serde(with = "duration")]
+    pub deadline: Duration,
+    /// How long to keep retrying IMDS while the network comes up.
+    #[serde(with = "duration")]
+    pub imds_deadline: Duration,
+    /// Free-form role (the group's `embark:role` tag wins), passed to hooks.
+    pub role: Option<String>,
+    pub eip: EipConfig,
+    pub efs: Vec<EfsMount>,
+    pub release: ReleaseConfig,
+    pub watch: WatchConfig,
+    pub health: HealthConfig,
+    pub notify: NotifyConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            state_dir: PathBuf::from("/var/lib/embark"),
+            deadline: Duration::from_secs(600),
+            imds_deadline: Duration::from_secs(120),
+            role: None,
+            eip: EipConfig::default(),
+            efs: Vec::new(),
+            release: ReleaseConfig::default(),
+            watch: WatchConfig::default(),
+            health: HealthConfig::default(),
+            notify: NotifyConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EipConfig {
+    /// Bind from addresses tagged `embark:pool=<pool>`; none → no EIP step.
+    pub pool: Option<String>,
+    /// No free address: fail the boot (true) or warn and continue (false).
+    pub required: bool,
+    /// How long to wait for an address to free up.
+    #[serde(with = "duration")]
+    pub wait: Duration,
+    /// Warn when fewer than this many addresses stay free.
+    pub reserve: u32,
+}
+
+impl Default for EipConfig {
+    fn default() -> Self {
+        EipConfig {
+            pool: None,
+            required: true,
+            wait: Duration::ZERO,
+            reserve: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EfsMount {
+    pub file_system: String,
+    #[serde(default = "default_efs_path")]
+    pub path: String,
+    pub mount_point: PathBuf,
+    #[serde(default)]
+    pub options: Vec<String>,
+    #[serde(default)]
+    pub read_only: bool,
+    #[serde(default)]
+    pub fstab: bool,
+    #[serde(default)]
+    pub tls: bool,
+    #[serde(default)]
+    pub iam: bool,
+    #[serde(default)]
+    pub access_point: Option<String>,
+}
+
+fn default_efs_path() -> String {
+    "/".to_string()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReleaseFormat {
+    Embark,
+    PullDeploy,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReleaseConfig {
+    /// `s3://bucket/prefix`; the group's `embark:release` tag wins. None → no release step.
+    pub source: Option<String>,
+    pub format: ReleaseFormat,
+    /// `releases/` and the link live here.
+    pub root: PathBuf,
+    pub link: String,
+    pub keep: u32,
+    pub owner: Option<String>,
+    pub hooks: Vec<Hook>,
+}
+
+impl Default for ReleaseConfig {
+    fn default() -> Self {
+        ReleaseConfig {
+            source: None,
+            format: ReleaseFormat::Embark,
+            root: PathBuf::from("/var/www/app"),
+            link: "current".to_string(),
+            keep: 3,
+            owner: None,
+            hooks: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hook {
+    /// argv, run without a shell.
+    #[serde(default)]
+    pub run: Option<Vec<String>>,
+    /// An URL to GET (the opcache reset pattern).
+    #[serde(default)]
+    pub http_get: Option<String>,
+    /// Only on these roles; empty → every role.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    #[serde(default = "default_hook_timeout", with = "duration")]
+    pub timeout: Duration,
+    /// Run the command as this user.
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+fn default_hook_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BarrierTimeout {
+    Switch,
+    Hold,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WatchConfig {
+    #[serde(with = "duration")]
+    pub interval: Duration,
+    #[serde(with = "duration")]
+    pub barrier: Duration,
+    pub on_barrier_timeout: BarrierTimeout,
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        WatchConfig {
+            interval: Duration::from_secs(10),
+            barrier: Duration::from_secs(120),
+            on_barrier_timeout: BarrierTimeout::Switch,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFailure {
+    Abandon,
+    Keep,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    pub url: Option<String>,
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+    /// "auto" (find the group's launching hook), "none", or a hook name.
+    pub lifecycle_hook: String,
+    pub target_groups: Vec<String>,
+    pub on_failure: OnFailure,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            url: None,
+            timeout: Duration::from_secs(300),
+            lifecycle_hook: "auto".to_string(),
+            target_groups: Vec::new(),
+            on_failure: OnFailure::Abandon,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotifyConfig {
+    pub success_topic: Option<String>,
+    pub error_topic: Option<String>,
+}
+
+/// Why a configuration cannot be used. Always a usage error: exit 2, nothing changed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}", invalid_sentence(path, *line, key.as_deref(), message, hint.as_deref()))]
+    Invalid {
+        path: PathBuf,
+        line: Option<usize>,
+        key: Option<String>,
+        message: String,
+        hint: Option<String>,
+    },
+    #[error("the group's tag {tag}={value:?} is not valid: {message}")]
+    Tag {
+        tag: String,
+        value: String,
+        message: String,
+    },
+}
+
+fn invalid_sentence(
+    path: &Path,
+    line: Option<usize>,
+    key: Option<&str>,
+    message: &str,
+    hint: Option<&str>,
+) -> String {
+    let mut out = format!("config file {}", path.display());
+    if let Some(line) = line {
+        out.push_str(&format!(", line {line}"));
+    }
+    if let Some(key) = key {
+        out.push_str(&format!(", key `{key}`"));
+    }
+    out.push_str(": ");
+    out.push_str(message);
+    if let Some(hint) = hint {
+        out.push_str("; ");
+        out.push_str(hint);
+    }
+    out
+}
+
+/// Where the configuration came from, for `check` and logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    File(PathBuf),
+    /// The file does not exist: every key has its default.
+    Defaults(PathBuf),
+}
+
+impl Config {
+    /// Reads `path`; an absent file is all defaults.
+    pub fn load(path: &Path) -> Result<(Config, Source), ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Ok((Config::parse(path, &text)?, Source::File(path.to_path_buf()))),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                Ok((Config::default(), Source::Defaults(path.to_path_buf())))
+            }
+            Err(source) => Err(ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|err| describe(path, text, &err))?;
+        config.validate(path, text)?;
+        Ok(config)
+    }
+
+    /// Values that parse but cannot work; checked here so that no step starts with them.
+    fn validate(&self, path: &Path, text: &str) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            line: line_of_key(text, key),
+            key: Some(key.to_string()),
+            message,
+            hint: None,
+        };
+        if !self.state_dir.is_absolute() {
+            return Err(invalid(
+                "state_dir",
+                "must be an absolute path".to_string(),
+            ));
+        }
+        if let Some(source) = &self.release.source {
+            if let Err(message) = check_s3_url(source) {
+                return Err(invalid("source", message));
+            }
+        }
+        if self.release.keep < 2 {
+            return Err(invalid(
+                "keep",
+                "must be at least 2 (the current and the previous release are always kept)"
+                    .to_string(),
+            ));
+        }
+        if self.release.link.is_empty() || self.release.link.contains('/') {
+            return Err(invalid(
+                "link",
+                "must be a plain file name such as \"current\"".to_string(),
+            ));
+        }
+        for mount in &self.efs {
+            if let Err(message) = check_efs_mount(mount) {
+                return Err(invalid("file_system", message));
+            }
+        }
+        for hook in &self.release.hooks {
+            match (&hook.run, &hook.http_get) {
+                (Some(argv), None) if argv.is_empty() => {
+                    return Err(invalid("run", "needs at least the program".to_string()))
+                }
+                (Some(_), None) | (None, Some(_)) => {}
+                _ => {
+                    return Err(invalid(
+                        "hooks",
+                        "each [[release.hooks]] needs exactly one of `run` or `http_get`"
+                            .to_string(),
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies the group's `embark:*` tags on top of the file. Tags outside `embark:` are ignored;
+    /// an unknown `embark:` tag is an error (a typo would otherwise silently disable a step).
+    pub fn apply_tags(&mut self, tags: &BTreeMap<String, String>) -> Result<(), ConfigError> {
+        for (tag, value) in tags {
+            let Some(name) = tag.strip_prefix("embark:") else {
+                continue;
+            };
+            let bad = |message: String| ConfigError::Tag {
+                tag: tag.clone(),
+                value: value.clone(),
+                message,
+            };
+            match name {
+                "eip-pool" => {
+                    let pool = value.trim();
+                    if pool.is_empty() {
+                        return Err(bad("the pool name is empty".to_string()));
+                    }
+                    self.eip.pool = Some(pool.to_string());
+                }
+                "eip-required" => self.eip.required = parse_bool(value).map_err(bad)?,
+                "eip-wait" => self.eip.wait = parse_duration(value).map_err(bad)?,
+                "eip-reserve" => {
+                    self.eip.reserve = value.trim().parse().map_err(|_| {
+                        bad("expected a whole number of addresses, e.g. 2".to_string())
+                    })?
+                }
+                "efs" => self.efs = parse_efs_tag(value).map_err(bad)?,
+                "release" => {
+                    check_s3_url(value).map_err(bad)?;
+                    self.release.source = Some(value.trim().to_string());
+                }
+                "role" => {
+                    let role = value.trim();
+                    if role.is_empty() {
+                        return Err(bad("the role is empty".to_string()));
+                    }
+                    self.role = Some(role.to_string());
+                }
+                // Set by embark itself on addresses, never on groups; harmless if propagated.
+                "pool" | "az" => {}
+                other => {
+                    let hint = nearest(other, TAG_NAMES)
+                        .map(|n| format!(" (did you mean embark:{n}?)"))
+                        .unwrap_or_default();
+                    return Err(bad(format!("embark does not know this tag{hint}")));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The `embark:*` tags read from the group (see docs/tags.md).
+pub const TAG_NAMES: &[&str] = &[
+    "eip-pool",
+    "eip-required",
+    "eip-wait",
+    "eip-reserve",
+    "efs",
+    "release",
+    "role",
+];
+
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim())
+        .map_err(|_| format!("{text:?} is not a duration; write e.g. \"90s\", \"5m\" or \"1h\""))
+}
+
+fn parse_bool(text: &str) -> Result<bool, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err("expected true or false".to_string()),
+    }
+}
+
+fn check_s3_url(url: &str) -> Result<(), String> {
+    match url.trim().strip_prefix("s3://") {
+        Some(rest) if !rest.is_empty() && !rest.starts_with('/') => Ok(()),
+        _ => Err(format!(
+            "{url:?} is not an S3 location; write s3://bucket/prefix"
+        )),
+    }
+}
+
+fn check_efs_mount(mount: &EfsMount) -> Result<(), String> {
+    let id = mount.file_system.as_str();
+    let valid_id = id
+        .strip_prefix("fs-")
+        .is_some_and(|hex| !hex.is_empty() && hex.chars().all(|c| c.is_ascii_hexdigit()));
+    if !valid_id {
+        return Err(format!(
+            "{id:?} is not a file system id (fs- followed by hex digits)"
+        ));
+    }
+    if !mount.path.starts_with('/') {
+        return Err(format!(
+            "the path {:?} on {id} must start with /",
+            mount.path
+        ));
+    }
+    if !mount.mount_point.is_absolute() {
+        return Err(format!(
+            "the mount point {} for {id} must be an absolute path",
+            mount.mount_point.display()
+        ));
+    }
+    Ok(())
+}
+
+/// `fs-id[:/path]=/mount/point`, comma-separated.
+pub fn parse_efs_tag(value: &str) -> Result<Vec<EfsMount>, String> {
+    let mut mounts = Vec::new();
+    for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (source, mount_point) = item
+            .split_once('=')
+            .ok_or_else(|| format!("{item:?} lacks =/mount/point (fs-id[:/path]=/mount/point)"))?;
+        let (file_system, path) = match source.split_once(':') {
+            Some((fs, path)) => (fs, path),
+            None => (source, "/"),
+        };
+        let mount = EfsMount {
+            file_system: file_system.trim().to_string(),
+            path: path.trim().to_string(),
+            mount_point: PathBuf::from(mount_point.trim()),
+            options: Vec::new(),
+            read_only: false,
+            fstab: false,
+            tls: false,
+            iam: false,
+            access_point: None,
+        };
+        check_efs_mount(&mount)?;
+        mounts.push(mount);
+    }
+    if mounts.is_empty() {
+        return Err("no mount given (fs-id[:/path]=/mount/point)".to_string());
+    }
+    Ok(mounts)
+}
+
+/// Turns toml/serde's error into a sentence naming the line, the key and, for a typo, the nearest key.
+fn describe(path: &Path, text: &str, err: &toml::de::Error) -> ConfigError {
+    let message = err.message().trim().to_string();
+    let line = err.span().map(|span| line_number(text, span.start));
+    let line_text = line
+        .and_then(|n| text.lines().nth(n - 1))
+        .unwrap_or_default();
+    let line_key = line_text
+        .split_once('=')
+        .map(|(k, _)| k.trim().trim_matches('"').to_string())
+        .filter(|k| !k.is_empty() && !k.starts_with('['));
+
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        let unknown = rest.split('`').next().unwrap_or_default().to_string();
+        let expected: Vec<&str> = rest.split('`').skip(2).step_by(2).collect();
+        let section = line.and_then(|n| section_of(text, n));
+        let hint = nearest(&unknown, &expected).map(|n| format!("did you mean `{n}`?"));
+        let place = section
+            .map(|s| format!(" in [{s}]"))
+            .unwrap_or_else(|| " at the top level".to_string());
+        return ConfigError::Invalid {
+            path: path.to_path_buf(),
+            line,
+            key: Some(unknown),
+            message: format!("unknown key{place}"),
+            hint,
+        };
+    }
+    let friendly = if message.starts_with("invalid type") || message.starts_with("unknown variant")
+    {
+        message.replace("invalid type: ", "wrong type: ")
+    } else {
+        message
+    };
+    ConfigError::Invalid {
+        path: path.to_path_buf(),
+        line,
+        key: line_key,
+        message: friendly,
+        hint: None,
+    }
+}
+
+fn line_number(text: &str, offset: usize) -> usize {
+    text.get(..offset.min(text.len()))
+        .map(|before| before.matches('\n').count() + 1)
+        .unwrap_or(1)
+}
+
+/// The `[table]` or `[[array]]` header above line `line` (1-based).
+fn section_of(text: &str, line: usize) -> Option<String> {
+    text.lines()
+        .take(line)
+        .filter_map(|l| {
+            let l = l.trim();
+            l.strip_prefix("[[")
+                .and_then(|r| r.strip_suffix("]]"))
+                .or_else(|| l.strip_prefix('[').and_then(|r| r.strip_suffix(']')))
+                .map(|s| s.trim().to_string())
+        })
+        .last()
+}
+
+fn line_of_key(text: &str, key: &str) -> Option<usize> {
+    text.lines().position(|l| {
+        l.trim_start()
+            .strip_prefix(key)
+            .is_some_and(|rest| rest.trim_start().starts_with('='))
+    })
+    .map(|i| i + 1)
+}
+
+/// The closest name within a small edit distance, for "did you mean".
+pub fn nearest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    candidates
+        .iter()
+        .map(|c| (strsim::damerau_levenshtein(word, c), *c))
+        .filter(|(d, c)| *d <= 3.max(c.len() / 3))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+/// `"90s"`, `"5m"` in the file; the same form when written back.
+mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*value).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        super::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("/etc/embark/embark.toml"), text)
+    }
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        assert_eq!(parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn design_example_parses() {
+        let text = r#"
+state_dir = "/var/lib/embark"
+deadline = "10m"
+imds_deadline = "2m"
+
+[eip]
+pool = "web"
+required = true
+wait = "0s"
+reserve = 0
+
+[[efs]]
+file_system = "fs-0123456789abcdef0"
+path = "/"
+mount_point = "/efs"
+options = []
+fstab = false
+
+[release]
+source = "s3://my-deploy-bucket/myapp"
+format = "embark"
+root = "/var/www/myapp"
+link = "current"
+keep = 3
+owner = "www-data"
+
+[[release.hooks]]
+run = ["systemctl", "reload", "php8.2-fpm"]
+roles = ["web"]
+timeout = "60s"
+[[release.hooks]]
+http_get = "http://127.0.0.1/opcache-reset.php"
+
+[watch]
+interval = "10s"
+barrier = "2m"
+on_barrier_timeout = "switch"
+
+[health]
+url = "http://127.0.0.1/aws-health-check/"
+timeout = "5m"
+lifecycle_hook = "auto"
+target_groups = []
+on_failure = "abandon"
+
+[notify]
+success_topic = "arn:aws:sns:eu-west-1:123456789012:deploy-ok"
+error_topic = "arn:aws:sns:eu-west-1:123456789012:deploy-error"
+"#;
+        let config = parse(text).unwrap();
+        assert_eq!(config.deadline, Duration::from_secs(600));
+        assert_eq!(config.eip.pool.as_deref(), Some("web"));
+        assert_eq!(config.efs[0].file_system, "fs-0123456789abcdef0");
+        assert_eq!(config.release.hooks.len(), 2);
+        assert_eq!(config.release.hooks[1].timeout, Duration::from_secs(60));
+        assert_eq!(config.watch.barrier, Duration::from_secs(120));
+        assert_eq!(config.health.on_failure, OnFailure::Abandon);
+    }
+
+    #[test]
+    fn written_defaults_read_back_identically() {
+        let text = toml::to_string(&Config::default()).unwrap();
+        assert_eq!(parse(&text).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_nearest() {
+        let err = parse("deadline = \"5m\"\nstat_dir = \"/tmp\"\n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("line 2"), "{text}");
+        assert!(text.contains("`stat_dir`"), "{text}");
+        assert!(text.contains("did you mean `state_dir`"), "{text}");
+    }
+
+    #[test]
+    fn unknown_key_in_section_names_section() {
+        let err = parse("[eip]\npool = \"web\"\nrequird = false\n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("line 3"), "{text}");
+        assert!(text.contains("in [eip]"), "{text}");
+        assert!(text.contains("did you mean `required`"), "{text}");
+    }
+
+    #[test]
+    fn wrong_type_names_key() {
+        let err = parse("[eip]\nrequired = \"yes\"\n").unwrap_err().to_string();
+        assert!(err.contains("line 2"), "{err}");
+        assert!(err.contains("`required`"), "{err}");
+        assert!(err.contains("wrong type"), "{err}");
+    }
+
+    #[test]
+    fn bad_duration_names_key() {
+        let err = parse("[watch]\ninterval = \"often\"\n").unwrap_err().to_string();
+        assert!(err.contains("line 2"), "{err}");
+        assert!(err.contains("`interval`"), "{err}");
+        assert!(err.contains("not a duration"), "{err}");
+    }
+
+    #[test]
+    fn malformed_toml_names_line() {
+        let err = parse("deadline = \"5m\"\n[eip\n").unwrap_err().to_string();
+        assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn semantic_errors() {
+        for (text, key) in [
+            ("state_dir = \"relative\"", "state_dir"),
+            ("[release]\nsource = \"http://x\"", "source"),
+            ("[release]\nkeep = 1", "keep"),
+            ("[[efs]]\nfile_system = \"nfs-1\"\nmount_point = \"/efs\"", "file_system"),
+            ("[[release.hooks]]\nroles = [\"web\"]", "hooks"),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(&format!("`{key}`")), "{text}: {err}");
+        }
+    }
+
+    fn tags(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn tags_override_file() {
+        let mut config = parse("[eip]\npool = \"file\"\nrequired = true\n").unwrap();
+        config
+            .apply_tags(&tags(&[
+                ("embark:eip-pool", "web"),
+                ("embark:eip-required", "false"),
+                ("embark:eip-wait", "2m"),
+                ("embark:eip-reserve", "2"),
+                ("embark:efs", "fs-12ab:/shared=/efs, fs-34cd=/data"),
+                ("embark:release", "s3://bucket/app"),
+                ("embark:role", "cron"),
+                ("Name", "anything"),
+                ("aws:autoscaling:groupName", "web"),
+            ]))
+            .unwrap();
+        assert_eq!(config.eip.pool.as_deref(), Some("web"));
+        assert!(!config.eip.required);
+        assert_eq!(config.eip.wait, Duration::from_secs(120));
+        assert_eq!(config.eip.reserve, 2);
+        assert_eq!(config.efs.len(), 2);
+        assert_eq!(config.efs[0].path, "/shared");
+        assert_eq!(config.efs[1].path, "/");
+        assert_eq!(config.efs[1].mount_point, PathBuf::from("/data"));
+        assert_eq!(config.release.source.as_deref(), Some("s3://bucket/app"));
+        assert_eq!(config.role.as_deref(), Some("cron"));
+    }
+
+    #[test]
+    fn bad_tags_are_named() {
+        for (tag, value, needle) in [
+            ("embark:eip-required", "yes", "true or false"),
+            ("embark:eip-wait", "soon", "not a duration"),
+            ("embark:eip-reserve", "-1", "whole number"),
+            ("embark:efs", "fs-12=relative", "absolute"),
+            ("embark:efs", "fs-12", "lacks"),
+            ("embark:release", "bucket/app", "s3://"),
+            ("embark:eip-pol", "web", "did you mean embark:eip-pool"),
+            ("embark:eip-pool", " ", "empty"),
+        ] {
+            let mut config = Config::default();
+            let err = config.apply_tags(&tags(&[(tag, value)])).unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains(tag), "{text}");
+            assert!(text.contains(needle), "{tag}={value}: {text}");
+        }
+    }
+}
