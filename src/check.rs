@@ -13,6 +13,8 @@ pub struct CheckLine {
     pub name: &'static str,
     pub ok: bool,
     pub detail: String,
+    /// A failure of the configuration (file or tags) rather than of the machine: exit 2.
+    pub usage: bool,
 }
 
 impl CheckLine {
@@ -21,6 +23,7 @@ impl CheckLine {
             name,
             ok: true,
             detail: detail.into(),
+            usage: false,
         }
     }
     fn fail(name: &'static str, detail: impl Into<String>) -> Self {
@@ -28,6 +31,13 @@ impl CheckLine {
             name,
             ok: false,
             detail: detail.into(),
+            usage: false,
+        }
+    }
+    fn usage(name: &'static str, detail: impl Into<String>) -> Self {
+        CheckLine {
+            usage: true,
+            ..CheckLine::fail(name, detail)
         }
     }
 }
@@ -41,10 +51,8 @@ impl std::fmt::Display for CheckLine {
 
 pub async fn run(cli: &Cli) -> Result<(), Error> {
     let mut lines = Vec::new();
-    let config_error;
     let ctx = match Context::load(cli) {
         Ok(ctx) => {
-            config_error = false;
             lines.push(CheckLine::ok(
                 "config",
                 match &ctx.source {
@@ -54,8 +62,11 @@ pub async fn run(cli: &Cli) -> Result<(), Error> {
             ));
             Some(ctx)
         }
+        Err(err @ Error::Config(_)) => {
+            lines.push(CheckLine::usage("config", err.to_string()));
+            None
+        }
         Err(err) => {
-            config_error = matches!(err, Error::Config(_));
             lines.push(CheckLine::fail("config", err.to_string()));
             None
         }
@@ -71,15 +82,10 @@ pub async fn run(cli: &Cli) -> Result<(), Error> {
     if failed == 0 {
         return Ok(());
     }
-    if config_error {
-        // The configuration error itself, with its exit code 2.
-        if let Err(err) = Context::load(cli) {
-            return Err(err);
-        }
-    }
     Err(Error::ChecksFailed {
         failed,
         total: lines.len(),
+        usage: lines.iter().any(|l| l.usage),
     })
 }
 
@@ -103,7 +109,7 @@ async fn instance_checks(ctx: &Context) -> Vec<CheckLine> {
                         None => "not in an Auto Scaling group".to_string(),
                     },
                 )),
-                Err(err) => lines.push(CheckLine::fail("tags", err.to_string())),
+                Err(err) => lines.push(CheckLine::usage("tags", err.to_string())),
             }
         }
         Err(err) => lines.push(CheckLine::fail("imds", err.to_string())),

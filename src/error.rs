@@ -15,13 +15,17 @@ pub enum Error {
     Setup(String),
     /// Preflight found problems; each was already printed as its own line.
     #[error("{failed} of {total} checks failed")]
-    ChecksFailed { failed: usize, total: usize },
+    ChecksFailed {
+        failed: usize,
+        total: usize,
+        usage: bool,
+    },
 }
 
 impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Config(_) => 2,
+            Error::Config(_) | Error::ChecksFailed { usage: true, .. } => 2,
             _ => 1,
         }
     }

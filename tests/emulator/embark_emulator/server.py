@@ -321,6 +321,15 @@ class Emulator:
         self.server.serve_forever()
 
 
+def watch_parent(parent: int) -> None:
+    def loop() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=loop, daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="embark-emulator", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -329,7 +338,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--imds-port", type=int, default=0, help="IMDS port (0: any free port)")
     parser.add_argument("--region", default="eu-west-1")
     parser.add_argument("--ready-file", help="write the ports here as JSON once listening")
+    parser.add_argument("--exit-with-parent", action="store_true",
+                        help="exit when the process that started the emulator exits (test harnesses)")
     args = parser.parse_args(argv)
+    if args.exit_with_parent:
+        watch_parent(os.getppid())
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         sys.exit("the emulator listens on loopback only")
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")

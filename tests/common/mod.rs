@@ -1,0 +1,256 @@
+//! Test harness: the emulator on free loopback ports, simulated instances, and the real binary run
+//! with the standard AWS environment variables pointing at them.
+//!
+//! One emulator serves a whole test file (started on first use, gone when the test process exits);
+//! each test seeds its own names so tests can run in parallel.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+pub struct Emulator {
+    pub endpoint: String,
+    pub imds_base: String,
+    pub region: String,
+    _child: Child,
+    _dir: tempfile::TempDir,
+    http: reqwest::blocking::Client,
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn python() -> PathBuf {
+    if let Ok(p) = std::env::var("EMBARK_EMULATOR_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let venv = repo().join("tests/emulator/.venv/bin/python");
+    assert!(
+        venv.exists(),
+        "the emulator's environment is missing: run `make emulator-env` (creates {})",
+        venv.display()
+    );
+    venv
+}
+
+/// The emulator shared by every test of this file.
+pub fn emulator() -> &'static Emulator {
+    static EMULATOR: OnceLock<Emulator> = OnceLock::new();
+    EMULATOR.get_or_init(Emulator::start)
+}
+
+impl Emulator {
+    /// A private emulator, for tests that disturb everything (IMDS outage).
+    pub fn start() -> Emulator {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ready = dir.path().join("ready.json");
+        let log = std::fs::File::create(dir.path().join("emulator.log")).expect("log file");
+        let child = Command::new(python())
+            .args(["-m", "embark_emulator", "--exit-with-parent", "--ready-file"])
+            .arg(&ready)
+            .current_dir(repo().join("tests/emulator"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start the emulator");
+        let started = Instant::now();
+        while !ready.exists() {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the emulator did not start within 60 s; see {}",
+                dir.path().join("emulator.log").display()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // reqwest is built without a bundled crypto provider (as in embark itself).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let info: Value =
+            serde_json::from_str(&std::fs::read_to_string(&ready).expect("ready file"))
+                .expect("ready JSON");
+        Emulator {
+            endpoint: info["endpoint"].as_str().expect("endpoint").to_string(),
+            imds_base: info["imds_base"].as_str().expect("imds").to_string(),
+            region: info["region"].as_str().expect("region").to_string(),
+            _child: child,
+            _dir: dir,
+            http: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()
+                .expect("http client"),
+        }
+    }
+
+    /// A control API call; panics on a non-2xx answer (a broken test setup).
+    pub fn control(&self, method: &str, path: &str, body: Value) -> Value {
+        let url = format!("{}/_embark/{path}", self.endpoint);
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let resp = self
+            .http
+            .request(method, &url)
+            .json(&body)
+            .send()
+            .unwrap_or_else(|e| panic!("control call {url}: {e}"));
+        let status = resp.status();
+        let text = resp.text().expect("control body");
+        assert!(status.is_success(), "control call {url}: {status} {text}");
+        serde_json::from_str(&text).expect("control JSON")
+    }
+
+    /// A ready-made account (see tests/emulator/embark_emulator/seed.py) under its own names.
+    pub fn seed(&self, spec: Value) -> Value {
+        self.control("POST", "seed", spec)
+    }
+
+    pub fn launch(&self, spec: Value) -> Vec<Instance> {
+        let launched = self.control("POST", "launch", spec);
+        launched
+            .as_array()
+            .expect("launch answer")
+            .iter()
+            .map(|v| Instance {
+                id: v["instance_id"].as_str().expect("id").to_string(),
+                imds_endpoint: v["imds_endpoint"].as_str().expect("imds").to_string(),
+                availability_zone: v["availability_zone"].as_str().expect("az").to_string(),
+            })
+            .collect()
+    }
+
+    pub fn launch_one(&self, spec: Value) -> Instance {
+        self.launch(spec).remove(0)
+    }
+
+    pub fn instance(&self, id: &str) -> Value {
+        self.control("GET", &format!("instances/{id}"), json!({}))
+    }
+
+    pub fn fault(&self, spec: Value) {
+        self.control("POST", "faults", spec);
+    }
+
+    /// Every request the emulator served, in order.
+    pub fn requests(&self) -> Vec<Value> {
+        match self.control("GET", "requests", json!({})) {
+            Value::Array(v) => v,
+            other => panic!("request log: {other}"),
+        }
+    }
+}
+
+pub struct Instance {
+    pub id: String,
+    pub imds_endpoint: String,
+    pub availability_zone: String,
+}
+
+/// A command line for the real binary, as `instance` would run it.
+pub struct Embark {
+    cmd: Command,
+    pub state_dir: tempfile::TempDir,
+}
+
+impl Embark {
+    pub fn new(emu: &Emulator, instance: &Instance) -> Embark {
+        let state_dir = tempfile::tempdir().expect("state dir");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_embark"));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", &instance.imds_endpoint)
+            .env("AWS_ENDPOINT_URL", &emu.endpoint)
+            .env("AWS_ACCESS_KEY_ID", "AKIDEMBARKTEST")
+            .env("AWS_SECRET_ACCESS_KEY", SECRET)
+            .env("EMBARK_CONFIG", state_dir.path().join("no-config.toml"))
+            .env("EMBARK_STATE_DIR", state_dir.path().join("state"));
+        Embark { cmd, state_dir }
+    }
+
+    /// Without an instance: config-only commands.
+    pub fn offline() -> Embark {
+        let state_dir = tempfile::tempdir().expect("state dir");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_embark"));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://127.0.0.1:9")
+            .env("EMBARK_CONFIG", state_dir.path().join("no-config.toml"))
+            .env("EMBARK_STATE_DIR", state_dir.path().join("state"));
+        Embark { cmd, state_dir }
+    }
+
+    /// Writes `text` as the config file and uses it.
+    pub fn config(mut self, text: &str) -> Embark {
+        let path = self.state_dir.path().join("embark.toml");
+        std::fs::write(&path, text).expect("write config");
+        self.cmd.env("EMBARK_CONFIG", &path);
+        self
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.state_dir.path().join("embark.toml")
+    }
+
+    pub fn env(mut self, key: &str, value: impl AsRef<std::ffi::OsStr>) -> Embark {
+        self.cmd.env(key, value);
+        self
+    }
+
+    pub fn run(mut self, args: &[&str]) -> Run {
+        let output = self.cmd.args(args).output().expect("run embark");
+        Run {
+            output,
+            _state_dir: self.state_dir,
+        }
+    }
+}
+
+pub const SECRET: &str = "embarkTestSecretKeyThatMustNeverBeLogged0";
+
+pub struct Run {
+    pub output: Output,
+    _state_dir: tempfile::TempDir,
+}
+
+impl Run {
+    pub fn code(&self) -> i32 {
+        self.output.status.code().unwrap_or(-1)
+    }
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.output.stdout).into_owned()
+    }
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.output.stderr).into_owned()
+    }
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.output.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", self.stdout()))
+    }
+    /// Panics with both streams unless the exit code is `code`.
+    pub fn expect_code(self, code: i32) -> Run {
+        assert_eq!(
+            self.code(),
+            code,
+            "exit code\n--- stdout\n{}\n--- stderr\n{}",
+            self.stdout(),
+            self.stderr()
+        );
+        self
+    }
+}
+
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id() % 100_000,
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+pub fn file_exists(p: &Path) -> bool {
+    p.exists()
+}
