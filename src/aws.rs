@@ -38,7 +38,9 @@ impl Aws {
 }
 
 /// A service error's code (`UnauthorizedOperation`, `Resource.AlreadyAssociated`, ...), if any.
-pub fn error_code<E, R>(err: &aws_smithy_runtime_api::client::result::SdkError<E, R>) -> Option<&str>
+pub fn error_code<E, R>(
+    err: &aws_smithy_runtime_api::client::result::SdkError<E, R>,
+) -> Option<&str>
 where
     E: aws_smithy_types::error::metadata::ProvideErrorMetadata,
 {

@@ -166,7 +166,9 @@ mod tests {
             .contains("will be created"));
         let file = tmp.path().join("f");
         std::fs::write(&file, b"x").unwrap();
-        assert!(probe_writable(&file).unwrap_err().contains("not a directory"));
+        assert!(probe_writable(&file)
+            .unwrap_err()
+            .contains("not a directory"));
         // The probe leaves nothing behind.
         assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1);
     }

@@ -32,7 +32,13 @@ pub struct Cli {
     pub state_dir: Option<PathBuf>,
 
     /// Log lines on stderr for people, or JSON for log shippers
-    #[arg(long, global = true, value_enum, env = "EMBARK_LOG_FORMAT", default_value = "human")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "EMBARK_LOG_FORMAT",
+        default_value = "human"
+    )]
     pub log_format: LogFormat,
 
     /// More detail in the logs (-vv includes the AWS SDK's own)
@@ -127,7 +133,9 @@ impl Context {
         let (tags, source) = match imds.tags().await? {
             Some(tags) => (tags, TagsSource::Imds),
             None => {
-                tracing::debug!("instance metadata tags are off; reading tags with ec2:DescribeTags");
+                tracing::debug!(
+                    "instance metadata tags are off; reading tags with ec2:DescribeTags"
+                );
                 let tags = identity::tags_from_ec2(&aws.ec2(), &meta.instance_id).await?;
                 (tags, TagsSource::DescribeTags)
             }

@@ -282,7 +282,10 @@ impl Config {
     /// Reads `path`; an absent file is all defaults.
     pub fn load(path: &Path) -> Result<(Config, Source), ConfigError> {
         match std::fs::read_to_string(path) {
-            Ok(text) => Ok((Config::parse(path, &text)?, Source::File(path.to_path_buf()))),
+            Ok(text) => Ok((
+                Config::parse(path, &text)?,
+                Source::File(path.to_path_buf()),
+            )),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
                 Ok((Config::default(), Source::Defaults(path.to_path_buf())))
             }
@@ -309,10 +312,7 @@ impl Config {
             hint: None,
         };
         if !self.state_dir.is_absolute() {
-            return Err(invalid(
-                "state_dir",
-                "must be an absolute path".to_string(),
-            ));
+            return Err(invalid("state_dir", "must be an absolute path".to_string()));
         }
         if let Some(source) = &self.release.source {
             if let Err(message) = check_s3_url(source) {
@@ -561,12 +561,13 @@ fn section_of(text: &str, line: usize) -> Option<String> {
 }
 
 fn line_of_key(text: &str, key: &str) -> Option<usize> {
-    text.lines().position(|l| {
-        l.trim_start()
-            .strip_prefix(key)
-            .is_some_and(|rest| rest.trim_start().starts_with('='))
-    })
-    .map(|i| i + 1)
+    text.lines()
+        .position(|l| {
+            l.trim_start()
+                .strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+        .map(|i| i + 1)
 }
 
 /// The closest name within a small edit distance, for "did you mean".
@@ -695,7 +696,9 @@ error_topic = "arn:aws:sns:eu-west-1:123456789012:deploy-error"
 
     #[test]
     fn wrong_type_names_key() {
-        let err = parse("[eip]\nrequired = \"yes\"\n").unwrap_err().to_string();
+        let err = parse("[eip]\nrequired = \"yes\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("line 2"), "{err}");
         assert!(err.contains("`required`"), "{err}");
         assert!(err.contains("wrong type"), "{err}");
@@ -703,7 +706,9 @@ error_topic = "arn:aws:sns:eu-west-1:123456789012:deploy-error"
 
     #[test]
     fn bad_duration_names_key() {
-        let err = parse("[watch]\ninterval = \"often\"\n").unwrap_err().to_string();
+        let err = parse("[watch]\ninterval = \"often\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("line 2"), "{err}");
         assert!(err.contains("`interval`"), "{err}");
         assert!(err.contains("not a duration"), "{err}");
@@ -721,7 +726,10 @@ error_topic = "arn:aws:sns:eu-west-1:123456789012:deploy-error"
             ("state_dir = \"relative\"", "state_dir"),
             ("[release]\nsource = \"http://x\"", "source"),
             ("[release]\nkeep = 1", "keep"),
-            ("[[efs]]\nfile_system = \"nfs-1\"\nmount_point = \"/efs\"", "file_system"),
+            (
+                "[[efs]]\nfile_system = \"nfs-1\"\nmount_point = \"/efs\"",
+                "file_system",
+            ),
             ("[[release.hooks]]\nroles = [\"web\"]", "hooks"),
         ] {
             let err = parse(text).unwrap_err().to_string();

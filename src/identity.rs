@@ -169,9 +169,7 @@ fn classify(err: &ImdsError) -> Class {
                 Some(403) => Class::Forbidden,
                 Some(400) => Class::Fatal("the token request was refused (400)".to_string()),
                 Some(s) => Class::Retry(format!("token request answered HTTP {s}")),
-                None if token.is_dispatch_failure() => {
-                    Class::Retry("cannot connect".to_string())
-                }
+                None if token.is_dispatch_failure() => Class::Retry("cannot connect".to_string()),
                 None => Class::Retry(error_chain(err)),
             }
         }
@@ -291,8 +289,14 @@ impl Identity {
                 None => self.availability_zone.clone(),
             },
         );
-        line("instance type", self.instance_type.clone().unwrap_or_else(none));
-        line("private ipv4", self.private_ipv4.clone().unwrap_or_else(none));
+        line(
+            "instance type",
+            self.instance_type.clone().unwrap_or_else(none),
+        );
+        line(
+            "private ipv4",
+            self.private_ipv4.clone().unwrap_or_else(none),
+        );
         line("public ipv4", self.public_ipv4.clone().unwrap_or_else(none));
         line("mac", self.mac.clone().unwrap_or_else(none));
         line(

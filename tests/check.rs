@@ -29,14 +29,23 @@ fn unwritable_state_dir_fails_its_line() {
     let embark = Embark::new(emu, &inst);
     let file = embark.state_dir.path().join("plain-file");
     std::fs::write(&file, b"x").unwrap();
-    let run = embark.env("EMBARK_STATE_DIR", &file).run(&["check"]).expect_code(1);
+    let run = embark
+        .env("EMBARK_STATE_DIR", &file)
+        .run(&["check"])
+        .expect_code(1);
     let out = run.stdout();
     assert!(
-        out.lines().any(|l| l.starts_with("FAIL") && l.contains("state_dir") && l.contains("not a directory")),
+        out.lines().any(|l| l.starts_with("FAIL")
+            && l.contains("state_dir")
+            && l.contains("not a directory")),
         "{out}"
     );
     // The other checks still ran.
-    assert!(out.lines().any(|l| l.starts_with("ok") && l.contains("imds")), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("ok") && l.contains("imds")),
+        "{out}"
+    );
 }
 
 #[test]
@@ -46,8 +55,16 @@ fn unreachable_imds_fails_its_line() {
         .run(&["check"])
         .expect_code(1);
     let out = run.stdout();
-    assert!(out.lines().any(|l| l.starts_with("FAIL") && l.contains("imds")), "{out}");
-    assert!(out.lines().any(|l| l.starts_with("ok") && l.contains("config")), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("FAIL") && l.contains("imds")),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("ok") && l.contains("config")),
+        "{out}"
+    );
 }
 
 #[test]
@@ -59,7 +76,9 @@ fn malformed_group_tag_is_a_configuration_error() {
     let run = Embark::new(emu, &inst).run(&["check"]).expect_code(2);
     let out = run.stdout();
     assert!(
-        out.lines().any(|l| l.starts_with("FAIL") && l.contains("embark:eip-wait") && l.contains("not a duration")),
+        out.lines().any(|l| l.starts_with("FAIL")
+            && l.contains("embark:eip-wait")
+            && l.contains("not a duration")),
         "{out}"
     );
 }
@@ -71,11 +90,24 @@ fn unknown_embark_tag_is_named_with_nearest() {
     emu.seed(json!({"name": group, "group_tags": {"embark:eip-reserv": "2"}}));
     let inst = emu.launch_one(json!({"group": group}));
     let run = Embark::new(emu, &inst).run(&["check"]).expect_code(2);
-    assert!(run.stdout().contains("did you mean embark:eip-reserve"), "{}", run.stdout());
+    assert!(
+        run.stdout().contains("did you mean embark:eip-reserve"),
+        "{}",
+        run.stdout()
+    );
 }
 
 #[test]
 fn bad_config_file_fails_with_exit_2() {
-    let run = Embark::offline().config("[eip]\nrequired = maybe\n").run(&["check"]).expect_code(2);
-    assert!(run.stdout().lines().any(|l| l.starts_with("FAIL") && l.contains("config")), "{}", run.stdout());
+    let run = Embark::offline()
+        .config("[eip]\nrequired = maybe\n")
+        .run(&["check"])
+        .expect_code(2);
+    assert!(
+        run.stdout()
+            .lines()
+            .any(|l| l.starts_with("FAIL") && l.contains("config")),
+        "{}",
+        run.stdout()
+    );
 }

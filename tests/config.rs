@@ -9,7 +9,10 @@ fn rejected(text: &str, needles: &[&str]) {
     let path = embark.config_path();
     let run = embark.run(&["identity"]).expect_code(2);
     let err = run.stderr();
-    assert!(err.contains(&path.display().to_string()), "file not named: {err}");
+    assert!(
+        err.contains(&path.display().to_string()),
+        "file not named: {err}"
+    );
     for needle in needles {
         assert!(err.contains(needle), "{needle:?} missing: {err}");
     }
@@ -26,7 +29,10 @@ fn unknown_key_names_line_key_and_nearest() {
 
 #[test]
 fn wrong_type_names_line_and_key() {
-    rejected("[release]\nkeep = \"three\"\n", &["line 2", "`keep`", "wrong type"]);
+    rejected(
+        "[release]\nkeep = \"three\"\n",
+        &["line 2", "`keep`", "wrong type"],
+    );
 }
 
 #[test]
@@ -36,7 +42,10 @@ fn malformed_toml_names_line() {
 
 #[test]
 fn bad_duration_names_line_and_key() {
-    rejected("imds_deadline = \"two minutes\"\n", &["line 1", "`imds_deadline`", "not a duration"]);
+    rejected(
+        "imds_deadline = \"two minutes\"\n",
+        &["line 1", "`imds_deadline`", "not a duration"],
+    );
 }
 
 #[test]
@@ -48,7 +57,11 @@ fn unreadable_config_is_a_usage_error() {
         .env("EMBARK_CONFIG", &dir)
         .run(&["identity"])
         .expect_code(2);
-    assert!(run.stderr().contains("cannot read the config file"), "{}", run.stderr());
+    assert!(
+        run.stderr().contains("cannot read the config file"),
+        "{}",
+        run.stderr()
+    );
 }
 
 #[test]

@@ -82,7 +82,10 @@ fn imds_500_three_times_then_200_succeeds() {
         .iter()
         .filter(|r| {
             r["service"] == "imds"
-                && r["path"].as_str().unwrap_or("").starts_with(&format!("/{}", inst.id))
+                && r["path"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with(&format!("/{}", inst.id))
                 && r["status"] == 500
         })
         .count();
@@ -98,16 +101,23 @@ fn imds_disabled_is_a_clear_error_without_retrying() {
         &format!("instances/{}", inst.id),
         json!({"http_endpoint": "disabled"}),
     );
-    let run = Embark::new(emu, &inst)
-        .run(&["identity"])
-        .expect_code(1);
+    let run = Embark::new(emu, &inst).run(&["identity"]).expect_code(1);
     let err = run.stderr();
     assert!(err.contains("IMDS is disabled on this instance"), "{err}");
-    assert!(!err.contains("Error {") && !err.contains("ErrorResponse"), "Debug dump: {err}");
+    assert!(
+        !err.contains("Error {") && !err.contains("ErrorResponse"),
+        "Debug dump: {err}"
+    );
     let calls = emu
         .requests()
         .iter()
-        .filter(|r| r["service"] == "imds" && r["path"].as_str().unwrap_or("").starts_with(&format!("/{}", inst.id)))
+        .filter(|r| {
+            r["service"] == "imds"
+                && r["path"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with(&format!("/{}", inst.id))
+        })
         .count();
     assert_eq!(calls, 1, "a 403 must not be retried");
 }
@@ -144,7 +154,8 @@ fn secrets_never_reach_the_logs() {
         assert!(!err.is_empty(), "-vv logs something");
         assert!(!err.contains(SECRET), "secret key in logs: {err}");
         assert!(
-            !err.to_ascii_lowercase().contains("x-aws-ec2-metadata-token:"),
+            !err.to_ascii_lowercase()
+                .contains("x-aws-ec2-metadata-token:"),
             "IMDS token header in logs"
         );
         if format == "json" {

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Emulator, Embark};
+use common::{Embark, Emulator};
 use serde_json::json;
 
 #[test]

@@ -52,7 +52,12 @@ impl Emulator {
         let ready = dir.path().join("ready.json");
         let log = std::fs::File::create(dir.path().join("emulator.log")).expect("log file");
         let child = Command::new(python())
-            .args(["-m", "embark_emulator", "--exit-with-parent", "--ready-file"])
+            .args([
+                "-m",
+                "embark_emulator",
+                "--exit-with-parent",
+                "--ready-file",
+            ])
             .arg(&ready)
             .current_dir(repo().join("tests/emulator"))
             .stdout(Stdio::null())

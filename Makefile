@@ -1,0 +1,36 @@
+# embark: the two set-up commands (README) and their parts. Everything runs on a fresh machine.
+SHELL := /bin/bash
+TARGET := x86_64-unknown-linux-gnu
+STATIC := target/$(TARGET)/release/embark
+VENV := tests/emulator/.venv
+PYTHON ?= python3
+
+.PHONY: demo test static emulator-env lint clean-env
+
+# The main job: the emulator, a simulated instance in a group, and embark run against it.
+demo: emulator-env static
+	EMBARK_BIN=$(STATIC) scripts/demo.sh
+
+# Every test: unit and integration tests of the binary, the static-binary proof, the emulator's own.
+test: emulator-env static
+	cargo test --locked
+	cd tests/emulator && .venv/bin/python -m pytest -q
+
+# The portable binary: static-pie on the gnu target, no host libc needed at run time.
+static:
+	RUSTFLAGS="-C target-feature=+crt-static" cargo build --locked --release --target $(TARGET)
+	@ls -l $(STATIC) | awk '{printf "static binary: %s (%.1f MB)\n", $$9, $$5/1048576}'
+
+# The emulator's Python environment, from pinned requirements; rebuilt when they change.
+emulator-env: $(VENV)/.installed
+$(VENV)/.installed: tests/emulator/requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/emulator/requirements.txt
+	touch $@
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --locked --all-targets -- -D warnings
+
+clean-env:
+	rm -rf $(VENV)

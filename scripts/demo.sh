@@ -1,0 +1,37 @@
+#!/bin/bash
+# The demo: start the emulator, seed an account (group with a launching hook, address pool, file system,
+# bucket, topics), launch an instance into the group, and run embark on it as user-data would.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")/.." && pwd)
+embark=${EMBARK_BIN:-$here/target/x86_64-unknown-linux-gnu/release/embark}
+work=$(mktemp -d)
+trap 'kill "$emu_pid" 2>/dev/null || true; rm -rf "$work"' EXIT
+
+(cd "$here/tests/emulator" && exec .venv/bin/python -m embark_emulator --ready-file "$work/ready.json") \
+    >"$work/emulator.log" 2>&1 &
+emu_pid=$!
+for _ in $(seq 1 300); do [ -s "$work/ready.json" ] && break; sleep 0.1; done
+[ -s "$work/ready.json" ] || { echo "emulator did not start; log:" >&2; cat "$work/emulator.log" >&2; exit 1; }
+
+endpoint=$(jq -r .endpoint "$work/ready.json")
+control() { curl -sf -X "$1" "$endpoint/_embark/$2" -H 'content-type: application/json' -d "${3:-{\}}"; }
+
+echo "== emulator at $endpoint"
+control POST seed '{"name": "web", "pool_size": 4}' >"$work/account.json"
+echo "== seeded: group web (launching hook $(jq -r .hook "$work/account.json")), pool of $(jq '.addresses|length' "$work/account.json") addresses, $(jq -r .file_system_id "$work/account.json"), bucket $(jq -r .bucket "$work/account.json")"
+control POST launch '{"group": "web"}' >"$work/instance.json"
+instance=$(jq -r '.[0].instance_id' "$work/instance.json")
+echo "== launched $instance into group web: $(jq -r '.[0].lifecycle_state' "$work/instance.json")"
+
+export AWS_EC2_METADATA_SERVICE_ENDPOINT
+AWS_EC2_METADATA_SERVICE_ENDPOINT=$(jq -r '.[0].imds_endpoint' "$work/instance.json")
+export AWS_ENDPOINT_URL=$endpoint AWS_ACCESS_KEY_ID=demo AWS_SECRET_ACCESS_KEY=demo
+export EMBARK_CONFIG=$work/embark.toml EMBARK_STATE_DIR=$work/state
+
+echo
+echo "\$ embark identity"
+"$embark" identity
+echo
+echo "\$ embark check"
+"$embark" check
