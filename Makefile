@@ -17,8 +17,11 @@ test: emulator-env static
 	cd tests/emulator && .venv/bin/python -m pytest -q
 
 # The portable binary: static-pie on the gnu target, no host libc needed at run time.
+# getrandom finds glibc's getrandom() with dlsym, which a static binary cannot do, and then falls back
+# to opening /dev/urandom; the cfg makes it call getrandom() directly, so /dev is not needed either.
+STATIC_RUSTFLAGS := -C target-feature=+crt-static --cfg getrandom_backend="linux_getrandom"
 static:
-	RUSTFLAGS="-C target-feature=+crt-static" cargo build --locked --release --target $(TARGET)
+	RUSTFLAGS='$(STATIC_RUSTFLAGS)' cargo build --locked --release --target $(TARGET)
 	@ls -l $(STATIC) | awk '{printf "static binary: %s (%.1f MB)\n", $$9, $$5/1048576}'
 
 # The emulator's Python environment, from pinned requirements; rebuilt when they change.

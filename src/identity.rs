@@ -169,7 +169,9 @@ fn classify(err: &ImdsError) -> Class {
                 Some(403) => Class::Forbidden,
                 Some(400) => Class::Fatal("the token request was refused (400)".to_string()),
                 Some(s) => Class::Retry(format!("token request answered HTTP {s}")),
-                None if token.is_dispatch_failure() => Class::Retry("cannot connect".to_string()),
+                None if token.is_dispatch_failure() => {
+                    Class::Retry(format!("cannot connect: {}", error_chain(err)))
+                }
                 None => Class::Retry(error_chain(err)),
             }
         }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
 use aws_smithy_runtime_api::client::dns::{DnsFuture, ResolveDns, ResolveDnsError};
 use aws_smithy_runtime_api::client::http::SharedHttpClient;
-use hickory_resolver::config::{ResolveHosts, ResolverConfig};
+use hickory_resolver::config::{LookupIpStrategy, ResolveHosts, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::TokioResolver;
 
@@ -38,7 +38,11 @@ impl Resolver {
                 TokioRuntimeProvider::default(),
             )
         });
-        builder.options_mut().use_hosts_file = ResolveHosts::Always;
+        let options = builder.options_mut();
+        options.use_hosts_file = ResolveHosts::Always;
+        // A then AAAA, as glibc does: with both at once, a name that /etc/hosts answers still waits for
+        // the AAAA query to time out at the name server (seconds, at boot, with no DNS yet).
+        options.ip_strategy = LookupIpStrategy::Ipv4thenIpv6;
         let inner = builder
             .build()
             .map_err(|err| format!("cannot set up name resolution from /etc/resolv.conf: {err}"))?;
@@ -51,11 +55,10 @@ impl Resolver {
         if let Ok(ip) = name.trim_matches(['[', ']']).parse::<IpAddr>() {
             return Ok(vec![ip]);
         }
-        let answer = self
-            .inner
-            .lookup_ip(name)
-            .await
-            .map_err(|err| format!("cannot resolve {name}: {err}"))?;
+        let started = std::time::Instant::now();
+        let answer = self.inner.lookup_ip(name).await;
+        tracing::debug!(name, elapsed = ?started.elapsed(), ok = answer.is_ok(), "resolved");
+        let answer = answer.map_err(|err| format!("cannot resolve {name}: {err}"))?;
         let ips: Vec<IpAddr> = answer.iter().collect();
         if ips.is_empty() {
             return Err(format!("cannot resolve {name}: no addresses"));
