@@ -1,6 +1,7 @@
 //! AWS SDK configuration: embark's own HTTP client (pure-Rust DNS), the standard environment variables
 //! (`AWS_ENDPOINT_URL`, `AWS_PROFILE`, credentials), and the instance's own region as the default.
 
+use aws_config::retry::RetryConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_smithy_runtime_api::client::http::SharedHttpClient;
 
@@ -17,8 +18,11 @@ impl Aws {
             .iter()
             .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
             .unwrap_or_else(|| instance_region.to_string());
+        // More attempts than the SDK's default 3: at boot, a throttled or briefly failing API must not
+        // fail the instance; the standard strategy backs off with jitter between them.
         let config = aws_config::defaults(BehaviorVersion::latest())
             .http_client(http)
+            .retry_config(RetryConfig::standard().with_max_attempts(8))
             .region(Region::new(region))
             .load()
             .await;

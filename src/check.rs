@@ -4,8 +4,9 @@
 
 use std::path::Path;
 
-use crate::cli::{Cli, Context};
+use crate::cli::{Cli, Context, Instance};
 use crate::config::{Config, Source};
+use crate::eip;
 use crate::error::Error;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,7 +93,7 @@ pub async fn run(cli: &Cli) -> Result<(), Error> {
 async fn instance_checks(ctx: &Context) -> Vec<CheckLine> {
     let mut lines = Vec::new();
     match ctx.identify().await {
-        Ok((identity, _aws)) => {
+        Ok((identity, aws)) => {
             lines.push(CheckLine::ok(
                 "imds",
                 format!(
@@ -102,19 +103,69 @@ async fn instance_checks(ctx: &Context) -> Vec<CheckLine> {
             ));
             let mut config = ctx.config.clone();
             match config.apply_tags(&identity.tags) {
-                Ok(()) => lines.push(CheckLine::ok(
-                    "tags",
-                    match &identity.auto_scaling_group {
-                        Some(group) => format!("group {group}; embark tags valid"),
-                        None => "not in an Auto Scaling group".to_string(),
-                    },
-                )),
+                Ok(()) => {
+                    lines.push(CheckLine::ok(
+                        "tags",
+                        match &identity.auto_scaling_group {
+                            Some(group) => format!("group {group}; embark tags valid"),
+                            None => "not in an Auto Scaling group".to_string(),
+                        },
+                    ));
+                    let instance = Instance {
+                        identity,
+                        aws,
+                        config,
+                    };
+                    lines.push(eip_check(&instance).await);
+                }
                 Err(err) => lines.push(CheckLine::usage("tags", err.to_string())),
             }
         }
         Err(err) => lines.push(CheckLine::fail("imds", err.to_string())),
     }
     lines
+}
+
+/// Whether a pool is configured, and whether it has an address for this instance.
+async fn eip_check(instance: &Instance) -> CheckLine {
+    let Some(pool) = instance.config.eip.pool.clone() else {
+        return CheckLine::ok("eip", "no pool configured: no Elastic IP step");
+    };
+    if let Err(err) = eip::check_region(&instance.aws.region(), &instance.identity.region) {
+        return CheckLine::usage("eip", err.to_string());
+    }
+    let place = instance.place();
+    match eip::describe_pool(&instance.aws.ec2(), &pool).await {
+        Ok(found) => {
+            let status = eip::Status::new(found, &place, instance.config.eip.reserve);
+            let summary = format!(
+                "pool '{pool}': {} of {} free ({} for this zone){}",
+                status.free,
+                status.total,
+                status.free_here,
+                status
+                    .bound_here
+                    .as_ref()
+                    .map(|a| format!("; {} bound here", a.public_ip))
+                    .unwrap_or_default()
+            );
+            let eip = &instance.config.eip;
+            if status.bound_here.is_none()
+                && status.free_here == 0
+                && eip.required
+                && eip.wait.is_zero()
+            {
+                CheckLine::fail(
+                    "eip",
+                    format!("{summary}: none for this instance and the pool is required"),
+                )
+            } else {
+                CheckLine::ok("eip", summary)
+            }
+        }
+        Err(err) if err.is_usage() => CheckLine::usage("eip", err.to_string()),
+        Err(err) => CheckLine::fail("eip", err.to_string()),
+    }
 }
 
 /// Writable without writing anything lasting: a probe file is created and removed; a state dir that

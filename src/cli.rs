@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 use crate::aws::Aws;
 use crate::config::{self, Config, Source};
+use crate::eip::{self, Outcome};
 use crate::error::Error;
 use crate::identity::{self, Identity, Imds, TagsSource};
 use crate::net::{self, Resolver};
@@ -73,6 +74,33 @@ pub enum Command {
     },
     /// Preflight: exit 0 only if a boot could succeed here; each failed check is one line
     Check,
+    /// Elastic IP from the group's pool
+    Eip {
+        #[command(subcommand)]
+        command: EipCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EipCommand {
+    /// Bind a free address of the pool to this instance (nothing to do if one is bound already)
+    Bind {
+        /// Pool name (default: the group's embark:eip-pool tag, else [eip] pool)
+        #[arg(long)]
+        pool: Option<String>,
+        /// Show the candidates and the choice; change nothing
+        #[arg(long)]
+        plan: bool,
+    },
+    /// The pool: total, free, the address bound here, reserve
+    Status {
+        /// Pool name (default: the group's embark:eip-pool tag, else [eip] pool)
+        #[arg(long)]
+        pool: Option<String>,
+        /// Stable JSON output (documented in docs/cli.md)
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub async fn run(cli: Cli) -> Result<(), Error> {
@@ -90,6 +118,123 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
             Ok(())
         }
         Command::Check => crate::check::run(&cli).await,
+        Command::Eip { ref command } => {
+            let ctx = Context::load(&cli)?;
+            let instance = ctx.instance().await?;
+            match command {
+                EipCommand::Bind { pool, plan } => {
+                    eip_bind(&instance, pool.as_deref(), *plan).await
+                }
+                EipCommand::Status { pool, json } => {
+                    eip_status(&instance, pool.as_deref(), *json).await
+                }
+            }
+        }
+    }
+}
+
+async fn eip_bind(instance: &Instance, pool: Option<&str>, plan: bool) -> Result<(), Error> {
+    let settings = eip_settings(&instance.config, pool)?;
+    let place = instance.place();
+    eip::check_region(&instance.aws.region(), &instance.identity.region)?;
+    let ec2 = instance.aws.ec2();
+    if plan {
+        let plan = eip::plan(&ec2, &place, &settings).await?;
+        print!("{}", plan.human(&place, &settings));
+        return Ok(());
+    }
+    match eip::bind(&ec2, &place, &settings).await? {
+        Outcome::Bound { address, free } => {
+            println!(
+                "bound {} ({}) from pool '{}' to {}; {free} of the pool's addresses free",
+                address.public_ip, address.allocation_id, settings.pool, place.instance_id
+            );
+            warn_reserve(&settings, free);
+        }
+        Outcome::AlreadyBound { address, free } => {
+            println!(
+                "already bound: {} ({}) from pool '{}'; nothing to do",
+                address.public_ip, address.allocation_id, settings.pool
+            );
+            warn_reserve(&settings, free);
+        }
+        Outcome::NoneFree { total, waited } => {
+            tracing::warn!(
+                pool = %settings.pool,
+                "no free address in pool '{}' ({total} addresses, waited {}); continuing without one because it is not required",
+                settings.pool,
+                humantime::format_duration(waited)
+            );
+            println!(
+                "no free address in pool '{}'; continuing without one (not required)",
+                settings.pool
+            );
+        }
+    }
+    Ok(())
+}
+
+fn warn_reserve(settings: &eip::Settings, free: usize) {
+    if (free as u64) < u64::from(settings.reserve) {
+        tracing::warn!(
+            pool = %settings.pool,
+            "pool '{}' has {free} free address(es) left, below its reserve of {}: add addresses tagged embark:pool={}",
+            settings.pool,
+            settings.reserve,
+            settings.pool
+        );
+    }
+}
+
+async fn eip_status(instance: &Instance, pool: Option<&str>, json: bool) -> Result<(), Error> {
+    let settings = eip_settings(&instance.config, pool)?;
+    eip::check_region(&instance.aws.region(), &instance.identity.region)?;
+    let pool = eip::describe_pool(&instance.aws.ec2(), &settings.pool).await?;
+    let status = eip::Status::new(pool, &instance.place(), settings.reserve);
+    if json {
+        let text = serde_json::to_string_pretty(&status)
+            .map_err(|err| Error::Setup(format!("cannot encode the status: {err}")))?;
+        println!("{text}");
+    } else {
+        print!("{}", status.human());
+    }
+    Ok(())
+}
+
+/// The pool from `--pool`, else the group's tag (already applied to the config), else the file.
+pub fn eip_settings(config: &Config, flag: Option<&str>) -> Result<eip::Settings, Error> {
+    let pool = flag
+        .map(str::to_string)
+        .or_else(|| config.eip.pool.clone())
+        .filter(|p| !p.trim().is_empty())
+        .ok_or_else(|| {
+            Error::Usage(
+                "no Elastic IP pool configured: set the group's embark:eip-pool tag, [eip] pool in the config file, or --pool".to_string(),
+            )
+        })?;
+    Ok(eip::Settings {
+        pool,
+        required: config.eip.required,
+        wait: config.eip.wait,
+        reserve: config.eip.reserve,
+    })
+}
+
+/// This instance: its identity, the AWS configuration for its region, and the configuration with its
+/// group's tags applied.
+pub struct Instance {
+    pub identity: Identity,
+    pub aws: Aws,
+    pub config: Config,
+}
+
+impl Instance {
+    pub fn place(&self) -> eip::Place<'_> {
+        eip::Place {
+            instance_id: &self.identity.instance_id,
+            az_name: &self.identity.availability_zone,
+            az_id: self.identity.availability_zone_id.as_deref(),
+        }
     }
 }
 
@@ -141,5 +286,17 @@ impl Context {
             }
         };
         Ok((Identity::from_parts(meta, tags, source), aws))
+    }
+
+    /// The identity plus the configuration with the group's tags on top (bad tags: exit 2).
+    pub async fn instance(&self) -> Result<Instance, Error> {
+        let (identity, aws) = self.identify().await?;
+        let mut config = self.config.clone();
+        config.apply_tags(&identity.tags)?;
+        Ok(Instance {
+            identity,
+            aws,
+            config,
+        })
     }
 }

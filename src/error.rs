@@ -1,6 +1,7 @@
 //! The error `main` prints (its Display, never Debug) and the exit code it maps to.
 
 use crate::config::ConfigError;
+use crate::eip::EipError;
 use crate::identity::IdentityError;
 
 #[derive(Debug, thiserror::Error)]
@@ -10,6 +11,11 @@ pub enum Error {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Identity(#[from] IdentityError),
+    #[error(transparent)]
+    Eip(#[from] EipError),
+    /// A usage error found after the configuration was read (e.g. a step asked for but not configured).
+    #[error("{0}")]
+    Usage(String),
     /// This machine cannot run embark at all (no resolver, no runtime).
     #[error("{0}")]
     Setup(String),
@@ -25,7 +31,8 @@ pub enum Error {
 impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Config(_) | Error::ChecksFailed { usage: true, .. } => 2,
+            Error::Config(_) | Error::Usage(_) | Error::ChecksFailed { usage: true, .. } => 2,
+            Error::Eip(err) if err.is_usage() => 2,
             _ => 1,
         }
     }

@@ -138,6 +138,30 @@ impl Emulator {
         self.control("POST", "faults", spec);
     }
 
+    /// Elastic IPs, tagged with `pool` / `az` when given.
+    pub fn allocate(&self, spec: Value) -> Vec<Value> {
+        match self.control("POST", "addresses", spec) {
+            Value::Array(v) => v,
+            other => panic!("allocate: {other}"),
+        }
+    }
+
+    /// The pool's addresses with their associations (`instance_id` null when free).
+    pub fn addresses(&self, pool: &str) -> Vec<Value> {
+        match self.control("GET", &format!("addresses?pool={pool}"), json!({})) {
+            Value::Array(v) => v,
+            other => panic!("addresses: {other}"),
+        }
+    }
+
+    pub fn disassociate(&self, allocation_id: &str) {
+        self.control(
+            "POST",
+            "disassociate",
+            json!({"allocation_id": allocation_id}),
+        );
+    }
+
     /// Every request the emulator served, in order.
     pub fn requests(&self) -> Vec<Value> {
         match self.control("GET", "requests", json!({})) {
@@ -203,10 +227,39 @@ impl Embark {
         self
     }
 
+    /// Starts it without waiting (races); `wait` collects the result.
+    pub fn spawn(mut self, args: &[&str]) -> Running {
+        let child = self
+            .cmd
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn embark");
+        Running {
+            child,
+            state_dir: self.state_dir,
+        }
+    }
+
     pub fn run(mut self, args: &[&str]) -> Run {
         let output = self.cmd.args(args).output().expect("run embark");
         Run {
             output,
+            _state_dir: self.state_dir,
+        }
+    }
+}
+
+pub struct Running {
+    child: Child,
+    state_dir: tempfile::TempDir,
+}
+
+impl Running {
+    pub fn wait(self) -> Run {
+        Run {
+            output: self.child.wait_with_output().expect("wait embark"),
             _state_dir: self.state_dir,
         }
     }

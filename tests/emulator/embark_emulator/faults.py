@@ -38,9 +38,14 @@ class Rule:
     latency_ms: int = 0
     path: str = "*"  # IMDS rules: a path prefix under /latest/
     instance: str = "*"  # IMDS rules: one instance id
+    params: dict | None = None  # AWS rules: only calls with these parameters (e.g. {"InstanceId": ...})
+    after: bool = False  # the call takes effect, then its answer is replaced by the error (a lost answer)
     hits: int = 0
 
-    def matches(self, service: str, operation: str, path: str = "", instance: str = "") -> bool:
+    def matches(self, service: str, operation: str, path: str = "", instance: str = "",
+                params: dict | None = None) -> bool:
+        if self.params and any((params or {}).get(k) != v for k, v in self.params.items()):
+            return False
         if self.service not in ("*", service):
             return False
         if self.operation not in ("*", operation):
@@ -90,14 +95,15 @@ class Faults:
                 Throttle(spec.get("service", "*"), spec.get("operation", "*"), float(spec["rps"]))
             )
 
-    def decide(self, service: str, operation: str, path: str = "", instance: str = ""):
-        """Returns (latency_seconds, error) where error is None or (status, code, message)."""
+    def decide(self, service: str, operation: str, path: str = "", instance: str = "",
+               params: dict | None = None):
+        """Returns (latency_seconds, error): error is None or (status, code, message, after)."""
         latency = 0.0
         error = None
         now = time.monotonic()
         with self.lock:
             for rule in self.rules:
-                if not rule.matches(service, operation, path, instance):
+                if not rule.matches(service, operation, path, instance, params):
                     continue
                 latency += rule.latency_ms / 1000.0
                 if rule.status is None or error is not None:
@@ -110,14 +116,14 @@ class Faults:
                     if self.rng.random() >= rule.fraction:
                         continue
                 rule.hits += 1
-                error = (rule.status, rule.code, rule.message)
+                error = (rule.status, rule.code, rule.message, rule.after)
             for th in self.throttles:
                 if th.service not in ("*", service) or th.operation not in ("*", operation):
                     continue
                 th.stamps = [s for s in th.stamps if now - s < 1.0]
                 if len(th.stamps) >= th.rps and error is None:
                     code, status = THROTTLE.get(service, ("Throttling", 400))
-                    error = (status, code, "Rate exceeded")
+                    error = (status, code, "Rate exceeded", False)
                 else:
                     th.stamps.append(now)
         return latency, error

@@ -86,3 +86,39 @@ def seed(emulator, spec: dict) -> dict:
     return {"region": region, "vpc_id": vpc, "subnets": subnets, "group": name, "hook": hook,
             "pool": pool, "addresses": addresses, "file_system_id": fs,
             "mount_targets": mount_targets, "bucket": bucket, "topics": topics}
+
+
+def allocate(emulator, spec: dict) -> list[dict]:
+    """Elastic IPs, tagged `embark:pool=<pool>` (and `embark:az=<az>`) when asked."""
+    ec2 = client(emulator, "ec2", spec.get("region", emulator.default_region))
+    tags = []
+    if spec.get("pool"):
+        tags.append({"Key": "embark:pool", "Value": spec["pool"]})
+    if spec.get("az"):
+        tags.append({"Key": "embark:az", "Value": spec["az"]})
+    out = []
+    for _ in range(int(spec.get("count", 1))):
+        kwargs = {"Domain": "vpc"}
+        if tags:
+            kwargs["TagSpecifications"] = [{"ResourceType": "elastic-ip", "Tags": tags}]
+        alloc = ec2.allocate_address(**kwargs)
+        out.append({"allocation_id": alloc["AllocationId"], "public_ip": alloc["PublicIp"]})
+    return out
+
+
+def addresses(emulator, pool: str | None, region: str) -> list[dict]:
+    ec2 = client(emulator, "ec2", region)
+    kwargs = {"Filters": [{"Name": "tag:embark:pool", "Values": [pool]}]} if pool else {}
+    out = []
+    for a in ec2.describe_addresses(**kwargs)["Addresses"]:
+        out.append({"allocation_id": a["AllocationId"], "public_ip": a["PublicIp"],
+                    "instance_id": a.get("InstanceId") or None,
+                    "association_id": a.get("AssociationId") or None,
+                    "tags": {t["Key"]: t["Value"] for t in a.get("Tags", [])}})
+    return out
+
+
+def disassociate(emulator, spec: dict) -> None:
+    ec2 = client(emulator, "ec2", spec.get("region", emulator.default_region))
+    addr = ec2.describe_addresses(AllocationIds=[spec["allocation_id"]])["Addresses"][0]
+    ec2.disassociate_address(AssociationId=addr["AssociationId"])

@@ -6,6 +6,9 @@ Everything listens on 127.0.0.1 only. The control API lives under /_embark/ on t
   POST   /_embark/launch              {region?, group?, az?, count?, tags?, metadata_tags?}
   POST   /_embark/instances/<id>      {http_endpoint?: "enabled"|"disabled", metadata_tags?: bool}
   GET    /_embark/instances/<id>      the instance as IMDS shows it, with its lifecycle state
+  POST   /_embark/addresses           {count, pool?, az?, region?}: allocate (tagged) Elastic IPs
+  GET    /_embark/addresses?pool=P    addresses (of a pool) with their associations
+  POST   /_embark/disassociate        {allocation_id}: free an address (another instance let go)
   GET    /_embark/lifecycle           completed lifecycle actions (result, heartbeats, timed out)
   POST   /_embark/faults              {service, operation, status, code, count | fraction, latency_ms}
   POST   /_embark/throttle            {service, operation?, rps}
@@ -166,11 +169,15 @@ class Emulator:
         if params:
             entry["params"] = {k: v for k, v in params.items() if len(v) < 512}
 
-        latency, error = self.faults.decide(service, operation)
+        latency, error = self.faults.decide(service, operation, params=params)
         if latency:
             time.sleep(latency)
-        if error is not None:
-            response = error_response(service, *error)
+        if error is not None and error[3]:
+            # The call happens; only its answer is lost.
+            list(self.moto(environ, lambda *a, **k: None))
+            response = error_response(service, *error[:3])
+        elif error is not None:
+            response = error_response(service, *error[:3])
         elif service == "autoscaling" and operation in ("CompleteLifecycleAction",
                                                         "RecordLifecycleActionHeartbeat"):
             response = self.lifecycle_call(region, operation, params)
@@ -269,6 +276,14 @@ class Emulator:
             info["lifecycle_state"] = self.fleet.lifecycle_state(member.region, iid)
             info["imds_endpoint"] = self.imds_endpoint(iid)
             return json_response(info)
+        if path == "addresses" and method == "POST":
+            return json_response(seed.allocate(self, spec))
+        if path == "addresses" and method == "GET":
+            return json_response(seed.addresses(self, request.args.get("pool"),
+                                                request.args.get("region", self.default_region)))
+        if path == "disassociate" and method == "POST":
+            seed.disassociate(self, spec)
+            return json_response({"ok": True})
         if path == "lifecycle":
             with self.fleet.lock:
                 return json_response(list(self.fleet.history))

@@ -1,0 +1,550 @@
+//! Binding a free Elastic IP of the group's pool, race-free.
+//!
+//! The pool is every address tagged `embark:pool=<pool>`. Many instances boot at once (a scale-out, a
+//! rolling replacement), so the choice among free addresses is shuffled, and the association itself is
+//! the lock: `AssociateAddress` with `AllowReassociation=false` fails with `Resource.AlreadyAssociated`
+//! when another instance won, and then the next candidate is tried. An address associated with anything
+//! else is never taken.
+
+use std::time::{Duration, Instant};
+
+use aws_sdk_ec2::types::{Address, Filter};
+use rand::seq::SliceRandom;
+use serde::Serialize;
+
+use crate::aws::{describe, error_code};
+use crate::identity::Fibonacci;
+
+pub const POOL_TAG: &str = "embark:pool";
+pub const AZ_TAG: &str = "embark:az";
+
+/// What the step needs to know; built by the caller from flags, tags and the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub pool: String,
+    pub required: bool,
+    pub wait: Duration,
+    pub reserve: u32,
+}
+
+/// Where this instance is.
+#[derive(Debug, Clone, Copy)]
+pub struct Place<'a> {
+    pub instance_id: &'a str,
+    pub az_name: &'a str,
+    pub az_id: Option<&'a str>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PoolAddress {
+    pub allocation_id: String,
+    pub public_ip: String,
+    /// The instance holding it, if any.
+    pub instance_id: Option<String>,
+    /// Set when associated with anything (an instance or a network interface).
+    pub association_id: Option<String>,
+    /// `embark:az`: only for instances in this zone (name or id).
+    pub zone: Option<String>,
+}
+
+impl PoolAddress {
+    fn from_sdk(address: &Address) -> Option<PoolAddress> {
+        let non_empty = |s: Option<&str>| s.filter(|v| !v.is_empty()).map(str::to_string);
+        Some(PoolAddress {
+            allocation_id: address.allocation_id()?.to_string(),
+            public_ip: address.public_ip().unwrap_or_default().to_string(),
+            instance_id: non_empty(address.instance_id()),
+            association_id: non_empty(address.association_id()),
+            zone: address
+                .tags()
+                .iter()
+                .find(|t| t.key() == Some(AZ_TAG))
+                .and_then(|t| non_empty(t.value())),
+        })
+    }
+
+    /// Not associated with any instance or network interface.
+    pub fn is_free(&self) -> bool {
+        self.instance_id.is_none() && self.association_id.is_none()
+    }
+
+    pub fn allowed_in(&self, place: &Place) -> bool {
+        match &self.zone {
+            None => true,
+            Some(zone) => zone == place.az_name || Some(zone.as_str()) == place.az_id,
+        }
+    }
+}
+
+/// The pool as DescribeAddresses shows it now.
+#[derive(Debug, Clone, Serialize)]
+pub struct Pool {
+    pub name: String,
+    pub addresses: Vec<PoolAddress>,
+}
+
+impl Pool {
+    pub fn held_by(&self, instance_id: &str) -> Option<&PoolAddress> {
+        self.addresses
+            .iter()
+            .find(|a| a.instance_id.as_deref() == Some(instance_id))
+    }
+
+    pub fn free(&self) -> usize {
+        self.addresses.iter().filter(|a| a.is_free()).count()
+    }
+
+    /// Free addresses this instance may take.
+    pub fn candidates(&self, place: &Place) -> Vec<PoolAddress> {
+        self.addresses
+            .iter()
+            .filter(|a| a.is_free() && a.allowed_in(place))
+            .cloned()
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Bound {
+        address: PoolAddress,
+        free: usize,
+    },
+    AlreadyBound {
+        address: PoolAddress,
+        free: usize,
+    },
+    /// Only when the pool is not required: nothing was free within the wait.
+    NoneFree {
+        total: usize,
+        waited: Duration,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EipError {
+    #[error("pool '{pool}' has no addresses: tag Elastic IPs with {POOL_TAG}={pool}")]
+    NoAddresses { pool: String },
+    #[error("not allowed to call {action}: {detail}. Grant {action} to the instance profile (see `embark iam-policy`)")]
+    Denied {
+        action: &'static str,
+        detail: String,
+    },
+    #[error("the AWS region is {configured} but this instance runs in {instance}: Elastic IPs can only be bound in the instance's own region (unset AWS_REGION or set it to {instance})")]
+    WrongRegion {
+        configured: String,
+        instance: String,
+    },
+    #[error("no free address in pool '{pool}' for {instance_id} in {zone} ({free} of {total} free in the pool{waited}); free one, add addresses tagged {POOL_TAG}={pool}, or set embark:eip-wait / embark:eip-required=false")]
+    Exhausted {
+        pool: String,
+        instance_id: String,
+        zone: String,
+        total: usize,
+        free: usize,
+        waited: String,
+    },
+    #[error("{action} failed: {detail}")]
+    Aws {
+        action: &'static str,
+        detail: String,
+    },
+}
+
+impl EipError {
+    /// Problems of configuration rather than of this moment: exit 2.
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            EipError::NoAddresses { .. } | EipError::WrongRegion { .. }
+        )
+    }
+}
+
+fn aws_error<E, R>(
+    action: &'static str,
+    err: &aws_smithy_runtime_api::client::result::SdkError<E, R>,
+) -> EipError
+where
+    E: aws_smithy_types::error::metadata::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    let detail = describe(err);
+    match error_code(err) {
+        Some("UnauthorizedOperation") | Some("AccessDenied") | Some("AccessDeniedException") => {
+            EipError::Denied { action, detail }
+        }
+        _ => EipError::Aws { action, detail },
+    }
+}
+
+/// Refuses to work across regions: DescribeAddresses would show another region's pool.
+pub fn check_region(configured: &str, instance: &str) -> Result<(), EipError> {
+    if configured != instance {
+        return Err(EipError::WrongRegion {
+            configured: configured.to_string(),
+            instance: instance.to_string(),
+        });
+    }
+    Ok(())
+}
+
+pub async fn describe_pool(ec2: &aws_sdk_ec2::Client, pool: &str) -> Result<Pool, EipError> {
+    let out = ec2
+        .describe_addresses()
+        .filters(
+            Filter::builder()
+                .name(format!("tag:{POOL_TAG}"))
+                .values(pool)
+                .build(),
+        )
+        .send()
+        .await
+        .map_err(|e| aws_error("ec2:DescribeAddresses", &e))?;
+    let mut addresses: Vec<PoolAddress> = out
+        .addresses()
+        .iter()
+        .filter_map(PoolAddress::from_sdk)
+        .collect();
+    addresses.sort_by(|a, b| a.public_ip.cmp(&b.public_ip));
+    if addresses.is_empty() {
+        return Err(EipError::NoAddresses {
+            pool: pool.to_string(),
+        });
+    }
+    Ok(Pool {
+        name: pool.to_string(),
+        addresses,
+    })
+}
+
+/// One address as it is now.
+async fn describe_one(
+    ec2: &aws_sdk_ec2::Client,
+    allocation_id: &str,
+) -> Result<Option<PoolAddress>, EipError> {
+    let out = ec2
+        .describe_addresses()
+        .allocation_ids(allocation_id)
+        .send()
+        .await
+        .map_err(|e| aws_error("ec2:DescribeAddresses", &e))?;
+    Ok(out.addresses().iter().find_map(PoolAddress::from_sdk))
+}
+
+enum Attempt {
+    Won(PoolAddress),
+    Lost,
+}
+
+/// Associates one candidate; `Lost` when another instance holds it.
+async fn try_associate(
+    ec2: &aws_sdk_ec2::Client,
+    candidate: &PoolAddress,
+    instance_id: &str,
+) -> Result<Attempt, EipError> {
+    let result = ec2
+        .associate_address()
+        .allocation_id(&candidate.allocation_id)
+        .instance_id(instance_id)
+        .allow_reassociation(false)
+        .send()
+        .await;
+    if let Err(err) = result {
+        if error_code(&err) != Some("Resource.AlreadyAssociated") {
+            return Err(aws_error("ec2:AssociateAddress", &err));
+        }
+        // Either another instance won, or an earlier attempt of this very call succeeded before its
+        // answer was lost and the SDK retried: look, rather than guess.
+        tracing::debug!(address = %candidate.public_ip, "already associated; checking with whom");
+    }
+    // Confirm: the address must now report this instance.
+    match describe_one(ec2, &candidate.allocation_id).await? {
+        Some(now) if now.instance_id.as_deref() == Some(instance_id) => Ok(Attempt::Won(now)),
+        _ => Ok(Attempt::Lost),
+    }
+}
+
+/// Binds a free address of the pool to this instance (see the module comment).
+pub async fn bind(
+    ec2: &aws_sdk_ec2::Client,
+    place: &Place<'_>,
+    settings: &Settings,
+) -> Result<Outcome, EipError> {
+    let started = Instant::now();
+    let mut backoff = Fibonacci::new(Duration::from_secs(1), Duration::from_secs(10));
+    loop {
+        let pool = describe_pool(ec2, &settings.pool).await?;
+        if let Some(address) = pool.held_by(place.instance_id) {
+            return Ok(Outcome::AlreadyBound {
+                address: address.clone(),
+                free: pool.free(),
+            });
+        }
+        let mut candidates = pool.candidates(place);
+        candidates.shuffle(&mut rand::rng());
+        for candidate in &candidates {
+            match try_associate(ec2, candidate, place.instance_id).await? {
+                Attempt::Won(address) => {
+                    let free = describe_pool(ec2, &settings.pool).await?.free();
+                    return Ok(Outcome::Bound { address, free });
+                }
+                Attempt::Lost => {
+                    tracing::debug!(address = %candidate.public_ip, "taken by another instance; next candidate");
+                }
+            }
+        }
+        let delay = backoff.next_delay();
+        let waited = started.elapsed();
+        if waited + delay > settings.wait {
+            if settings.required {
+                return Err(EipError::Exhausted {
+                    pool: settings.pool.clone(),
+                    instance_id: place.instance_id.to_string(),
+                    zone: place.az_name.to_string(),
+                    total: pool.addresses.len(),
+                    free: pool.free(),
+                    waited: if settings.wait.is_zero() {
+                        String::new()
+                    } else {
+                        format!(
+                            ", after waiting {}",
+                            humantime::format_duration(round(waited))
+                        )
+                    },
+                });
+            }
+            return Ok(Outcome::NoneFree {
+                total: pool.addresses.len(),
+                waited: round(waited),
+            });
+        }
+        tracing::info!(
+            pool = %settings.pool,
+            "no free address ({} of {} free, none for this zone); waiting {:?} for one to free up",
+            pool.free(),
+            pool.addresses.len(),
+            delay
+        );
+        tokio::time::sleep(delay).await;
+    }
+}
+
+fn round(d: Duration) -> Duration {
+    Duration::from_secs(d.as_secs())
+}
+
+/// What `bind` would do, read-only.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub pool: Pool,
+    pub already_bound: Option<PoolAddress>,
+    pub candidates: Vec<PoolAddress>,
+    pub choice: Option<PoolAddress>,
+}
+
+pub async fn plan(
+    ec2: &aws_sdk_ec2::Client,
+    place: &Place<'_>,
+    settings: &Settings,
+) -> Result<Plan, EipError> {
+    let pool = describe_pool(ec2, &settings.pool).await?;
+    let already_bound = pool.held_by(place.instance_id).cloned();
+    let mut candidates = pool.candidates(place);
+    candidates.shuffle(&mut rand::rng());
+    let choice = if already_bound.is_some() {
+        None
+    } else {
+        candidates.first().cloned()
+    };
+    Ok(Plan {
+        pool,
+        already_bound,
+        candidates,
+        choice,
+    })
+}
+
+impl Plan {
+    pub fn human(&self, place: &Place, settings: &Settings) -> String {
+        let mut out = format!(
+            "pool '{}': {} addresses, {} free; {} in {}{}\n",
+            self.pool.name,
+            self.pool.addresses.len(),
+            self.pool.free(),
+            place.instance_id,
+            place.az_name,
+            place.az_id.map(|id| format!(" ({id})")).unwrap_or_default()
+        );
+        for a in &self.pool.addresses {
+            let state = match (&a.instance_id, a.is_free(), a.allowed_in(place)) {
+                (Some(i), _, _) if i == place.instance_id => "bound here".to_string(),
+                (Some(i), _, _) => format!("bound to {i}"),
+                (None, false, _) => "associated (network interface)".to_string(),
+                (None, true, true) => "free: candidate".to_string(),
+                (None, true, false) => "free, but not for this zone".to_string(),
+            };
+            let zone = a
+                .zone
+                .as_deref()
+                .map(|z| format!(" [{AZ_TAG}={z}]"))
+                .unwrap_or_default();
+            out.push_str(&format!(
+                "  {:<16} {:<28} {state}{zone}\n",
+                a.public_ip, a.allocation_id
+            ));
+        }
+        match (&self.already_bound, &self.choice) {
+            (Some(a), _) => out.push_str(&format!(
+                "plan: nothing to do, {} ({}) is already bound here\n",
+                a.public_ip, a.allocation_id
+            )),
+            (None, Some(c)) => out.push_str(&format!(
+                "plan: associate {} ({}) with {} (AllowReassociation=false); {} candidate(s), tried in random order\n",
+                c.public_ip,
+                c.allocation_id,
+                place.instance_id,
+                self.candidates.len()
+            )),
+            (None, None) => out.push_str(&format!(
+                "plan: no free address for this instance; {}\n",
+                if settings.wait.is_zero() {
+                    if settings.required {
+                        "the step would fail (required)".to_string()
+                    } else {
+                        "the boot would continue without one (not required)".to_string()
+                    }
+                } else {
+                    format!(
+                        "would wait up to {} for one",
+                        humantime::format_duration(settings.wait)
+                    )
+                }
+            )),
+        }
+        out
+    }
+}
+
+/// `embark eip status --json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub pool: String,
+    pub total: usize,
+    pub free: usize,
+    /// Free and allowed in this instance's zone.
+    pub free_here: usize,
+    pub bound_here: Option<PoolAddress>,
+    pub reserve: u32,
+    pub below_reserve: bool,
+    pub addresses: Vec<PoolAddress>,
+}
+
+impl Status {
+    pub fn new(pool: Pool, place: &Place, reserve: u32) -> Status {
+        let free = pool.free();
+        Status {
+            total: pool.addresses.len(),
+            free,
+            free_here: pool.candidates(place).len(),
+            bound_here: pool.held_by(place.instance_id).cloned(),
+            reserve,
+            below_reserve: (free as u64) < u64::from(reserve),
+            pool: pool.name,
+            addresses: pool.addresses,
+        }
+    }
+
+    pub fn human(&self) -> String {
+        let mut out = format!(
+            "pool '{}': {} addresses, {} free ({} for this zone)\n",
+            self.pool, self.total, self.free, self.free_here
+        );
+        match &self.bound_here {
+            Some(a) => out.push_str(&format!(
+                "bound here: {} ({})\n",
+                a.public_ip, a.allocation_id
+            )),
+            None => out.push_str("bound here: none\n"),
+        }
+        if self.below_reserve {
+            out.push_str(&format!(
+                "warning: {} free, below the reserve of {}\n",
+                self.free, self.reserve
+            ));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(id: &str, instance: Option<&str>, zone: Option<&str>) -> PoolAddress {
+        PoolAddress {
+            allocation_id: id.to_string(),
+            public_ip: format!("198.51.100.{}", id.len()),
+            instance_id: instance.map(str::to_string),
+            association_id: instance.map(|_| "eipassoc-1".to_string()),
+            zone: zone.map(str::to_string),
+        }
+    }
+
+    const PLACE: Place = Place {
+        instance_id: "i-me",
+        az_name: "eu-west-1a",
+        az_id: Some("euw1-az3"),
+    };
+
+    #[test]
+    fn candidates_are_free_and_allowed_here() {
+        let pool = Pool {
+            name: "web".into(),
+            addresses: vec![
+                addr("a", None, None),
+                addr("b", Some("i-other"), None),
+                addr("c", None, Some("eu-west-1a")),
+                addr("d", None, Some("euw1-az3")),
+                addr("e", None, Some("eu-west-1b")),
+                addr("f", None, Some("euw1-az1")),
+            ],
+        };
+        let ids: Vec<_> = pool
+            .candidates(&PLACE)
+            .into_iter()
+            .map(|a| a.allocation_id)
+            .collect();
+        assert_eq!(ids, vec!["a", "c", "d"]);
+        assert_eq!(pool.free(), 5);
+        assert!(pool.held_by("i-me").is_none());
+        assert_eq!(pool.held_by("i-other").unwrap().allocation_id, "b");
+    }
+
+    #[test]
+    fn an_address_on_a_network_interface_is_not_free() {
+        let mut a = addr("a", None, None);
+        a.association_id = Some("eipassoc-eni".into());
+        assert!(!a.is_free());
+    }
+
+    #[test]
+    fn status_flags_below_reserve() {
+        let pool = Pool {
+            name: "web".into(),
+            addresses: vec![addr("a", None, None), addr("b", Some("i-me"), None)],
+        };
+        let status = Status::new(pool, &PLACE, 2);
+        assert_eq!((status.total, status.free, status.free_here), (2, 1, 1));
+        assert!(status.below_reserve);
+        assert_eq!(status.bound_here.unwrap().allocation_id, "b");
+    }
+
+    #[test]
+    fn region_mismatch_is_a_usage_error() {
+        let err = check_region("us-east-1", "eu-west-1").unwrap_err();
+        assert!(err.is_usage());
+        assert!(err.to_string().contains("us-east-1"));
+        assert!(check_region("eu-west-1", "eu-west-1").is_ok());
+    }
+}
