@@ -5,17 +5,10 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
 embark=${EMBARK_BIN:-$here/target/x86_64-unknown-linux-gnu/release/embark}
+# shellcheck source=scripts/emulator.sh
+. "$here/scripts/emulator.sh"
 work=$(mktemp -d)
-trap 'kill "$emu_pid" 2>/dev/null || true; rm -rf "$work"' EXIT
-
-(cd "$here/tests/emulator" && exec .venv/bin/python -m embark_emulator --ready-file "$work/ready.json") \
-    >"$work/emulator.log" 2>&1 &
-emu_pid=$!
-for _ in $(seq 1 300); do [ -s "$work/ready.json" ] && break; sleep 0.1; done
-[ -s "$work/ready.json" ] || { echo "emulator did not start; log:" >&2; cat "$work/emulator.log" >&2; exit 1; }
-
-endpoint=$(jq -r .endpoint "$work/ready.json")
-control() { curl -sf -X "$1" "$endpoint/_embark/$2" -H 'content-type: application/json' -d "${3:-{\}}"; }
+start_emulator "$work"
 
 echo "== emulator at $endpoint"
 control POST seed '{"name": "web", "pool_size": 4}' >"$work/account.json"
@@ -35,3 +28,15 @@ echo "\$ embark identity"
 echo
 echo "\$ embark check"
 "$embark" check
+echo
+echo "\$ embark eip bind --plan"
+"$embark" eip bind --plan
+echo
+echo "\$ embark eip bind"
+"$embark" eip bind
+echo
+echo "\$ embark eip bind   (again: nothing to do)"
+"$embark" eip bind
+echo
+echo "\$ embark eip status"
+"$embark" eip status

@@ -98,7 +98,7 @@ async fn instance_checks(ctx: &Context) -> Vec<CheckLine> {
                 "imds",
                 format!(
                     "token accepted; instance {} in {}",
-                    identity.instance_id, identity.availability_zone
+                    identity.metadata.instance_id, identity.metadata.availability_zone
                 ),
             ));
             let mut config = ctx.config.clone();
@@ -131,7 +131,8 @@ async fn eip_check(instance: &Instance) -> CheckLine {
     let Some(pool) = instance.config.eip.pool.clone() else {
         return CheckLine::ok("eip", "no pool configured: no Elastic IP step");
     };
-    if let Err(err) = eip::check_region(&instance.aws.region(), &instance.identity.region) {
+    if let Err(err) = eip::check_region(&instance.aws.region(), &instance.identity.metadata.region)
+    {
         return CheckLine::usage("eip", err.to_string());
     }
     let place = instance.place();

@@ -136,7 +136,7 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
 async fn eip_bind(instance: &Instance, pool: Option<&str>, plan: bool) -> Result<(), Error> {
     let settings = eip_settings(&instance.config, pool)?;
     let place = instance.place();
-    eip::check_region(&instance.aws.region(), &instance.identity.region)?;
+    eip::check_region(&instance.aws.region(), &instance.identity.metadata.region)?;
     let ec2 = instance.aws.ec2();
     if plan {
         let plan = eip::plan(&ec2, &place, &settings).await?;
@@ -188,7 +188,7 @@ fn warn_reserve(settings: &eip::Settings, free: usize) {
 
 async fn eip_status(instance: &Instance, pool: Option<&str>, json: bool) -> Result<(), Error> {
     let settings = eip_settings(&instance.config, pool)?;
-    eip::check_region(&instance.aws.region(), &instance.identity.region)?;
+    eip::check_region(&instance.aws.region(), &instance.identity.metadata.region)?;
     let pool = eip::describe_pool(&instance.aws.ec2(), &settings.pool).await?;
     let status = eip::Status::new(pool, &instance.place(), settings.reserve);
     if json {
@@ -231,9 +231,9 @@ pub struct Instance {
 impl Instance {
     pub fn place(&self) -> eip::Place<'_> {
         eip::Place {
-            instance_id: &self.identity.instance_id,
-            az_name: &self.identity.availability_zone,
-            az_id: self.identity.availability_zone_id.as_deref(),
+            instance_id: &self.identity.metadata.instance_id,
+            az_name: &self.identity.metadata.availability_zone,
+            az_id: self.identity.metadata.availability_zone_id.as_deref(),
         }
     }
 }

@@ -49,16 +49,9 @@ pub enum TagsSource {
 /// The instance, as `embark identity --json` prints it (a stable, documented shape).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Identity {
-    pub instance_id: String,
-    pub region: String,
-    pub availability_zone: String,
-    pub availability_zone_id: Option<String>,
-    pub instance_type: Option<String>,
-    pub private_ipv4: Option<String>,
-    pub public_ipv4: Option<String>,
-    pub mac: Option<String>,
+    #[serde(flatten)]
+    pub metadata: Metadata,
     pub auto_scaling_group: Option<String>,
-    pub target_lifecycle_state: Option<String>,
     pub tags: BTreeMap<String, String>,
     pub tags_source: TagsSource,
 }
@@ -220,7 +213,8 @@ impl Fibonacci {
     }
 }
 
-/// Everything but the tags, read concurrently.
+/// What IMDS says about the instance, except its tags; read concurrently.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Metadata {
     pub instance_id: String,
     pub region: String,
@@ -260,18 +254,14 @@ pub async fn metadata(imds: &Imds) -> Result<Metadata, IdentityError> {
 }
 
 impl Identity {
-    pub fn from_parts(meta: Metadata, tags: BTreeMap<String, String>, source: TagsSource) -> Self {
+    pub fn from_parts(
+        metadata: Metadata,
+        tags: BTreeMap<String, String>,
+        source: TagsSource,
+    ) -> Self {
         Identity {
             auto_scaling_group: tags.get(GROUP_TAG).cloned(),
-            instance_id: meta.instance_id,
-            region: meta.region,
-            availability_zone: meta.availability_zone,
-            availability_zone_id: meta.availability_zone_id,
-            instance_type: meta.instance_type,
-            private_ipv4: meta.private_ipv4,
-            public_ipv4: meta.public_ipv4,
-            mac: meta.mac,
-            target_lifecycle_state: meta.target_lifecycle_state,
+            metadata,
             tags,
             tags_source: source,
         }
@@ -279,28 +269,26 @@ impl Identity {
 
     /// `key: value` lines for people.
     pub fn human(&self) -> String {
+        let m = &self.metadata;
         let none = || "-".to_string();
         let mut out = String::new();
         let mut line = |k: &str, v: String| out.push_str(&format!("{k:<22} {v}\n"));
-        line("instance id", self.instance_id.clone());
-        line("region", self.region.clone());
+        line("instance id", m.instance_id.clone());
+        line("region", m.region.clone());
         line(
             "availability zone",
-            match &self.availability_zone_id {
-                Some(id) => format!("{} ({id})", self.availability_zone),
-                None => self.availability_zone.clone(),
+            match &m.availability_zone_id {
+                Some(id) => format!("{} ({id})", m.availability_zone),
+                None => m.availability_zone.clone(),
             },
         );
         line(
             "instance type",
-            self.instance_type.clone().unwrap_or_else(none),
+            m.instance_type.clone().unwrap_or_else(none),
         );
-        line(
-            "private ipv4",
-            self.private_ipv4.clone().unwrap_or_else(none),
-        );
-        line("public ipv4", self.public_ipv4.clone().unwrap_or_else(none));
-        line("mac", self.mac.clone().unwrap_or_else(none));
+        line("private ipv4", m.private_ipv4.clone().unwrap_or_else(none));
+        line("public ipv4", m.public_ipv4.clone().unwrap_or_else(none));
+        line("mac", m.mac.clone().unwrap_or_else(none));
         line(
             "auto scaling group",
             self.auto_scaling_group
@@ -309,7 +297,7 @@ impl Identity {
         );
         line(
             "lifecycle target",
-            self.target_lifecycle_state.clone().unwrap_or_else(none),
+            m.target_lifecycle_state.clone().unwrap_or_else(none),
         );
         let source = match self.tags_source {
             TagsSource::Imds => "from IMDS",

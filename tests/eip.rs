@@ -27,9 +27,9 @@ fn bound_allocation(stdout: &str) -> Option<String> {
 }
 
 fn associate_calls(emu: &Emulator, instance: &str) -> Vec<Value> {
-    emu.requests()
+    emu.requests_of("AssociateAddress")
         .into_iter()
-        .filter(|r| r["operation"] == "AssociateAddress" && r["params"]["InstanceId"] == instance)
+        .filter(|r| r["params"]["InstanceId"] == instance)
         .collect()
 }
 
@@ -270,12 +270,9 @@ fn race(
 
 fn assert_no_reassociation(emu: &Emulator, allocations: &BTreeSet<String>) {
     let calls: Vec<Value> = emu
-        .requests()
+        .requests_of("AssociateAddress")
         .into_iter()
-        .filter(|r| {
-            r["operation"] == "AssociateAddress"
-                && allocations.contains(r["params"]["AllocationId"].as_str().unwrap_or(""))
-        })
+        .filter(|r| allocations.contains(r["params"]["AllocationId"].as_str().unwrap_or("")))
         .collect();
     assert!(!calls.is_empty());
     for call in &calls {

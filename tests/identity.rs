@@ -5,6 +5,15 @@ mod common;
 use common::{emulator, unique, Embark, SECRET};
 use serde_json::json;
 
+/// The IMDS requests of one instance.
+fn imds_requests(emu: &common::Emulator, instance: &str) -> Vec<serde_json::Value> {
+    let prefix = format!("/{instance}/");
+    emu.requests()
+        .into_iter()
+        .filter(|r| r["service"] == "imds" && r["path"].as_str().unwrap_or("").starts_with(&prefix))
+        .collect()
+}
+
 #[test]
 fn group_instance_shows_group_and_propagated_tags_from_imds() {
     let emu = emulator();
@@ -77,17 +86,9 @@ fn imds_500_three_times_then_200_succeeds() {
         .expect_code(0)
         .json();
     assert_eq!(id["instance_id"], inst.id.as_str());
-    let failed = emu
-        .requests()
+    let failed = imds_requests(emu, &inst.id)
         .iter()
-        .filter(|r| {
-            r["service"] == "imds"
-                && r["path"]
-                    .as_str()
-                    .unwrap_or("")
-                    .starts_with(&format!("/{}", inst.id))
-                && r["status"] == 500
-        })
+        .filter(|r| r["status"] == 500)
         .count();
     assert_eq!(failed, 3, "the three injected 500s were served and retried");
 }
@@ -108,17 +109,7 @@ fn imds_disabled_is_a_clear_error_without_retrying() {
         !err.contains("Error {") && !err.contains("ErrorResponse"),
         "Debug dump: {err}"
     );
-    let calls = emu
-        .requests()
-        .iter()
-        .filter(|r| {
-            r["service"] == "imds"
-                && r["path"]
-                    .as_str()
-                    .unwrap_or("")
-                    .starts_with(&format!("/{}", inst.id))
-        })
-        .count();
+    let calls = imds_requests(emu, &inst.id).len();
     assert_eq!(calls, 1, "a 403 must not be retried");
 }
 

@@ -164,7 +164,12 @@ impl Emulator {
 
     /// Every request the emulator served, in order.
     pub fn requests(&self) -> Vec<Value> {
-        match self.control("GET", "requests", json!({})) {
+        self.requests_of("")
+    }
+
+    /// The requests of one operation (e.g. `AssociateAddress`), in order.
+    pub fn requests_of(&self, operation: &str) -> Vec<Value> {
+        match self.control("GET", &format!("requests?operation={operation}"), json!({})) {
             Value::Array(v) => v,
             other => panic!("request log: {other}"),
         }

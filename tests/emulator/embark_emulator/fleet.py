@@ -207,8 +207,9 @@ class Fleet:
         with self.lock:
             return self.members.get(instance_id)
 
-    def describe(self, instance_id: str) -> dict | None:
-        """The instance as IMDS shows it, read live from moto's EC2 state."""
+    def describe(self, instance_id: str, tags: bool = True, lifecycle: bool = True) -> dict | None:
+        """The instance as IMDS shows it, read live from moto's EC2 state. IMDS asks only for what the
+        path needs: tags and group membership are scans over the whole account in moto."""
         member = self.member(instance_id)
         if member is None:
             return None
@@ -222,16 +223,8 @@ class Fleet:
         for z in ec2.describe_availability_zones():
             if z.name == zone:
                 zone_id = z.zone_id
-        tags = {t["key"]: t["value"] for t in ec2.describe_tags(filters={"resource-id": [instance_id]})}
-        target = None
-        group, state = self.instance_state(member.region, instance_id)
-        if state is not None:
-            ls = state.lifecycle_state
-            target = ("Terminated" if ls.startswith("Terminat") else
-                      "Standby" if ls.startswith("Standby") or ls.startswith("EnteringStandby")
-                      else "InService")
-        elif member.group:
-            target = "Terminated"
+        tag_map = dict(ec2.tags.get(instance_id, {})) if tags else {}
+        target = self.target_lifecycle_state(member) if lifecycle else None
         nic = inst.nics[0] if inst.nics else None
         return {
             "instance_id": instance_id,
@@ -244,11 +237,23 @@ class Fleet:
             "mac": getattr(nic, "mac_address", None),
             "ami_id": inst.image_id,
             "state": inst.state,
-            "tags": tags,
+            "tags": tag_map,
             "metadata_tags": member.metadata_tags,
             "http_endpoint": member.http_endpoint,
             "target_lifecycle_state": target,
         }
+
+    def target_lifecycle_state(self, member: Member) -> str | None:
+        """IMDS autoscaling/target-lifecycle-state: where the group is taking the instance."""
+        _, state = self.instance_state(member.region, member.instance_id)
+        if state is None:
+            return "Terminated" if member.group else None
+        ls = state.lifecycle_state
+        if ls.startswith("Terminat"):
+            return "Terminated"
+        if ls.startswith("Standby") or ls.startswith("EnteringStandby"):
+            return "Standby"
+        return "InService"
 
     def lifecycle_state(self, region: str, instance_id: str) -> str | None:
         _, state = self.instance_state(region, instance_id)

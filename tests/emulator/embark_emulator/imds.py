@@ -116,10 +116,12 @@ class Imds:
         if owner != instance_id or time.monotonic() >= expiry:
             return _text("Unauthorized", 401)
 
-        info = self.fleet.describe(instance_id)
+        path = rest.rstrip("/")
+        info = self.fleet.describe(instance_id, tags=path.startswith("meta-data/tags"),
+                                   lifecycle=path.endswith("target-lifecycle-state"))
         if info is None:
             return _text("Not Found", 404)
-        body = self.lookup(info, rest.rstrip("/"))
+        body = self.lookup(info, path)
         if body is None:
             return _text("Not Found", 404)
         return _text(body)

@@ -14,7 +14,7 @@ Everything listens on 127.0.0.1 only. The control API lives under /_embark/ on t
   POST   /_embark/throttle            {service, operation?, rps}
   DELETE /_embark/faults              clears faults and throttles
   POST   /_embark/imds/unavailable    {seconds}: IMDS refuses connections for that long
-  GET    /_embark/requests            the request log;  DELETE clears it
+  GET    /_embark/requests            the request log (?service=, ?operation= filter);  DELETE clears it
   POST   /_embark/reset               forget everything (moto state too)
 """
 
@@ -305,7 +305,11 @@ class Emulator:
             if method == "DELETE":
                 self.log.clear()
                 return json_response({"ok": True})
-            return json_response(self.log.snapshot())
+            entries = self.log.snapshot()
+            for key in ("service", "operation"):
+                if request.args.get(key):
+                    entries = [e for e in entries if e.get(key) == request.args[key]]
+            return json_response(entries)
         if path == "reset" and method == "POST":
             from moto.backends import get_backend  # noqa: F401  (imported for side effects)
             from moto.core.models import base_decorator  # noqa: F401
