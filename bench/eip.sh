@@ -10,6 +10,8 @@ rounds=${1:-15}
 here=$(cd "$(dirname "$0")/.." && pwd)
 embark=${EMBARK_BIN:-$here/target/x86_64-unknown-linux-gnu/release/embark}
 command -v aws >/dev/null || { echo "needs the AWS CLI (pip install awscli)" >&2; exit 2; }
+# The CLI itself, not a version manager's shim in front of it (that would flatter embark).
+aws=$(pyenv which aws 2>/dev/null || command -v aws)
 [ -x "$embark" ] || { echo "build the static binary first: make static" >&2; exit 2; }
 
 # shellcheck source=scripts/emulator.sh
@@ -25,10 +27,10 @@ classic() {  # what the user-data scripts do today
     local imds=$1 token iid alloc
     token=$(curl -sf -X PUT "$imds/latest/api/token" -H 'X-aws-ec2-metadata-token-ttl-seconds: 60')
     iid=$(curl -sf -H "X-aws-ec2-metadata-token: $token" "$imds/latest/meta-data/instance-id")
-    alloc=$(aws ec2 describe-addresses --endpoint-url "$endpoint" \
+    alloc=$("$aws" ec2 describe-addresses --endpoint-url "$endpoint" \
         --filters Name=tag:embark:pool,Values=bench --output json |
         jq -r '[.Addresses[] | select(.AssociationId == null)][0].AllocationId')
-    aws ec2 associate-address --endpoint-url "$endpoint" --allocation-id "$alloc" \
+    "$aws" ec2 associate-address --endpoint-url "$endpoint" --allocation-id "$alloc" \
         --instance-id "$iid" --no-allow-reassociation >/dev/null
 }
 
@@ -49,7 +51,7 @@ done
 
 median() { sort -n "$1" | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.3f", m}'; }
 c=$(median "$work/classic"); e=$(median "$work/embark")
-echo "rounds: $rounds (alternating)"
+echo "rounds: $rounds (alternating); $("$aws" --version 2>&1); $(nproc) cores"
 echo "classic (bash + aws cli + jq): median ${c}s"
 echo "embark eip bind:               median ${e}s"
 echo "ratio: $(echo "scale=1; $c / $e" | bc)x"
