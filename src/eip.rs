@@ -400,11 +400,11 @@ impl Plan {
                 a.public_ip, a.allocation_id
             )),
             (None, Some(c)) => out.push_str(&format!(
-                "plan: associate {} ({}) with {} (AllowReassociation=false); {} candidate(s), tried in random order\n",
-                c.public_ip,
-                c.allocation_id,
+                "plan: associate one of the {} candidate(s) with {} (AllowReassociation=false), tried in random order; first draw: {} ({})\n",
+                self.candidates.len(),
                 place.instance_id,
-                self.candidates.len()
+                c.public_ip,
+                c.allocation_id
             )),
             (None, None) => out.push_str(&format!(
                 "plan: no free address for this instance; {}\n",
