@@ -33,6 +33,18 @@ impl Aws {
         aws_sdk_ec2::Client::new(&self.config)
     }
 
+    pub fn efs(&self) -> aws_sdk_efs::Client {
+        aws_sdk_efs::Client::new(&self.config)
+    }
+
+    /// A custom endpoint (an emulator, a proxy) for this service, from the standard variables.
+    pub fn custom_endpoint(service: &str) -> bool {
+        let specific = format!("AWS_ENDPOINT_URL_{}", service.to_ascii_uppercase());
+        ["AWS_ENDPOINT_URL", specific.as_str()]
+            .iter()
+            .any(|k| std::env::var(k).is_ok_and(|v| !v.is_empty()))
+    }
+
     pub fn region(&self) -> String {
         self.config
             .region()

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use crate::cli::{Cli, Context, Instance};
 use crate::config::{Config, Source};
+use crate::efs;
 use crate::eip;
 use crate::error::Error;
 
@@ -117,6 +118,7 @@ async fn instance_checks(ctx: &Context) -> Vec<CheckLine> {
                         config,
                     };
                     lines.push(eip_check(&instance).await);
+                    lines.push(efs_check(&instance.config));
                 }
                 Err(err) => lines.push(CheckLine::usage("tags", err.to_string())),
             }
@@ -167,6 +169,33 @@ async fn eip_check(instance: &Instance) -> CheckLine {
         Err(err) if err.is_usage() => CheckLine::usage("eip", err.to_string()),
         Err(err) => CheckLine::fail("eip", err.to_string()),
     }
+}
+
+/// The kernel can mount NFSv4 (unless every mount goes through amazon-efs-utils, which needs it too
+/// but says so itself) and every mount point is usable.
+fn efs_check(config: &Config) -> CheckLine {
+    if config.efs.is_empty() {
+        return CheckLine::ok("efs", "no file systems configured");
+    }
+    for mount in &config.efs {
+        let mp = &mount.mount_point;
+        if mp.exists() && !mp.is_dir() {
+            return CheckLine::fail(
+                "efs",
+                format!("mount point {} exists but is not a directory", mp.display()),
+            );
+        }
+    }
+    if !efs::this_kernel_has_nfs4() {
+        return CheckLine::fail("efs", efs::EfsError::NoNfs4.to_string());
+    }
+    CheckLine::ok(
+        "efs",
+        format!(
+            "{} file system(s); kernel NFSv4 client present",
+            config.efs.len()
+        ),
+    )
 }
 
 /// Writable without writing anything lasting: a probe file is created and removed; a state dir that

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 use crate::aws::Aws;
 use crate::config::{self, Config, Source};
+use crate::efs;
 use crate::eip::{self, Outcome};
 use crate::error::Error;
 use crate::identity::{self, Identity, Imds, TagsSource};
@@ -74,10 +75,25 @@ pub enum Command {
     },
     /// Preflight: exit 0 only if a boot could succeed here; each failed check is one line
     Check,
+    /// EFS file systems (config [[efs]] or the group's embark:efs tag)
+    Efs {
+        #[command(subcommand)]
+        command: EfsCommand,
+    },
     /// Elastic IP from the group's pool
     Eip {
         #[command(subcommand)]
         command: EipCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EfsCommand {
+    /// Mount every configured file system (nothing to do for those already mounted)
+    Mount {
+        /// Show, for each mount, the resolved address, how it was found and the exact mount call
+        #[arg(long)]
+        plan: bool,
     },
 }
 
@@ -118,6 +134,13 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
             Ok(())
         }
         Command::Check => crate::check::run(&cli).await,
+        Command::Efs {
+            command: EfsCommand::Mount { plan },
+        } => {
+            let ctx = Context::load(&cli)?;
+            let instance = ctx.instance().await?;
+            efs_mount(&ctx, &instance, plan).await
+        }
         Command::Eip { ref command } => {
             let ctx = Context::load(&cli)?;
             let instance = ctx.instance().await?;
@@ -169,6 +192,102 @@ async fn eip_bind(instance: &Instance, pool: Option<&str>, plan: bool) -> Result
                 "no free address in pool '{}'; continuing without one (not required)",
                 settings.pool
             );
+        }
+    }
+    Ok(())
+}
+
+/// Where the step reads the mount table and writes fstab lines; overridable for tests and packaging.
+pub fn mountinfo_path() -> PathBuf {
+    std::env::var_os("EMBARK_MOUNTINFO")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/proc/self/mountinfo"))
+}
+
+pub fn fstab_path() -> PathBuf {
+    std::env::var_os("EMBARK_FSTAB")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/etc/fstab"))
+}
+
+async fn efs_mount(ctx: &Context, instance: &Instance, plan: bool) -> Result<(), Error> {
+    let mounts = &instance.config.efs;
+    if mounts.is_empty() {
+        println!(
+            "no file systems configured ([[efs]] or the group's embark:efs tag): nothing to do"
+        );
+        return Ok(());
+    }
+    let place = efs::Place {
+        region: instance.identity.metadata.region.clone(),
+        zone_id: instance.identity.metadata.availability_zone_id.clone(),
+        use_dns: !Aws::custom_endpoint("efs"),
+    };
+    let client = instance.aws.efs();
+    let mountinfo = std::fs::read_to_string(mountinfo_path()).unwrap_or_default();
+    let kernel_ok = efs::this_kernel_has_nfs4();
+    for mount in mounts {
+        let fs = &mount.file_system;
+        let target = mount.mount_point.display();
+        if efs::mounted(&mountinfo, &mount.mount_point, &mount.path) {
+            println!(
+                "{fs}:{} on {target}: already mounted; nothing to do",
+                mount.path
+            );
+            continue;
+        }
+        let helper_opts = efs::efs_utils_options(mount);
+        if !helper_opts.is_empty() {
+            if plan {
+                println!(
+                    "{fs}:{} on {target}: would run mount -t efs -o {} (amazon-efs-utils)",
+                    mount.path,
+                    helper_opts.join(",")
+                );
+            } else {
+                efs::mount_with_efs_utils(mount).await?;
+                println!(
+                    "{fs}:{} mounted on {target} with amazon-efs-utils",
+                    mount.path
+                );
+            }
+            continue;
+        }
+        if !kernel_ok && !plan {
+            return Err(efs::EfsError::NoNfs4.into());
+        }
+        let (ip, found) = efs::resolve(
+            &client,
+            &ctx.resolver,
+            &place,
+            fs,
+            instance.config.efs_deadline,
+        )
+        .await?;
+        let call = efs::MountCall::new(mount, ip);
+        if plan {
+            println!("{fs}:{} on {target}", mount.path);
+            println!("  address: {ip} (found by {found})");
+            println!("  call:    {call}");
+            if mount.fstab {
+                println!("  fstab:   {}", efs::fstab_line(&call));
+            }
+            if !kernel_ok {
+                println!(
+                    "  note:    this kernel has no NFSv4 client; the mount itself would fail here"
+                );
+            }
+            continue;
+        }
+        efs::probe(fs, ip).await?;
+        efs::create_mount_point(&mount.mount_point)?;
+        efs::mount(&call)?;
+        println!(
+            "{fs}:{} mounted on {target} from {ip} ({found})",
+            mount.path
+        );
+        if mount.fstab && efs::write_fstab(&fstab_path(), &efs::fstab_line(&call))? {
+            println!("  fstab line written to {}", fstab_path().display());
         }
     }
     Ok(())

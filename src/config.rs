@@ -23,6 +23,9 @@ pub struct Config {
     /// How long to keep retrying IMDS while the network comes up.
     #[serde(with = "duration")]
     pub imds_deadline: Duration,
+    /// How long to wait for EFS mount targets (created by the same stack, often still coming up).
+    #[serde(with = "duration")]
+    pub efs_deadline: Duration,
     /// Free-form role (the group's `embark:role` tag wins), passed to hooks.
     pub role: Option<String>,
     pub eip: EipConfig,
@@ -39,6 +42,7 @@ impl Default for Config {
             state_dir: PathBuf::from("/var/lib/embark"),
             deadline: Duration::from_secs(600),
             imds_deadline: Duration::from_secs(120),
+            efs_deadline: Duration::from_secs(300),
             role: None,
             eip: EipConfig::default(),
             efs: Vec::new(),

@@ -1,6 +1,7 @@
 //! The error `main` prints (its Display, never Debug) and the exit code it maps to.
 
 use crate::config::ConfigError;
+use crate::efs::EfsError;
 use crate::eip::EipError;
 use crate::identity::IdentityError;
 
@@ -13,6 +14,8 @@ pub enum Error {
     Identity(#[from] IdentityError),
     #[error(transparent)]
     Eip(#[from] EipError),
+    #[error(transparent)]
+    Efs(#[from] EfsError),
     /// A usage error found after the configuration was read (e.g. a step asked for but not configured).
     #[error("{0}")]
     Usage(String),
@@ -33,6 +36,7 @@ impl Error {
         match self {
             Error::Config(_) | Error::Usage(_) | Error::ChecksFailed { usage: true, .. } => 2,
             Error::Eip(err) if err.is_usage() => 2,
+            Error::Efs(err) if err.is_usage() => 2,
             _ => 1,
         }
     }

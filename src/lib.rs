@@ -6,6 +6,7 @@ pub mod aws;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod efs;
 pub mod eip;
 pub mod error;
 pub mod identity;

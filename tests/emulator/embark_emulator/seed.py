@@ -122,3 +122,29 @@ def disassociate(emulator, spec: dict) -> None:
     ec2 = client(emulator, "ec2", spec.get("region", emulator.default_region))
     addr = ec2.describe_addresses(AllocationIds=[spec["allocation_id"]])["Addresses"][0]
     ec2.disassociate_address(AssociationId=addr["AssociationId"])
+
+
+def _subnet_in(emulator, region: str, az: str) -> str:
+    ec2 = client(emulator, "ec2", region)
+    subnets = ec2.describe_subnets(Filters=[{"Name": "availability-zone", "Values": [az]},
+                                            {"Name": "default-for-az", "Values": ["true"]}])["Subnets"]
+    return subnets[0]["SubnetId"]
+
+
+def file_system(emulator, spec: dict) -> dict:
+    """A file system with mount targets in the given zones (none: a file system without any yet)."""
+    region = spec.get("region", emulator.default_region)
+    efs = client(emulator, "efs", region)
+    fs = efs.create_file_system(CreationToken=spec.get("token", f"fs-{len(str(spec))}-{id(spec)}"))
+    targets = [mount_target(emulator, {"file_system_id": fs["FileSystemId"], "az": az, "region": region})
+               for az in spec.get("zones", [])]
+    return {"file_system_id": fs["FileSystemId"], "mount_targets": targets}
+
+
+def mount_target(emulator, spec: dict) -> dict:
+    region = spec.get("region", emulator.default_region)
+    efs = client(emulator, "efs", region)
+    mt = efs.create_mount_target(FileSystemId=spec["file_system_id"],
+                                 SubnetId=_subnet_in(emulator, region, spec["az"]))
+    return {"mount_target_id": mt["MountTargetId"], "ip": mt["IpAddress"],
+            "availability_zone_id": mt.get("AvailabilityZoneId")}

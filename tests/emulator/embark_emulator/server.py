@@ -8,6 +8,8 @@ Everything listens on 127.0.0.1 only. The control API lives under /_embark/ on t
   GET    /_embark/instances/<id>      the instance as IMDS shows it, with its lifecycle state
   POST   /_embark/addresses           {count, pool?, az?, region?}: allocate (tagged) Elastic IPs
   GET    /_embark/addresses?pool=P    addresses (of a pool) with their associations
+  POST   /_embark/efs                 {zones?: [az names], region?}: a file system, mount targets in those zones
+  POST   /_embark/efs/mount-target    {file_system_id, az, region?}: a mount target (in the default VPC)
   POST   /_embark/disassociate        {allocation_id}: free an address (another instance let go)
   GET    /_embark/lifecycle           completed lifecycle actions (result, heartbeats, timed out)
   POST   /_embark/faults              {service, operation, status, code, count | fraction, latency_ms}
@@ -281,6 +283,10 @@ class Emulator:
         if path == "addresses" and method == "GET":
             return json_response(seed.addresses(self, request.args.get("pool"),
                                                 request.args.get("region", self.default_region)))
+        if path == "efs" and method == "POST":
+            return json_response(seed.file_system(self, spec))
+        if path == "efs/mount-target" and method == "POST":
+            return json_response(seed.mount_target(self, spec))
         if path == "disassociate" and method == "POST":
             seed.disassociate(self, spec)
             return json_response({"ok": True})

@@ -1,0 +1,649 @@
+//! Mounting EFS with the kernel's NFSv4.1 client through mount(2): no helper binary is needed.
+//!
+//! The mount target is found by its DNS name (`fs-id.efs.<region>.amazonaws.com`, which resolves to the
+//! target in this instance's zone) or, when that name does not resolve (no VPC DNS, a custom resolver),
+//! by `DescribeMountTargets` and the available target in this instance's AZ id. Stacks often create
+//! mount targets at the very moment instances boot, so a missing or still-creating target is waited for
+//! within the step deadline.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::aws::{describe, error_code};
+use crate::config::EfsMount;
+use crate::identity::Fibonacci;
+use crate::net::Resolver;
+
+/// The options AWS recommends for EFS over NFSv4.1.
+pub const AWS_OPTIONS: &str =
+    "nfsvers=4.1,rsize=1048576,wsize=1048576,hard,timeo=600,retrans=2,noresvport";
+
+#[derive(Debug, thiserror::Error)]
+pub enum EfsError {
+    #[error("the kernel has no NFSv4 client (nfs4 is not in /proc/filesystems and no nfsv4 module is installed for this kernel): install the kernel's NFS modules (e.g. nfs-common / linux-modules-extra) or use an image whose kernel has them")]
+    NoNfs4,
+    #[error("file system {fs} does not exist in {region}: check embark:efs / [[efs]] file_system")]
+    NoFileSystem { fs: String, region: String },
+    #[error("file system {fs} has no mount target in this instance's zone {zone_id} (zones with one: {others}); create a mount target in a subnet of {zone_id}")]
+    NoMountTarget {
+        fs: String,
+        zone_id: String,
+        others: String,
+    },
+    #[error("no available mount target of {fs} in zone {zone_id} within {deadline:?} ({last})")]
+    NotAvailable {
+        fs: String,
+        zone_id: String,
+        deadline: Duration,
+        last: String,
+    },
+    #[error("cannot reach {addr} (NFS, TCP 2049) of {fs}: {detail}; check that the mount target's security group allows TCP 2049 from this instance")]
+    Unreachable {
+        fs: String,
+        addr: SocketAddr,
+        detail: String,
+    },
+    #[error("{fs} asks for {what}, which needs amazon-efs-utils (mount.efs): install it, or remove tls/iam/access_point")]
+    NeedsEfsUtils { fs: String, what: String },
+    #[error("mount -t efs for {fs} on {mount_point} failed: {detail}")]
+    EfsUtils {
+        fs: String,
+        mount_point: PathBuf,
+        detail: String,
+    },
+    #[error("mounting {source_spec} on {mount_point} failed: {detail}")]
+    Mount {
+        source_spec: String,
+        mount_point: PathBuf,
+        detail: String,
+    },
+    #[error("cannot create the mount point {path}: {detail}")]
+    MountPoint { path: PathBuf, detail: String },
+    #[error("cannot update {path}: {detail}")]
+    Fstab { path: PathBuf, detail: String },
+    #[error("not allowed to call {action}: {detail}. Grant {action} to the instance profile")]
+    Denied {
+        action: &'static str,
+        detail: String,
+    },
+    #[error("{action} failed: {detail}")]
+    Aws {
+        action: &'static str,
+        detail: String,
+    },
+}
+
+impl EfsError {
+    /// Problems of configuration rather than of this moment: exit 2.
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            EfsError::NoFileSystem { .. } | EfsError::NeedsEfsUtils { .. }
+        )
+    }
+}
+
+/// Where this instance is.
+#[derive(Debug, Clone)]
+pub struct Place {
+    pub region: String,
+    pub zone_id: Option<String>,
+    /// Try the `amazonaws.com` DNS name first. Off with a custom EFS endpoint (an emulator, a test
+    /// account behind a proxy): there the AWS name means nothing.
+    pub use_dns: bool,
+}
+
+/// How the mount target's address was found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    Dns { name: String },
+    MountTarget { id: String, zone_id: String },
+}
+
+impl std::fmt::Display for Found {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Found::Dns { name } => write!(f, "DNS name {name}"),
+            Found::MountTarget { id, zone_id } => {
+                write!(f, "DescribeMountTargets: {id} in {zone_id}")
+            }
+        }
+    }
+}
+
+/// The mount(2) call embark makes for one file system.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountCall {
+    pub source: String,
+    pub target: PathBuf,
+    pub fstype: &'static str,
+    pub read_only: bool,
+    pub data: String,
+}
+
+impl MountCall {
+    pub fn new(mount: &EfsMount, addr: IpAddr) -> MountCall {
+        MountCall {
+            source: format!("{addr}:{}", mount.path),
+            target: mount.mount_point.clone(),
+            fstype: "nfs4",
+            read_only: mount.read_only,
+            data: mount_options(&mount.options, addr),
+        }
+    }
+}
+
+impl std::fmt::Display for MountCall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "mount(\"{}\", \"{}\", \"{}\", {}, \"{}\")",
+            self.source,
+            self.target.display(),
+            self.fstype,
+            if self.read_only { "MS_RDONLY" } else { "0" },
+            self.data
+        )
+    }
+}
+
+/// AWS's options, then the user's, then the `addr=` the kernel client needs (it does no DNS itself).
+pub fn mount_options(extra: &[String], addr: IpAddr) -> String {
+    let mut out = AWS_OPTIONS.to_string();
+    for opt in extra.iter().map(|o| o.trim()).filter(|o| !o.is_empty()) {
+        out.push(',');
+        out.push_str(opt);
+    }
+    out.push_str(&format!(",addr={addr}"));
+    out
+}
+
+/// `tls`, `iam`, an access point: what only amazon-efs-utils can do.
+pub fn efs_utils_options(mount: &EfsMount) -> Vec<String> {
+    let mut opts = Vec::new();
+    if mount.tls {
+        opts.push("tls".to_string());
+    }
+    if mount.iam {
+        opts.push("iam".to_string());
+    }
+    if let Some(ap) = &mount.access_point {
+        opts.push(format!("accesspoint={ap}"));
+    }
+    opts
+}
+
+/// Unescapes mountinfo's octal escapes (`\040` for a space).
+fn unescape(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        if let (b'\\', Some(d)) = (bytes[i], octal) {
+            let value =
+                u32::from(d[0] - b'0') * 64 + u32::from(d[1] - b'0') * 8 + u32::from(d[2] - b'0');
+            if let Ok(byte) = u8::try_from(value) {
+                out.push(byte);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// One line of /proc/self/mountinfo: (mount point, fstype, source).
+pub fn parse_mountinfo(text: &str) -> Vec<(PathBuf, String, String)> {
+    text.lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mount_point = left.split(' ').nth(4)?;
+            let mut right = right.split(' ');
+            let fstype = right.next()?;
+            let source = right.next()?;
+            Some((
+                PathBuf::from(unescape(mount_point)),
+                fstype.to_string(),
+                unescape(source),
+            ))
+        })
+        .collect()
+}
+
+/// Is `mount_point` already an NFSv4 mount of `path` (source `<ip or name>:<path>`)?
+pub fn mounted(mountinfo: &str, mount_point: &Path, path: &str) -> bool {
+    parse_mountinfo(mountinfo)
+        .iter()
+        .any(|(mp, fstype, source)| {
+            mp == mount_point && fstype.starts_with("nfs4") && source.ends_with(&format!(":{path}"))
+        })
+}
+
+/// Whether the running kernel can mount nfs4: registered, or a module present to be loaded on demand.
+pub fn kernel_has_nfs4(proc_filesystems: &str, release: &str, modules_root: &Path) -> bool {
+    if proc_filesystems
+        .lines()
+        .any(|l| l.split_whitespace().last() == Some("nfs4"))
+    {
+        return true;
+    }
+    let dir = modules_root.join(release).join("kernel/fs/nfs");
+    ["nfsv4.ko", "nfsv4.ko.xz", "nfsv4.ko.zst", "nfsv4.ko.gz"]
+        .iter()
+        .any(|m| dir.join(m).exists())
+}
+
+pub fn this_kernel_has_nfs4() -> bool {
+    let filesystems = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
+    let release = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    kernel_has_nfs4(&filesystems, &release, Path::new("/lib/modules"))
+}
+
+/// Finds the mount target's address: DNS first, then the API, waiting until `deadline` for a target
+/// that is still being created.
+pub async fn resolve(
+    efs: &aws_sdk_efs::Client,
+    resolver: &Resolver,
+    place: &Place,
+    fs: &str,
+    deadline: Duration,
+) -> Result<(IpAddr, Found), EfsError> {
+    let name = format!("{fs}.efs.{}.amazonaws.com", place.region);
+    if place.use_dns {
+        // The VPC resolver answers within milliseconds; without it the name never resolves, so do
+        // not spend the step's deadline on it.
+        if let Ok(Ok(ips)) =
+            tokio::time::timeout(Duration::from_secs(2), resolver.lookup(&name)).await
+        {
+            if let Some(ip) = ips.first() {
+                return Ok((*ip, Found::Dns { name }));
+            }
+        }
+        tracing::debug!(%name, "no DNS answer; asking DescribeMountTargets");
+    }
+    let zone_id = place.zone_id.clone().unwrap_or_default();
+    let started = Instant::now();
+    let mut backoff = Fibonacci::new(Duration::from_secs(1), Duration::from_secs(10));
+    loop {
+        let targets = match efs.describe_mount_targets().file_system_id(fs).send().await {
+            Ok(out) => out.mount_targets().to_vec(),
+            Err(err) => {
+                let detail = describe(&err);
+                return Err(match error_code(&err) {
+                    Some("FileSystemNotFound") => EfsError::NoFileSystem {
+                        fs: fs.to_string(),
+                        region: place.region.clone(),
+                    },
+                    Some("AccessDeniedException") | Some("AccessDenied") => EfsError::Denied {
+                        action: "elasticfilesystem:DescribeMountTargets",
+                        detail,
+                    },
+                    _ => EfsError::Aws {
+                        action: "elasticfilesystem:DescribeMountTargets",
+                        detail,
+                    },
+                });
+            }
+        };
+        let here = targets
+            .iter()
+            .find(|t| t.availability_zone_id() == Some(zone_id.as_str()));
+        let last = match here {
+            Some(t) if t.life_cycle_state().as_str() == "available" => {
+                if let Some(ip) = t.ip_address().and_then(|ip| ip.parse::<IpAddr>().ok()) {
+                    return Ok((
+                        ip,
+                        Found::MountTarget {
+                            id: t.mount_target_id().to_string(),
+                            zone_id: zone_id.clone(),
+                        },
+                    ));
+                }
+                "the mount target has no IPv4 address".to_string()
+            }
+            Some(t) => format!(
+                "mount target {} is {}",
+                t.mount_target_id(),
+                t.life_cycle_state().as_str()
+            ),
+            None => "no mount target in this zone yet".to_string(),
+        };
+        let delay = backoff.next_delay();
+        if started.elapsed() + delay > deadline {
+            if here.is_none() {
+                let mut others: Vec<&str> = targets
+                    .iter()
+                    .filter_map(|t| t.availability_zone_id())
+                    .collect();
+                others.sort_unstable();
+                return Err(EfsError::NoMountTarget {
+                    fs: fs.to_string(),
+                    zone_id,
+                    others: if others.is_empty() {
+                        "none".to_string()
+                    } else {
+                        others.join(", ")
+                    },
+                });
+            }
+            return Err(EfsError::NotAvailable {
+                fs: fs.to_string(),
+                zone_id,
+                deadline,
+                last,
+            });
+        }
+        tracing::info!(fs, "{last}; looking again in {delay:?}");
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// A short TCP connect to the mount target: a blocked security group is a clear sentence, not a mount
+/// that hangs for minutes.
+pub async fn probe(fs: &str, ip: IpAddr) -> Result<(), EfsError> {
+    let addr = SocketAddr::new(ip, 2049);
+    match tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(addr)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(err)) => Err(EfsError::Unreachable {
+            fs: fs.to_string(),
+            addr,
+            detail: err.to_string(),
+        }),
+        Err(_) => Err(EfsError::Unreachable {
+            fs: fs.to_string(),
+            addr,
+            detail: "no answer within 3 s".to_string(),
+        }),
+    }
+}
+
+/// mount(2). ENODEV means the kernel has no such file system type.
+pub fn mount(call: &MountCall) -> Result<(), EfsError> {
+    use nix::mount::MsFlags;
+    let flags = if call.read_only {
+        MsFlags::MS_RDONLY
+    } else {
+        MsFlags::empty()
+    };
+    nix::mount::mount(
+        Some(call.source.as_str()),
+        &call.target,
+        Some(call.fstype),
+        flags,
+        Some(call.data.as_str()),
+    )
+    .map_err(|errno| match errno {
+        nix::errno::Errno::ENODEV if call.fstype.starts_with("nfs") => EfsError::NoNfs4,
+        other => EfsError::Mount {
+            source_spec: call.source.clone(),
+            mount_point: call.target.clone(),
+            detail: other.desc().to_string(),
+        },
+    })
+}
+
+pub fn create_mount_point(path: &Path) -> Result<(), EfsError> {
+    std::fs::create_dir_all(path).map_err(|err| EfsError::MountPoint {
+        path: path.to_path_buf(),
+        detail: err.to_string(),
+    })
+}
+
+/// `mount -t efs` from amazon-efs-utils, for TLS, IAM and access points.
+pub async fn mount_with_efs_utils(mount: &EfsMount) -> Result<(), EfsError> {
+    let opts = efs_utils_options(mount);
+    let helper = [
+        "/sbin/mount.efs",
+        "/usr/sbin/mount.efs",
+        "/usr/bin/mount.efs",
+    ]
+    .iter()
+    .find(|p| Path::new(p).exists());
+    if helper.is_none() {
+        return Err(EfsError::NeedsEfsUtils {
+            fs: mount.file_system.clone(),
+            what: opts.join(", "),
+        });
+    }
+    create_mount_point(&mount.mount_point)?;
+    let mut all = opts;
+    all.extend(mount.options.iter().cloned());
+    if mount.read_only {
+        all.push("ro".to_string());
+    }
+    let out = tokio::process::Command::new("mount")
+        .args(["-t", "efs", "-o", &all.join(",")])
+        .arg(format!("{}:{}", mount.file_system, mount.path))
+        .arg(&mount.mount_point)
+        .output()
+        .await
+        .map_err(|err| EfsError::EfsUtils {
+            fs: mount.file_system.clone(),
+            mount_point: mount.mount_point.clone(),
+            detail: err.to_string(),
+        })?;
+    if !out.status.success() {
+        return Err(EfsError::EfsUtils {
+            fs: mount.file_system.clone(),
+            mount_point: mount.mount_point.clone(),
+            detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// The fstab line for a mount: `_netdev,nofail` so a reboot without the network (or without embark)
+/// does not hang the boot.
+pub fn fstab_line(call: &MountCall) -> String {
+    let mut opts = call.data.clone();
+    if call.read_only {
+        opts.push_str(",ro");
+    }
+    format!(
+        "{} {} nfs4 {opts},_netdev,nofail 0 0",
+        call.source,
+        call.target.display()
+    )
+}
+
+/// The fstab text with `line` for its mount point: replaced if one is there, appended otherwise; every
+/// other line kept byte for byte. `None` when nothing would change.
+pub fn fstab_with(current: &str, line: &str) -> Option<String> {
+    let mount_point = line.split_whitespace().nth(1)?;
+    let mut found = false;
+    let mut changed = false;
+    let mut out = String::with_capacity(current.len() + line.len() + 1);
+    for l in current.split_inclusive('\n') {
+        let body = l.trim_end_matches('\n');
+        let is_ours = !body.trim_start().starts_with('#')
+            && body.split_whitespace().nth(1) == Some(mount_point)
+            && body
+                .split_whitespace()
+                .nth(2)
+                .is_some_and(|t| t.starts_with("nfs"));
+        if is_ours && !found {
+            found = true;
+            if body != line {
+                changed = true;
+            }
+            out.push_str(line);
+            out.push('\n');
+        } else if is_ours {
+            changed = true; // a duplicate line for the same mount point: dropped
+        } else {
+            out.push_str(l);
+        }
+    }
+    if !found {
+        if !out.is_empty() && !out.ends_with('\n') {
+            out.push('\n');
+        }
+        out.push_str(line);
+        out.push('\n');
+        changed = true;
+    }
+    changed.then_some(out)
+}
+
+/// Writes the fstab line atomically (temporary file + rename in the same directory).
+pub fn write_fstab(path: &Path, line: &str) -> Result<bool, EfsError> {
+    let fail = |detail: String| EfsError::Fstab {
+        path: path.to_path_buf(),
+        detail,
+    };
+    let current = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(err) => return Err(fail(err.to_string())),
+    };
+    let Some(next) = fstab_with(&current, line) else {
+        return Ok(false);
+    };
+    let tmp = path.with_extension("embark-tmp");
+    let mode = std::fs::metadata(path)
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()))
+        .unwrap_or(0o644);
+    std::fs::write(&tmp, next.as_bytes()).map_err(|e| fail(e.to_string()))?;
+    std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(mode))
+        .map_err(|e| fail(e.to_string()))?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| fail(e.to_string()))?;
+    std::fs::rename(&tmp, path).map_err(|e| fail(e.to_string()))?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mount_cfg(opts: &[&str], read_only: bool) -> EfsMount {
+        EfsMount {
+            file_system: "fs-12ab".into(),
+            path: "/shared".into(),
+            mount_point: PathBuf::from("/efs"),
+            options: opts.iter().map(|s| s.to_string()).collect(),
+            read_only,
+            fstab: false,
+            tls: false,
+            iam: false,
+            access_point: None,
+        }
+    }
+
+    #[test]
+    fn options_are_awss_then_users_then_addr() {
+        let ip: IpAddr = "10.0.1.5".parse().unwrap();
+        assert_eq!(
+            mount_options(&[], ip),
+            "nfsvers=4.1,rsize=1048576,wsize=1048576,hard,timeo=600,retrans=2,noresvport,addr=10.0.1.5"
+        );
+        assert_eq!(
+            mount_options(&["noatime".into(), " ".into()], ip),
+            format!("{AWS_OPTIONS},noatime,addr=10.0.1.5")
+        );
+        let call = MountCall::new(&mount_cfg(&["noatime"], true), ip);
+        assert_eq!(call.source, "10.0.1.5:/shared");
+        assert_eq!(
+            call.to_string(),
+            format!("mount(\"10.0.1.5:/shared\", \"/efs\", \"nfs4\", MS_RDONLY, \"{AWS_OPTIONS},noatime,addr=10.0.1.5\")")
+        );
+    }
+
+    #[test]
+    fn efs_utils_options_only_when_asked() {
+        let mut m = mount_cfg(&[], false);
+        assert!(efs_utils_options(&m).is_empty());
+        m.tls = true;
+        m.access_point = Some("fsap-1".into());
+        assert_eq!(efs_utils_options(&m), vec!["tls", "accesspoint=fsap-1"]);
+    }
+
+    const MOUNTINFO: &str = "\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/vda rw
+98 22 0:50 / /efs rw,relatime shared:40 - nfs4 10.0.1.5:/ rw,vers=4.1,addr=10.0.1.5
+99 22 0:51 / /mnt/with\\040space rw shared:41 - nfs4 fs-12ab.efs.eu-west-1.amazonaws.com:/shared rw
+100 22 0:52 / /data rw shared:42 - tmpfs tmpfs rw
+";
+
+    #[test]
+    fn mountinfo_shows_what_is_mounted() {
+        let entries = parse_mountinfo(MOUNTINFO);
+        assert_eq!(entries.len(), 4);
+        assert_eq!(entries[2].0, PathBuf::from("/mnt/with space"));
+        assert!(mounted(MOUNTINFO, Path::new("/efs"), "/"));
+        assert!(mounted(MOUNTINFO, Path::new("/mnt/with space"), "/shared"));
+        assert!(!mounted(MOUNTINFO, Path::new("/mnt/with space"), "/other"));
+        assert!(!mounted(MOUNTINFO, Path::new("/data"), "/"));
+        assert!(!mounted(MOUNTINFO, Path::new("/other"), "/"));
+        assert_eq!(
+            unescape("a\\777b\\04"),
+            "a\\777b\\04",
+            "not octal bytes: kept"
+        );
+    }
+
+    #[test]
+    fn nfs4_support_from_proc_or_module() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert!(kernel_has_nfs4(
+            "nodev\tsysfs\nnodev\tnfs4\n",
+            "6.1",
+            tmp.path()
+        ));
+        assert!(!kernel_has_nfs4("nodev\tsysfs\next4\n", "6.1", tmp.path()));
+        let dir = tmp.path().join("6.1/kernel/fs/nfs");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("nfsv4.ko.xz"), b"").unwrap();
+        assert!(kernel_has_nfs4("ext4\n", "6.1", tmp.path()));
+    }
+
+    #[test]
+    fn fstab_written_once_and_unrelated_lines_kept() {
+        let ip: IpAddr = "10.0.1.5".parse().unwrap();
+        let line = fstab_line(&MountCall::new(&mount_cfg(&[], false), ip));
+        assert!(line.ends_with(",_netdev,nofail 0 0"), "{line}");
+        let original = "# /etc/fstab\nUUID=abc /  ext4  defaults\t0 1\n\n/dev/vdb none swap sw 0 0";
+        let first = fstab_with(original, &line).unwrap();
+        assert!(first.starts_with(
+            "# /etc/fstab\nUUID=abc /  ext4  defaults\t0 1\n\n/dev/vdb none swap sw 0 0\n"
+        ));
+        assert_eq!(first.matches(&line).count(), 1);
+        assert_eq!(fstab_with(&first, &line), None, "a rerun changes nothing");
+        // A changed address replaces the line instead of adding a second one.
+        let moved = fstab_line(&MountCall::new(
+            &mount_cfg(&[], false),
+            "10.0.2.9".parse().unwrap(),
+        ));
+        let second = fstab_with(&first, &moved).unwrap();
+        assert_eq!(second.matches("/efs nfs4").count(), 1);
+        assert!(second.contains("10.0.2.9:/shared"));
+    }
+
+    #[test]
+    fn fstab_file_is_replaced_atomically() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("fstab");
+        std::fs::write(&path, "UUID=abc / ext4 defaults 0 1\n").unwrap();
+        let line = "10.0.1.5:/ /efs nfs4 x,_netdev,nofail 0 0";
+        assert!(write_fstab(&path, line).unwrap());
+        assert!(!write_fstab(&path, line).unwrap());
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            format!("UUID=abc / ext4 defaults 0 1\n{line}\n")
+        );
+        assert_eq!(
+            std::fs::read_dir(tmp.path()).unwrap().count(),
+            1,
+            "no temporary left"
+        );
+    }
+}
