@@ -21,13 +21,20 @@ export AWS_EC2_METADATA_SERVICE_ENDPOINT
 AWS_EC2_METADATA_SERVICE_ENDPOINT=$(jq -r '.[0].imds_endpoint' "$work/instance.json")
 export AWS_ENDPOINT_URL=$endpoint AWS_ACCESS_KEY_ID=demo AWS_SECRET_ACCESS_KEY=demo
 export EMBARK_CONFIG=$work/embark.toml EMBARK_STATE_DIR=$work/state
+cat >"$EMBARK_CONFIG" <<TOML
+[[efs]]
+file_system = "$(jq -r .file_system_id "$work/account.json")"
+mount_point = "$work/efs"
+fstab = true
+TOML
 
 echo
 echo "\$ embark identity"
 "$embark" identity
 echo
 echo "\$ embark check"
-"$embark" check
+# The efs line fails on this machine (no NFS client in its kernel); on an instance it passes.
+"$embark" check || echo "(exit $?: expected on a kernel without NFSv4)"
 echo
 echo "\$ embark eip bind --plan"
 "$embark" eip bind --plan
@@ -40,3 +47,6 @@ echo "\$ embark eip bind   (again: nothing to do)"
 echo
 echo "\$ embark eip status"
 "$embark" eip status
+echo
+echo "\$ embark efs mount --plan   (plan only: this machine's kernel has no NFS client)"
+"$embark" efs mount --plan

@@ -558,6 +558,17 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn blocked_nfs_port_is_a_sentence_about_the_security_group() {
+        // Nothing listens on loopback's NFS port here: the probe answers at once.
+        let err = probe("fs-12ab", "127.0.0.1".parse().unwrap())
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("127.0.0.1:2049"), "{text}");
+        assert!(text.contains("security group allows TCP 2049"), "{text}");
+    }
+
     #[test]
     fn efs_utils_options_only_when_asked() {
         let mut m = mount_cfg(&[], false);
