@@ -124,14 +124,7 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         Command::Identity { json } => {
             let ctx = Context::load(&cli)?;
             let (identity, _) = ctx.identify().await?;
-            if json {
-                let text = serde_json::to_string_pretty(&identity)
-                    .map_err(|err| Error::Setup(format!("cannot encode the identity: {err}")))?;
-                println!("{text}");
-            } else {
-                print!("{}", identity.human());
-            }
-            Ok(())
+            print_either(&identity, json, Identity::human)
         }
         Command::Check => crate::check::run(&cli).await,
         Command::Efs {
@@ -310,12 +303,21 @@ async fn eip_status(instance: &Instance, pool: Option<&str>, json: bool) -> Resu
     eip::check_region(&instance.aws.region(), &instance.identity.metadata.region)?;
     let pool = eip::describe_pool(&instance.aws.ec2(), &settings.pool).await?;
     let status = eip::Status::new(pool, &instance.place(), settings.reserve);
+    print_either(&status, json, eip::Status::human)
+}
+
+/// The stable JSON form behind `--json`, the human one otherwise.
+fn print_either<T: serde::Serialize>(
+    value: &T,
+    json: bool,
+    human: impl FnOnce(&T) -> String,
+) -> Result<(), Error> {
     if json {
-        let text = serde_json::to_string_pretty(&status)
-            .map_err(|err| Error::Setup(format!("cannot encode the status: {err}")))?;
+        let text = serde_json::to_string_pretty(value)
+            .map_err(|err| Error::Setup(format!("cannot encode the JSON output: {err}")))?;
         println!("{text}");
     } else {
-        print!("{}", status.human());
+        print!("{}", human(value));
     }
     Ok(())
 }

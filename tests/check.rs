@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{emulator, unique, Embark};
+use common::{assert_has, emulator, unique, Embark};
 use serde_json::json;
 
 #[test]
@@ -90,11 +90,7 @@ fn unknown_embark_tag_is_named_with_nearest() {
     emu.seed(json!({"name": group, "group_tags": {"embark:eip-reserv": "2"}}));
     let inst = emu.launch_one(json!({"group": group}));
     let run = Embark::new(emu, &inst).run(&["check"]).expect_code(2);
-    assert!(
-        run.stdout().contains("did you mean embark:eip-reserve"),
-        "{}",
-        run.stdout()
-    );
+    assert_has(&run.stdout(), "did you mean embark:eip-reserve");
 }
 
 #[test]

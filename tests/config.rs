@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::Embark;
+use common::{assert_has, Embark};
 
 fn rejected(text: &str, needles: &[&str]) {
     let embark = Embark::offline().config(text);
@@ -57,11 +57,7 @@ fn unreadable_config_is_a_usage_error() {
         .env("EMBARK_CONFIG", &dir)
         .run(&["identity"])
         .expect_code(2);
-    assert!(
-        run.stderr().contains("cannot read the config file"),
-        "{}",
-        run.stderr()
-    );
+    assert_has(&run.stderr(), "cannot read the config file");
 }
 
 #[test]

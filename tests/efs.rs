@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{emulator, Embark, Emulator, Instance};
+use common::{assert_has, emulator, Embark, Emulator, Instance};
 use serde_json::{json, Value};
 
 fn file_system(emu: &Emulator, zones: &[&str]) -> Value {
@@ -95,17 +95,8 @@ fn tag_configures_the_mounts() {
     let run = Embark::new(emu, &inst)
         .run(&["efs", "mount", "--plan"])
         .expect_code(0);
-    assert!(
-        run.stdout()
-            .contains(&format!("{id}:/shared on /mnt/{group}")),
-        "{}",
-        run.stdout()
-    );
-    assert!(
-        run.stdout().contains(":/shared\", \"/mnt/"),
-        "{}",
-        run.stdout()
-    );
+    assert_has(&run.stdout(), &format!("{id}:/shared on /mnt/{group}"));
+    assert_has(&run.stdout(), ":/shared\", \"/mnt/");
 }
 
 #[test]
@@ -125,12 +116,7 @@ fn a_mount_target_created_while_waiting_is_found() {
         json!({"file_system_id": id, "az": "eu-west-1b"}),
     );
     let run = waiting.wait().expect_code(0);
-    assert!(
-        run.stdout()
-            .contains(created["mount_target_id"].as_str().unwrap()),
-        "{}",
-        run.stdout()
-    );
+    assert_has(&run.stdout(), created["mount_target_id"].as_str().unwrap());
 }
 
 #[test]
@@ -167,12 +153,7 @@ fn unknown_file_system_is_a_configuration_error() {
         .config(&config("fs-0000dead", &dir.path().join("efs"), ""))
         .run(&["efs", "mount", "--plan"])
         .expect_code(2);
-    assert!(
-        run.stderr()
-            .contains("file system fs-0000dead does not exist"),
-        "{}",
-        run.stderr()
-    );
+    assert_has(&run.stderr(), "file system fs-0000dead does not exist");
 }
 
 #[test]
@@ -198,11 +179,7 @@ fn already_mounted_is_nothing_to_do() {
         .env("EMBARK_MOUNTINFO", &mountinfo)
         .run(&["efs", "mount"])
         .expect_code(0);
-    assert!(
-        run.stdout().contains("already mounted; nothing to do"),
-        "{}",
-        run.stdout()
-    );
+    assert_has(&run.stdout(), "already mounted; nothing to do");
     assert_eq!(
         efs_calls(emu, id),
         before,
@@ -264,16 +241,8 @@ fn tls_without_efs_utils_says_what_is_needed() {
         ))
         .run(&["efs", "mount"])
         .expect_code(2);
-    assert!(
-        run.stderr().contains("needs amazon-efs-utils"),
-        "{}",
-        run.stderr()
-    );
-    assert!(
-        run.stderr().contains("tls, accesspoint=fsap-0123"),
-        "{}",
-        run.stderr()
-    );
+    assert_has(&run.stderr(), "needs amazon-efs-utils");
+    assert_has(&run.stderr(), "tls, accesspoint=fsap-0123");
 }
 
 #[test]
@@ -283,5 +252,5 @@ fn nothing_configured_is_nothing_to_do() {
     let run = Embark::new(emu, &inst)
         .run(&["efs", "mount"])
         .expect_code(0);
-    assert!(run.stdout().contains("nothing to do"), "{}", run.stdout());
+    assert_has(&run.stdout(), "nothing to do");
 }

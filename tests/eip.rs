@@ -5,7 +5,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::{emulator, unique, Embark, Emulator, Instance};
+use common::{assert_has, emulator, unique, Embark, Emulator, Instance};
 use serde_json::{json, Value};
 
 fn holder_of(addresses: &[Value], instance: &str) -> Vec<String> {
@@ -128,7 +128,7 @@ fn zone_restricted_addresses_are_honoured_by_name_and_by_id() {
     let run = Embark::new(emu, &another_b)
         .run(&["eip", "bind", "--pool", &pool])
         .expect_code(1);
-    assert!(run.stderr().contains("no free address"), "{}", run.stderr());
+    assert_has(&run.stderr(), "no free address");
 }
 
 #[test]
@@ -140,7 +140,7 @@ fn zone_restriction_excludes_other_zones_even_when_free() {
     let run = Embark::new(emu, &in_b)
         .run(&["eip", "bind", "--pool", &pool])
         .expect_code(1);
-    assert!(run.stderr().contains("2 of 2 free"), "{}", run.stderr());
+    assert_has(&run.stderr(), "2 of 2 free");
     assert!(emu
         .addresses(&pool)
         .iter()
@@ -178,12 +178,8 @@ fn exhausted_pool_fails_when_required_and_warns_when_not() {
         .config("[eip]\nrequired = false\n")
         .run(&["eip", "bind", "--pool", &pool])
         .expect_code(0);
-    assert!(run.stderr().contains("WARN"), "{}", run.stderr());
-    assert!(
-        run.stderr().contains("continuing without one"),
-        "{}",
-        run.stderr()
-    );
+    assert_has(&run.stderr(), "WARN");
+    assert_has(&run.stderr(), "continuing without one");
     assert_eq!(emu.addresses(&pool), before, "an address changed");
 }
 
@@ -226,7 +222,7 @@ fn waiting_for_an_address_that_never_frees_fails_at_the_deadline() {
         .config("[eip]\nwait = \"3s\"\n")
         .run(&["eip", "bind", "--pool", &pool])
         .expect_code(1);
-    assert!(run.stderr().contains("after waiting"), "{}", run.stderr());
+    assert_has(&run.stderr(), "after waiting");
     let polls = emu
         .requests()
         .iter()
@@ -396,11 +392,7 @@ fn status_reports_pool_and_reserve() {
         .config("[eip]\nreserve = 3\n")
         .run(&["eip", "bind", "--pool", &pool])
         .expect_code(0);
-    assert!(
-        run.stderr().contains("below its reserve of 3"),
-        "{}",
-        run.stderr()
-    );
+    assert_has(&run.stderr(), "below its reserve of 3");
     let alloc = bound_allocation(&run.stdout()).unwrap();
     let status = Embark::new(emu, &inst)
         .config("[eip]\nreserve = 3\n")
@@ -439,18 +431,12 @@ fn unknown_pool_is_a_configuration_error() {
     let run = Embark::new(emu, &inst)
         .run(&["eip", "bind", "--pool", "nope"])
         .expect_code(2);
-    assert!(
-        run.stderr()
-            .contains("pool 'nope' has no addresses: tag Elastic IPs with embark:pool=nope"),
-        "{}",
-        run.stderr()
+    assert_has(
+        &run.stderr(),
+        "pool 'nope' has no addresses: tag Elastic IPs with embark:pool=nope",
     );
     let run = Embark::new(emu, &inst).run(&["check"]).expect_code(0);
-    assert!(
-        run.stdout().contains("no pool configured"),
-        "{}",
-        run.stdout()
-    );
+    assert_has(&run.stdout(), "no pool configured");
 }
 
 #[test]
@@ -458,11 +444,7 @@ fn no_pool_configured_is_a_usage_error() {
     let emu = emulator();
     let inst = standalone(emu, "eu-west-1a");
     let run = Embark::new(emu, &inst).run(&["eip", "bind"]).expect_code(2);
-    assert!(
-        run.stderr().contains("no Elastic IP pool configured"),
-        "{}",
-        run.stderr()
-    );
+    assert_has(&run.stderr(), "no Elastic IP pool configured");
 }
 
 #[test]
@@ -497,11 +479,9 @@ fn another_region_is_refused_before_anything_changes() {
         .env("AWS_REGION", "us-east-1")
         .run(&["eip", "bind", "--pool", &pool])
         .expect_code(2);
-    assert!(
-        run.stderr()
-            .contains("Elastic IPs can only be bound in the instance's own region"),
-        "{}",
-        run.stderr()
+    assert_has(
+        &run.stderr(),
+        "Elastic IPs can only be bound in the instance's own region",
     );
     assert!(emu
         .addresses(&pool)

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{unique, Embark, Emulator};
+use common::{assert_has, unique, Embark, Emulator};
 use serde_json::json;
 
 fn bound_to(emu: &Emulator, pool: &str, instance: &str) -> usize {
@@ -118,9 +118,5 @@ fn missing_permission_names_the_iam_action() {
     let run = Embark::new(&emu, &inst)
         .run(&["eip", "bind", "--pool", &pool])
         .expect_code(1);
-    assert!(
-        run.stderr().contains("ec2:DescribeAddresses"),
-        "{}",
-        run.stderr()
-    );
+    assert_has(&run.stderr(), "ec2:DescribeAddresses");
 }

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{emulator, unique, Embark, SECRET};
+use common::{assert_has, emulator, unique, Embark, SECRET};
 use serde_json::json;
 
 /// The IMDS requests of one instance.
@@ -65,7 +65,7 @@ fn instance_outside_a_group_has_no_group_and_succeeds() {
     let emu = emulator();
     let inst = emu.launch_one(json!({"az": "eu-west-1a", "tags": {"Name": "manual-test"}}));
     let run = Embark::new(emu, &inst).run(&["identity"]).expect_code(0);
-    assert!(run.stdout().contains("not in a group"), "{}", run.stdout());
+    assert_has(&run.stdout(), "not in a group");
     let id = Embark::new(emu, &inst)
         .run(&["identity", "--json"])
         .expect_code(0)
