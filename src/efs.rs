@@ -77,10 +77,7 @@ pub enum EfsError {
 impl EfsError {
     /// Problems of configuration rather than of this moment: exit 2.
     pub fn is_usage(&self) -> bool {
-        matches!(
-            self,
-            EfsError::NoFileSystem { .. } | EfsError::NeedsEfsUtils { .. }
-        )
+        matches!(self, EfsError::NoFileSystem { .. })
     }
 }
 

@@ -240,7 +240,7 @@ fn tls_without_efs_utils_says_what_is_needed() {
             "tls = true\naccess_point = \"fsap-0123\"\n",
         ))
         .run(&["efs", "mount"])
-        .expect_code(2);
+        .expect_code(1);
     assert_has(&run.stderr(), "needs amazon-efs-utils");
     assert_has(&run.stderr(), "tls, accesspoint=fsap-0123");
 }
