@@ -13,7 +13,7 @@ use aws_smithy_runtime_api::client::dns::{DnsFuture, ResolveDns, ResolveDnsError
 use aws_smithy_runtime_api::client::http::SharedHttpClient;
 use hickory_resolver::config::{LookupIpStrategy, ResolveHosts, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
-use hickory_resolver::TokioResolver;
+use hickory_resolver::{ResolverBuilder, TokioResolver};
 
 /// The pure-Rust resolver shared by every client.
 #[derive(Clone)]
@@ -31,13 +31,19 @@ impl Resolver {
     /// Reads `/etc/resolv.conf`; without one (a minimal chroot, a container) only `/etc/hosts` and
     /// literal addresses resolve, which is still enough for IMDS and the emulator.
     pub fn from_system() -> Result<Resolver, String> {
-        let mut builder = TokioResolver::builder_tokio().unwrap_or_else(|err| {
+        let builder = TokioResolver::builder_tokio().unwrap_or_else(|err| {
             tracing::debug!("no usable /etc/resolv.conf ({err}); resolving from /etc/hosts only");
-            TokioResolver::builder_with_config(
-                ResolverConfig::from_parts(None, vec![], vec![]),
-                TokioRuntimeProvider::default(),
-            )
+            hosts_only_builder()
         });
+        Resolver::build(builder)
+    }
+
+    /// Names from `/etc/hosts` and literal addresses only; never sends a DNS query.
+    pub fn hosts_only() -> Result<Resolver, String> {
+        Resolver::build(hosts_only_builder())
+    }
+
+    fn build(mut builder: ResolverBuilder<TokioRuntimeProvider>) -> Result<Resolver, String> {
         let options = builder.options_mut();
         options.use_hosts_file = ResolveHosts::Always;
         // A then AAAA, as glibc does: with both at once, a name that /etc/hosts answers still waits for
@@ -45,7 +51,7 @@ impl Resolver {
         options.ip_strategy = LookupIpStrategy::Ipv4thenIpv6;
         let inner = builder
             .build()
-            .map_err(|err| format!("cannot set up name resolution from /etc/resolv.conf: {err}"))?;
+            .map_err(|err| format!("cannot set up name resolution: {err}"))?;
         Ok(Resolver {
             inner: Arc::new(inner),
         })
@@ -83,6 +89,13 @@ impl reqwest::dns::Resolve for Resolver {
             Ok(addrs)
         })
     }
+}
+
+fn hosts_only_builder() -> ResolverBuilder<TokioRuntimeProvider> {
+    TokioResolver::builder_with_config(
+        ResolverConfig::from_parts(None, vec![], vec![]),
+        TokioRuntimeProvider::default(),
+    )
 }
 
 /// The AWS SDK's HTTP client: hyper + rustls (ring), names resolved by `resolver`.

@@ -254,3 +254,51 @@ fn nothing_configured_is_nothing_to_do() {
         .expect_code(0);
     assert_has(&run.stdout(), "nothing to do");
 }
+
+#[test]
+fn an_unresolvable_dns_name_falls_back_to_the_api() {
+    // A resolver without name servers: the DNS name fails at once, with no query sent anywhere.
+    let emu = emulator();
+    let fs = file_system(emu, &["eu-west-1a", "eu-west-1b"]);
+    let id = fs["file_system_id"].as_str().unwrap().to_string();
+    let want = fs["mount_targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["availability_zone_id"] == "euw1-az1")
+        .unwrap()
+        .clone();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (ip, found) = runtime.block_on(async {
+        let resolver = embark::net::Resolver::hosts_only().unwrap();
+        let config = aws_sdk_efs::Config::builder()
+            .behavior_version(aws_sdk_efs::config::BehaviorVersion::latest())
+            .region(aws_sdk_efs::config::Region::new("eu-west-1"))
+            .endpoint_url(&emu.endpoint)
+            .credentials_provider(aws_sdk_efs::config::Credentials::for_tests())
+            .http_client(embark::net::aws_http_client(&resolver))
+            .build();
+        let place = embark::efs::Place {
+            region: "eu-west-1".to_string(),
+            zone_id: Some("euw1-az1".to_string()),
+            use_dns: true,
+        };
+        embark::efs::resolve(
+            &aws_sdk_efs::Client::from_conf(config),
+            &resolver,
+            &place,
+            &id,
+            std::time::Duration::from_secs(10),
+        )
+        .await
+        .unwrap()
+    });
+    assert_eq!(ip.to_string(), want["ip"].as_str().unwrap());
+    assert_eq!(
+        found,
+        embark::efs::Found::MountTarget {
+            id: want["mount_target_id"].as_str().unwrap().to_string(),
+            zone_id: "euw1-az1".to_string()
+        }
+    );
+}
