@@ -125,7 +125,7 @@ pub enum Outcome {
 pub enum EipError {
     #[error("pool '{pool}' has no addresses: tag Elastic IPs with {POOL_TAG}={pool}")]
     NoAddresses { pool: String },
-    #[error("not allowed to call {action}: {detail}. Grant {action} to the instance profile (see `embark iam-policy`)")]
+    #[error("not allowed to call {action}: {detail}. Grant {action} to the instance profile")]
     Denied {
         action: &'static str,
         detail: String,
