@@ -29,6 +29,24 @@ impl Aws {
         Aws { config }
     }
 
+    /// Off an instance (`release push`, `release list --from`): the region from the environment or the
+    /// profile, else us-east-1; IMDS is never asked.
+    pub async fn load_standalone(http: SharedHttpClient) -> Aws {
+        use aws_config::environment::EnvironmentVariableRegionProvider;
+        use aws_config::meta::region::RegionProviderChain;
+        use aws_config::profile::ProfileFileRegionProvider;
+        let region = RegionProviderChain::first_try(EnvironmentVariableRegionProvider::new())
+            .or_else(ProfileFileRegionProvider::new())
+            .or_else(Region::new("us-east-1"));
+        let config = aws_config::defaults(BehaviorVersion::latest())
+            .http_client(http)
+            .retry_config(RetryConfig::standard().with_max_attempts(8))
+            .region(region)
+            .load()
+            .await;
+        Aws { config }
+    }
+
     pub fn ec2(&self) -> aws_sdk_ec2::Client {
         aws_sdk_ec2::Client::new(&self.config)
     }

@@ -85,6 +85,44 @@ pub enum Command {
         #[command(subcommand)]
         command: EipCommand,
     },
+    /// Application releases in S3 (docs/release-format.md)
+    Release {
+        #[command(subcommand)]
+        command: ReleaseCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReleaseCommand {
+    /// Publish DIR as a new release and make it current (the pointer is written last, conditionally)
+    Push {
+        /// The tree to publish (`.git` and what `.embarkignore` at its root names are left out)
+        dir: PathBuf,
+        /// The release source, s3://bucket/prefix
+        #[arg(long)]
+        to: String,
+        /// A message stored with the release (shown by `release list`)
+        #[arg(long, short, default_value = "")]
+        message: String,
+    },
+    /// Fetch, verify and switch to the current release (nothing to do when already on it)
+    Pull {
+        /// Show what would be fetched and switched; change nothing
+        #[arg(long)]
+        plan: bool,
+        /// Stable JSON output (documented in docs/cli.md)
+        #[arg(long)]
+        json: bool,
+    },
+    /// Releases in the source with time, message, files and size; marks current and local ones
+    List {
+        /// The release source (default: the group's embark:release tag, else [release] source)
+        #[arg(long)]
+        from: Option<String>,
+        /// Stable JSON output (documented in docs/cli.md)
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -145,6 +183,10 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
                     eip_status(&instance, pool.as_deref(), *json).await
                 }
             }
+        }
+        Command::Release { ref command } => {
+            let ctx = Context::load(&cli)?;
+            crate::release::cli::run(&ctx, command).await
         }
     }
 }
@@ -307,7 +349,7 @@ async fn eip_status(instance: &Instance, pool: Option<&str>, json: bool) -> Resu
 }
 
 /// The stable JSON form behind `--json`, the human one otherwise.
-fn print_either<T: serde::Serialize>(
+pub fn print_either<T: serde::Serialize>(
     value: &T,
     json: bool,
     human: impl FnOnce(&T) -> String,

@@ -4,6 +4,7 @@ use crate::config::ConfigError;
 use crate::efs::EfsError;
 use crate::eip::EipError;
 use crate::identity::IdentityError;
+use crate::release::ReleaseError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -16,6 +17,8 @@ pub enum Error {
     Eip(#[from] EipError),
     #[error(transparent)]
     Efs(#[from] EfsError),
+    #[error(transparent)]
+    Release(#[from] ReleaseError),
     /// A usage error found after the configuration was read (e.g. a step asked for but not configured).
     #[error("{0}")]
     Usage(String),
@@ -37,6 +40,7 @@ impl Error {
             Error::Config(_) | Error::Usage(_) | Error::ChecksFailed { usage: true, .. } => 2,
             Error::Eip(err) if err.is_usage() => 2,
             Error::Efs(err) if err.is_usage() => 2,
+            Error::Release(err) if err.is_usage() => 2,
             _ => 1,
         }
     }

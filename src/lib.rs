@@ -11,4 +11,5 @@ pub mod eip;
 pub mod error;
 pub mod identity;
 pub mod net;
+pub mod release;
 pub mod report;

@@ -247,6 +247,22 @@ impl Embark {
         }
     }
 
+    /// Another program (a shell script around embark) with the same environment.
+    pub fn run_program(self, program: &str, args: &[&str]) -> Run {
+        let mut cmd = Command::new(program);
+        cmd.env_clear();
+        for (key, value) in self.cmd.get_envs() {
+            if let Some(value) = value {
+                cmd.env(key, value);
+            }
+        }
+        let output = cmd.args(args).output().expect("run program");
+        Run {
+            output,
+            _state_dir: self.state_dir,
+        }
+    }
+
     pub fn run(mut self, args: &[&str]) -> Run {
         let output = self.cmd.args(args).output().expect("run embark");
         Run {
@@ -262,6 +278,14 @@ pub struct Running {
 }
 
 impl Running {
+    /// SIGKILL; true when it was still running.
+    pub fn kill(&mut self) -> bool {
+        match self.child.try_wait() {
+            Ok(Some(_)) => false,
+            _ => self.child.kill().is_ok(),
+        }
+    }
+
     pub fn wait(self) -> Run {
         Run {
             output: self.child.wait_with_output().expect("wait embark"),
@@ -322,4 +346,62 @@ pub fn unique(prefix: &str) -> String {
 
 pub fn file_exists(p: &Path) -> bool {
     p.exists()
+}
+
+/// S3 behind embark's back (straight into the emulator's store: no request log, no faults).
+impl Emulator {
+    pub fn bucket(&self, name: &str) {
+        self.control("POST", "buckets", json!({"name": name}));
+    }
+
+    pub fn s3_put(&self, bucket: &str, key: &str, body: Vec<u8>) {
+        let url = format!("{}/_embark/s3/{bucket}/{key}", self.endpoint);
+        let resp = self.http.put(&url).body(body).send().expect("s3 put");
+        assert!(
+            resp.status().is_success(),
+            "s3 put {url}: {}",
+            resp.status()
+        );
+    }
+
+    pub fn s3_get(&self, bucket: &str, key: &str) -> Vec<u8> {
+        let url = format!("{}/_embark/s3/{bucket}/{key}", self.endpoint);
+        let resp = self.http.get(&url).send().expect("s3 get");
+        assert!(
+            resp.status().is_success(),
+            "s3 get {url}: {}",
+            resp.status()
+        );
+        resp.bytes().expect("s3 body").to_vec()
+    }
+
+    pub fn s3_keys(&self, bucket: &str) -> Vec<String> {
+        match self.control("GET", &format!("s3/{bucket}"), json!({})) {
+            Value::Array(v) => v
+                .iter()
+                .filter_map(|k| k.as_str().map(str::to_string))
+                .collect(),
+            other => panic!("s3 keys: {other}"),
+        }
+    }
+
+    /// The S3 requests this test's bucket received (the log is shared by parallel tests).
+    pub fn s3_requests(&self, bucket: &str, operation: &str) -> Vec<Value> {
+        let prefix = format!("/{bucket}/");
+        self.requests_of(operation)
+            .into_iter()
+            .filter(|r| {
+                r["service"] == "s3" && r["path"].as_str().is_some_and(|p| p.starts_with(&prefix))
+            })
+            .collect()
+    }
+
+    /// `embark` as a developer machine runs it (`release push`, `release list --from`): no instance.
+    pub fn workstation(&self) -> Embark {
+        Embark::offline()
+            .env("AWS_ENDPOINT_URL", &self.endpoint)
+            .env("AWS_ACCESS_KEY_ID", "AKIDEMBARKTEST")
+            .env("AWS_SECRET_ACCESS_KEY", SECRET)
+            .env("AWS_REGION", &self.region)
+    }
 }

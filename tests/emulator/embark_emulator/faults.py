@@ -36,7 +36,7 @@ class Rule:
     count: int | None = None
     fraction: float | None = None
     latency_ms: int = 0
-    path: str = "*"  # IMDS rules: a path prefix under /latest/
+    path: str = "*"  # a path prefix: under /latest/ for IMDS, the request path (/bucket/key) for AWS
     instance: str = "*"  # IMDS rules: one instance id
     params: dict | None = None  # AWS rules: only calls with these parameters (e.g. {"InstanceId": ...})
     after: bool = False  # the call takes effect, then its answer is replaced by the error (a lost answer)

@@ -17,6 +17,9 @@ Everything listens on 127.0.0.1 only. The control API lives under /_embark/ on t
   DELETE /_embark/faults              clears faults and throttles
   POST   /_embark/imds/unavailable    {seconds}: IMDS refuses connections for that long
   GET    /_embark/requests            the request log (?service=, ?operation= filter);  DELETE clears it
+  POST   /_embark/buckets             {name, region?}: create a bucket
+  PUT    /_embark/s3/<bucket>/<key>   write an object as it is (corrupting a release on purpose)
+  GET    /_embark/s3/<bucket>/<key>   read an object;  GET /_embark/s3/<bucket>?prefix= lists keys
   POST   /_embark/reset               forget everything (moto state too)
 """
 
@@ -171,7 +174,7 @@ class Emulator:
         if params:
             entry["params"] = {k: v for k, v in params.items() if len(v) < 512}
 
-        latency, error = self.faults.decide(service, operation, params=params)
+        latency, error = self.faults.decide(service, operation, path=path, params=params)
         if latency:
             time.sleep(latency)
         if error is not None and error[3]:
@@ -201,7 +204,10 @@ class Emulator:
         def run():
             return self.moto(environ, capture)
 
-        if service == "ec2" and operation in ATOMIC_EC2:
+        conditional_put = service == "s3" and operation == "PutObject" and (
+            environ.get("HTTP_IF_MATCH") or environ.get("HTTP_IF_NONE_MATCH"))
+        if (service == "ec2" and operation in ATOMIC_EC2) or conditional_put:
+            # moto checks a write's condition and writes in two steps; S3 does it atomically.
             with self.ec2_lock:
                 chunks = list(run())
         else:
@@ -287,6 +293,10 @@ class Emulator:
             return json_response(seed.file_system(self, spec))
         if path == "efs/mount-target" and method == "POST":
             return json_response(seed.mount_target(self, spec))
+        if path == "buckets" and method == "POST":
+            return json_response(seed.bucket(self, spec))
+        if path.startswith("s3/"):
+            return seed.s3_object(self, method, path[3:], request)
         if path == "disassociate" and method == "POST":
             seed.disassociate(self, spec)
             return json_response({"ok": True})

@@ -1,0 +1,374 @@
+//! Releases on this machine: `<root>/releases/<id>/`, the `current` link, embark's own bookkeeping in
+//! `<root>/.embark/` (lock, manifests of local releases, the previous release), staging, switch, pruning.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+
+use super::format::{check_id, Manifest, Node};
+use super::{io_failed, ReleaseError};
+
+pub const PARTIAL_PREFIX: &str = ".partial-";
+
+#[derive(Debug, Clone)]
+pub struct Layout {
+    pub root: PathBuf,
+    pub link: String,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct State {
+    pub current: Option<String>,
+    pub previous: Option<String>,
+}
+
+/// The local lock: one pull (or deploy) at a time on this machine; released when the process dies.
+pub struct Lock {
+    _lock: Flock<fs::File>,
+}
+
+impl Layout {
+    pub fn releases(&self) -> PathBuf {
+        self.root.join("releases")
+    }
+    pub fn release(&self, id: &str) -> PathBuf {
+        self.releases().join(id)
+    }
+    pub fn partial(&self, id: &str) -> PathBuf {
+        self.releases().join(format!("{PARTIAL_PREFIX}{id}"))
+    }
+    pub fn link_path(&self) -> PathBuf {
+        self.root.join(&self.link)
+    }
+    fn meta(&self) -> PathBuf {
+        self.root.join(".embark")
+    }
+    pub fn manifest_copy(&self, id: &str) -> PathBuf {
+        self.meta().join("manifests").join(format!("{id}.json"))
+    }
+    fn state_path(&self) -> PathBuf {
+        self.meta().join("state.json")
+    }
+
+    /// The release the link points at (`releases/<id>`), if any.
+    pub fn current(&self) -> Option<String> {
+        let target = fs::read_link(self.link_path()).ok()?;
+        let id = target.strip_prefix("releases").ok()?.to_str()?.to_string();
+        check_id(&id).ok()?;
+        Some(id)
+    }
+
+    pub fn state(&self) -> State {
+        fs::read(self.state_path())
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    /// Create the directories and take the lock (waiting for another pull to finish).
+    pub fn prepare(&self) -> Result<Lock, ReleaseError> {
+        for dir in [
+            self.root.clone(),
+            self.releases(),
+            self.meta().join("manifests"),
+        ] {
+            fs::create_dir_all(&dir).map_err(|e| io_failed("creating", &dir, &e))?;
+        }
+        let path = self.meta().join("lock");
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| io_failed("opening", &path, &e))?;
+        let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => lock,
+            Err((file, _)) => {
+                tracing::info!(
+                    "another embark is updating {}; waiting for it",
+                    self.root.display()
+                );
+                Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| {
+                    ReleaseError::Failed(format!("cannot lock {}: {e}", path.display()))
+                })?
+            }
+        };
+        self.clean_leftovers();
+        Ok(Lock { _lock: lock })
+    }
+
+    /// Partial directories and temporary links an interrupted pull left behind.
+    fn clean_leftovers(&self) {
+        let temp_link = format!(".{}.tmp-", self.link);
+        for (dir, prefix) in [
+            (self.releases(), PARTIAL_PREFIX),
+            (self.root.clone(), temp_link.as_str()),
+        ] {
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().starts_with(prefix) {
+                    tracing::info!(
+                        "removing {} left by an interrupted pull",
+                        entry.path().display()
+                    );
+                    let _ = remove_tree(&entry.path());
+                }
+            }
+        }
+    }
+
+    /// Release ids present here (complete: renamed into place, with their manifest copy), oldest
+    /// first (by creation time to the millisecond, then id).
+    pub fn local_releases(&self) -> Vec<String> {
+        let mut ids: Vec<(String, String)> = fs::read_dir(self.releases())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().map(str::to_string))
+            .filter(|id| check_id(id).is_ok() && self.manifest_copy(id).is_file())
+            .map(|id| {
+                let created = self
+                    .read_manifest_copy(&id)
+                    .map(|m| m.created)
+                    .unwrap_or_default();
+                (created, id)
+            })
+            .collect();
+        ids.sort();
+        ids.into_iter().map(|(_, id)| id).collect()
+    }
+
+    pub fn read_manifest_copy(&self, id: &str) -> Option<Manifest> {
+        let bytes = fs::read(self.manifest_copy(id)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Where each content hash can be found in a local release (for incremental pulls).
+    pub fn local_objects(&self) -> HashMap<String, PathBuf> {
+        let mut found = HashMap::new();
+        for id in self.local_releases() {
+            let Some(nodes) = self.read_manifest_copy(&id).and_then(|m| m.validate().ok()) else {
+                continue;
+            };
+            let base = self.release(&id);
+            for node in nodes {
+                if let Node::File { path, sha256, .. } = node {
+                    found.entry(sha256).or_insert_with(|| base.join(path));
+                }
+            }
+        }
+        found
+    }
+
+    /// Keep the manifest, then move the verified, synced partial directory into place.
+    pub fn commit(&self, id: &str, manifest_bytes: &[u8]) -> Result<(), ReleaseError> {
+        let copy = self.manifest_copy(id);
+        write_synced(&copy, manifest_bytes)?;
+        let partial = self.partial(id);
+        let target = self.release(id);
+        if target.exists() {
+            remove_tree(&target).map_err(|e| io_failed("removing", &target, &e))?;
+        }
+        fs::rename(&partial, &target).map_err(|e| io_failed("moving into place", &target, &e))?;
+        sync_dir(&self.releases())
+    }
+
+    /// Point the link at `id` by renaming a fresh symlink over it; returns the release it left.
+    pub fn switch(&self, id: &str) -> Result<Option<String>, ReleaseError> {
+        let previous = self.current();
+        let temp = self
+            .root
+            .join(format!(".{}.tmp-{}", self.link, std::process::id()));
+        let _ = fs::remove_file(&temp);
+        std::os::unix::fs::symlink(Path::new("releases").join(id), &temp)
+            .map_err(|e| io_failed("creating the link", &temp, &e))?;
+        let link = self.link_path();
+        if let Err(err) = fs::rename(&temp, &link) {
+            let _ = fs::remove_file(&temp);
+            return Err(io_failed("switching", &link, &err));
+        }
+        sync_dir(&self.root)?;
+        let state = State {
+            current: Some(id.to_string()),
+            previous: previous.clone().filter(|p| p != id),
+        };
+        let bytes = serde_json::to_vec_pretty(&state).unwrap_or_default();
+        write_synced(&self.state_path(), &bytes)?;
+        Ok(previous)
+    }
+
+    /// Remove all but the newest `keep`, never the current or the previous release.
+    pub fn prune(&self, keep: usize) -> Vec<String> {
+        let state = self.state();
+        let current = self.current();
+        let mut ids = self.local_releases();
+        ids.reverse();
+        let mut removed = Vec::new();
+        for (index, id) in ids.iter().enumerate() {
+            let protected = Some(id) == current.as_ref() || Some(id) == state.previous.as_ref();
+            if index < keep || protected {
+                continue;
+            }
+            match remove_tree(&self.release(id)) {
+                Ok(()) => {
+                    let _ = fs::remove_file(self.manifest_copy(id));
+                    removed.push(id.clone());
+                }
+                Err(err) => tracing::warn!("cannot remove the old release {id}: {err}"),
+            }
+        }
+        removed
+    }
+}
+
+/// Remove a tree even where a release made directories read-only.
+pub fn remove_tree(path: &Path) -> io::Result<()> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(err) => return Err(err),
+    };
+    if !meta.is_dir() {
+        return fs::remove_file(path);
+    }
+    if meta.permissions().mode() & 0o700 != 0o700 {
+        fs::set_permissions(path, fs::Permissions::from_mode(0o700))?;
+    }
+    for entry in fs::read_dir(path)? {
+        remove_tree(&entry?.path())?;
+    }
+    fs::remove_dir(path)
+}
+
+pub fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), ReleaseError> {
+    use std::io::Write;
+    let temp = path.with_extension("tmp");
+    let result = (|| {
+        let mut file = fs::File::create(&temp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&temp, path)
+    })();
+    result.map_err(|e| {
+        let _ = fs::remove_file(&temp);
+        io_failed("writing", path, &e)
+    })
+}
+
+pub fn sync_dir(path: &Path) -> Result<(), ReleaseError> {
+    fs::File::open(path)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_failed("syncing", path, &e))
+}
+
+/// `user`, `user:group`, or numeric ids, resolved from /etc/passwd and /etc/group (no NSS: the binary
+/// is static).
+pub fn resolve_owner(owner: &str) -> Result<(u32, u32), ReleaseError> {
+    let (user, group) = match owner.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (owner, None),
+    };
+    let passwd = fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let (uid, primary_gid) = match user.parse::<u32>() {
+        Ok(uid) => (uid, uid),
+        Err(_) => lookup(&passwd, user)
+            .and_then(|f| Some((f.first()?.parse().ok()?, f.get(1)?.parse().ok()?)))
+            .ok_or_else(|| {
+                ReleaseError::Usage(format!(
+                    "[release] owner names the user '{user}', who is not in /etc/passwd"
+                ))
+            })?,
+    };
+    let gid = match group {
+        None => primary_gid,
+        Some(g) => match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => lookup(&fs::read_to_string("/etc/group").unwrap_or_default(), g)
+                .and_then(|f| f.first()?.parse().ok())
+                .ok_or_else(|| {
+                    ReleaseError::Usage(format!(
+                        "[release] owner names the group '{g}', which is not in /etc/group"
+                    ))
+                })?,
+        },
+    };
+    Ok((uid, gid))
+}
+
+/// The fields after the password of `name`'s line in a passwd/group file.
+fn lookup<'a>(file: &'a str, name: &str) -> Option<Vec<&'a str>> {
+    file.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        (fields.next()? == name).then(|| fields.skip(1).collect())
+    })
+}
+
+/// Give every entry of the tree to `uid:gid` (symlinks themselves, not their targets).
+pub fn chown_tree(path: &Path, uid: u32, gid: u32) -> Result<(), ReleaseError> {
+    use nix::unistd::{fchownat, Gid, Uid};
+    fchownat(
+        nix::fcntl::AT_FDCWD,
+        path,
+        Some(Uid::from_raw(uid)),
+        Some(Gid::from_raw(gid)),
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .map_err(|e| ReleaseError::Failed(format!("cannot chown {}: {e}", path.display())))?;
+    let meta = fs::symlink_metadata(path).map_err(|e| io_failed("reading", path, &e))?;
+    if meta.is_dir() {
+        for entry in fs::read_dir(path).map_err(|e| io_failed("reading", path, &e))? {
+            let entry = entry.map_err(|e| io_failed("reading", path, &e))?;
+            chown_tree(&entry.path(), uid, gid)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwd_lookup() {
+        let passwd = "root:x:0:0:root:/root:/bin/bash\nwww-data:x:33:33:www-data:/var/www:/usr/sbin/nologin\n";
+        assert_eq!(lookup(passwd, "www-data").unwrap()[..2], ["33", "33"]);
+        assert!(lookup(passwd, "nobody").is_none());
+        assert_eq!(resolve_owner("1000:1001").unwrap(), (1000, 1001));
+        assert!(resolve_owner("no-such-user-here").unwrap_err().is_usage());
+    }
+
+    #[test]
+    fn switch_and_prune() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout {
+            root: dir.path().to_path_buf(),
+            link: "current".into(),
+        };
+        let _lock = layout.prepare().unwrap();
+        let ids: Vec<String> = (0..5)
+            .map(|i| format!("2026010{i}T000000Z-00000{i}"))
+            .collect();
+        for id in &ids {
+            fs::create_dir_all(layout.partial(id)).unwrap();
+            layout.commit(id, b"{}").unwrap();
+            layout.switch(id).unwrap();
+        }
+        assert_eq!(layout.current().as_deref(), Some(ids[4].as_str()));
+        assert_eq!(layout.state().previous.as_deref(), Some(ids[3].as_str()));
+        // Go back to an old one: it and the one just left are protected.
+        layout.switch(&ids[0]).unwrap();
+        let removed = layout.prune(2);
+        assert_eq!(removed, vec![ids[2].clone(), ids[1].clone()]);
+        assert_eq!(
+            layout.local_releases(),
+            vec![ids[0].clone(), ids[3].clone(), ids[4].clone()]
+        );
+    }
+}

@@ -1,0 +1,744 @@
+//! `embark release pull`: fetch the current release (bundle when cold, changed objects when warm),
+//! verify every byte, stage it in a partial directory, move it into place and switch the link.
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc as std_mpsc, Arc, Mutex};
+
+use futures_util::stream::{self, TryStreamExt};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+use super::format::{check_id, sha256_hex, Manifest, Node, Pointer};
+use super::hooks::{self, HookEnv};
+use super::local::{chown_tree, remove_tree, Layout};
+use super::store::Store;
+use super::{human_bytes, io_failed, Progress, ReleaseError};
+use crate::config::Hook;
+
+const FETCHES_AT_ONCE: usize = 16;
+const OBJECT_ATTEMPTS: u32 = 4;
+const MANIFEST_LIMIT: u64 = 256 << 20;
+
+pub struct Settings {
+    pub layout: Layout,
+    pub keep: usize,
+    pub owner: Option<(u32, u32)>,
+    pub hooks: Vec<Hook>,
+    pub role: Option<String>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Pulled {
+    pub release: String,
+    pub previous: Option<String>,
+    /// Already current: nothing fetched, nothing changed.
+    pub already_current: bool,
+    pub files: u64,
+    pub bundle_bytes: u64,
+    pub fetched_objects: usize,
+    pub fetched_bytes: u64,
+    pub reused_files: usize,
+    pub pruned: Vec<String>,
+    pub hooks_run: usize,
+}
+
+impl Pulled {
+    pub fn human(&self, link: &str) -> String {
+        if self.already_current {
+            return format!(
+                "already on release {}; nothing fetched, nothing changed\n",
+                self.release
+            );
+        }
+        let mut text = format!(
+            "switched {link} to release {} (was {}): {} files verified; ",
+            self.release,
+            self.previous.as_deref().unwrap_or("none"),
+            self.files
+        );
+        if self.bundle_bytes > 0 {
+            text += &format!("fetched the bundle ({})", human_bytes(self.bundle_bytes));
+        } else {
+            text += &format!(
+                "fetched {} objects ({}), reused {} local files",
+                self.fetched_objects,
+                human_bytes(self.fetched_bytes),
+                self.reused_files
+            );
+        }
+        text.push('\n');
+        if self.hooks_run > 0 {
+            text += &format!("{} hook(s) ran\n", self.hooks_run);
+        }
+        if !self.pruned.is_empty() {
+            text += &format!("removed old releases: {}\n", self.pruned.join(", "));
+        }
+        text
+    }
+}
+
+/// The pointer at the source; no pointer is its own clear error.
+pub async fn read_pointer(store: &Store) -> Result<Pointer, ReleaseError> {
+    let key = store.source.pointer_key();
+    let (bytes, _) = store.get_small(&key, 1 << 20).await?.ok_or_else(|| {
+        ReleaseError::Failed(format!(
+            "no release has been published at {}: push one with `embark release push DIR --to {}`",
+            store.source, store.source
+        ))
+    })?;
+    let pointer: Pointer = serde_json::from_slice(&bytes).map_err(|e| {
+        ReleaseError::Failed(format!(
+            "{} is not a valid embark pointer ({e}); push a release again",
+            store.url(&key)
+        ))
+    })?;
+    check_id(&pointer.release)
+        .map_err(|r| ReleaseError::Failed(format!("{} is invalid: {r}", store.url(&key))))?;
+    Ok(pointer)
+}
+
+/// The manifest of a release, checked against the pointer's sha256 and validated.
+pub async fn read_manifest(
+    store: &Store,
+    pointer: &Pointer,
+    layout: &Layout,
+) -> Result<(Vec<u8>, Vec<Node>), ReleaseError> {
+    let id = &pointer.release;
+    let local = fs::read(layout.manifest_copy(id))
+        .ok()
+        .filter(|b| sha256_hex(b) == pointer.manifest_sha256);
+    let bytes = match local {
+        Some(bytes) => bytes,
+        None => {
+            let key = store.source.manifest_key(id);
+            let (bytes, _) = store
+                .get_small(&key, MANIFEST_LIMIT)
+                .await?
+                .ok_or_else(|| {
+                    ReleaseError::Failed(format!(
+                        "{} is missing: the release {id} is incomplete; push again",
+                        store.url(&key)
+                    ))
+                })?;
+            if sha256_hex(&bytes) != pointer.manifest_sha256 {
+                return Err(ReleaseError::Failed(format!(
+                    "the manifest of release {id} does not match the sha256 in the pointer: the source is corrupt or was changed by hand; push again"
+                )));
+            }
+            bytes
+        }
+    };
+    let refused = |why: String| {
+        ReleaseError::Failed(format!(
+            "refusing release {id} from {}: {why}; nothing was written",
+            store.source
+        ))
+    };
+    let manifest: Manifest = serde_json::from_slice(&bytes)
+        .map_err(|e| refused(format!("its manifest is not valid ({e})")))?;
+    if manifest.release != *id {
+        return Err(refused(format!(
+            "its manifest names release {}",
+            manifest.release
+        )));
+    }
+    let nodes = manifest.validate().map_err(|r| refused(r.0))?;
+    Ok((bytes, nodes))
+}
+
+pub async fn pull(
+    store: &Store,
+    settings: &Settings,
+    http: &reqwest::Client,
+    plan: bool,
+) -> Result<Pulled, ReleaseError> {
+    let layout = &settings.layout;
+    let pointer = read_pointer(store).await?;
+    let id = pointer.release.clone();
+    let _lock = if plan { None } else { Some(layout.prepare()?) };
+    let current = layout.current();
+    if current.as_deref() == Some(id.as_str())
+        && layout.release(&id).is_dir()
+        && layout.manifest_copy(&id).is_file()
+    {
+        return Ok(Pulled {
+            release: id,
+            already_current: true,
+            ..Pulled::default()
+        });
+    }
+    let (manifest_bytes, nodes) = read_manifest(store, &pointer, layout).await?;
+    let files = nodes
+        .iter()
+        .filter(|n| matches!(n, Node::File { .. }))
+        .count() as u64;
+    let staged = layout.release(&id).is_dir() && layout.manifest_copy(&id).is_file();
+    let local = layout.local_objects();
+    if plan {
+        let mut pulled = Pulled {
+            release: id,
+            previous: current,
+            files,
+            ..Pulled::default()
+        };
+        println!(
+            "{}",
+            plan_text(&pulled, &nodes, &local, staged, &layout.link)
+        );
+        pulled.files = files;
+        return Ok(pulled);
+    }
+
+    let mut pulled = Pulled {
+        release: id.clone(),
+        files,
+        ..Pulled::default()
+    };
+    if !staged {
+        let partial = layout.partial(&id);
+        let result = stage(store, settings, &nodes, &partial, &local, &mut pulled).await;
+        if let Err(err) = result {
+            let _ = remove_tree(&partial);
+            return Err(err);
+        }
+        if let Err(err) = layout.commit(&id, &manifest_bytes) {
+            let _ = remove_tree(&partial);
+            return Err(err);
+        }
+    }
+    pulled.previous = layout.switch(&id)?;
+    tracing::info!(release = %id, "switched {} to release {id}", layout.link);
+
+    let hook_result = run_hooks(settings, &id, pulled.previous.as_deref(), http).await;
+    pulled.hooks_run = hook_result.as_ref().map_or(0, |n| *n);
+    pulled.pruned = layout.prune(settings.keep);
+    hook_result?;
+    Ok(pulled)
+}
+
+fn plan_text(
+    pulled: &Pulled,
+    nodes: &[Node],
+    local: &HashMap<String, PathBuf>,
+    staged: bool,
+    link: &str,
+) -> String {
+    let head = format!(
+        "would switch {link} from {} to release {} ({} files)",
+        pulled.previous.as_deref().unwrap_or("nothing"),
+        pulled.release,
+        pulled.files
+    );
+    if staged {
+        return format!("{head}: already staged here, nothing to fetch");
+    }
+    if local.is_empty() {
+        return format!("{head}: fetch the bundle (no earlier release here)");
+    }
+    let (mut fetch, mut bytes, mut reuse) = (0, 0, 0);
+    let mut seen = HashSet::new();
+    for node in nodes {
+        if let Node::File { sha256, size, .. } = node {
+            if local.contains_key(sha256) {
+                reuse += 1;
+            } else if seen.insert(sha256) {
+                fetch += 1;
+                bytes += size;
+            }
+        }
+    }
+    format!(
+        "{head}: fetch {fetch} objects ({}), reuse {reuse} local files",
+        human_bytes(bytes)
+    )
+}
+
+async fn run_hooks(
+    settings: &Settings,
+    id: &str,
+    previous: Option<&str>,
+    http: &reqwest::Client,
+) -> Result<usize, ReleaseError> {
+    let dir = settings.layout.release(id);
+    let env = HookEnv {
+        release: id,
+        previous,
+        role: settings.role.as_deref(),
+        release_dir: &dir,
+    };
+    let selected = hooks::for_role(&settings.hooks, settings.role.as_deref());
+    for (index, hook) in selected.iter().enumerate() {
+        tracing::info!(release = %id, "running hook {}", hooks::describe(hook));
+        if let Err(why) = hooks::run(hook, &env, http).await {
+            return Err(ReleaseError::Failed(format!(
+                "switched {} to release {id}, but the hook {} failed: {why} ({index} of {} hooks had run)",
+                settings.layout.link,
+                hooks::describe(hook),
+                selected.len()
+            )));
+        }
+    }
+    Ok(selected.len())
+}
+
+/// Fetch and verify the release into `partial`, then give it its modes and owner and sync it.
+async fn stage(
+    store: &Store,
+    settings: &Settings,
+    nodes: &[Node],
+    partial: &Path,
+    local: &HashMap<String, PathBuf>,
+    pulled: &mut Pulled,
+) -> Result<(), ReleaseError> {
+    let _ = remove_tree(partial);
+    fs::create_dir(partial).map_err(|e| io_failed("creating", partial, &e))?;
+    if local.is_empty() {
+        match fetch_bundle(store, &pulled.release, nodes, partial).await {
+            Ok(bytes) => pulled.bundle_bytes = bytes,
+            Err(Fetch::Fatal(err)) => return Err(err),
+            Err(Fetch::Transport(why)) => {
+                tracing::warn!(
+                    "fetching the bundle failed ({why}); fetching the release file by file instead"
+                );
+                remove_tree(partial).map_err(|e| io_failed("removing", partial, &e))?;
+                fs::create_dir(partial).map_err(|e| io_failed("creating", partial, &e))?;
+                fetch_objects(store, nodes, partial, local, pulled).await?;
+            }
+        }
+    } else {
+        fetch_objects(store, nodes, partial, local, pulled).await?;
+    }
+    // Directory modes last: a read-only directory must not stop its own files being written.
+    for node in nodes.iter().rev() {
+        if let Node::Dir { path, mode } = node {
+            let dir = partial.join(path);
+            fs::set_permissions(&dir, fs::Permissions::from_mode(*mode))
+                .map_err(|e| io_failed("setting the mode of", &dir, &e))?;
+        }
+    }
+    fs::set_permissions(partial, fs::Permissions::from_mode(0o755))
+        .map_err(|e| io_failed("setting the mode of", partial, &e))?;
+    if let Some((uid, gid)) = settings.owner {
+        chown_tree(partial, uid, gid)?;
+    }
+    let dir = fs::File::open(partial).map_err(|e| io_failed("opening", partial, &e))?;
+    nix::unistd::syncfs(&dir).map_err(|e| io_failed("syncing", partial, &io::Error::from(e)))?;
+    Ok(())
+}
+
+enum Fetch {
+    /// The bundle could not be read from S3: the release can still be fetched object by object.
+    Transport(String),
+    /// Refused or corrupt, or this machine failed: stop.
+    Fatal(ReleaseError),
+}
+
+/// Reads what the download task sends; an early end is reported by the task, not here.
+struct ChannelReader {
+    rx: std_mpsc::Receiver<bytes::Bytes>,
+    chunk: bytes::Bytes,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.chunk.is_empty() {
+            match self.rx.recv() {
+                Ok(chunk) => self.chunk = chunk,
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len());
+        buf[..n].copy_from_slice(&self.chunk.split_to(n));
+        Ok(n)
+    }
+}
+
+async fn fetch_bundle(
+    store: &Store,
+    id: &str,
+    nodes: &[Node],
+    partial: &Path,
+) -> Result<u64, Fetch> {
+    let key = store.source.bundle_key(id);
+    let (mut body, size) = store
+        .get_stream(&key)
+        .await
+        .map_err(|e| Fetch::Transport(e.to_string()))?;
+    let (tx, rx) = std_mpsc::sync_channel::<bytes::Bytes>(8);
+    let by_path: HashMap<String, Node> = nodes
+        .iter()
+        .map(|n| (n.path().to_string(), n.clone()))
+        .collect();
+    let dest = partial.to_path_buf();
+    let release = id.to_string();
+    let unpack = tokio::task::spawn_blocking(move || {
+        unpack(
+            ChannelReader {
+                rx,
+                chunk: bytes::Bytes::new(),
+            },
+            &by_path,
+            &dest,
+            &release,
+        )
+    });
+    let mut progress = Progress::new("fetching the bundle", size);
+    let mut received = 0u64;
+    let mut transport = None;
+    while let Some(chunk) = body.next().await {
+        match chunk {
+            Ok(chunk) => {
+                received += chunk.len() as u64;
+                progress.add(chunk.len() as u64);
+                if tx.send(chunk).is_err() {
+                    break; // the unpacker stopped; its error says why
+                }
+            }
+            Err(err) => {
+                transport = Some(crate::identity::error_chain(&err));
+                break;
+            }
+        }
+    }
+    drop(tx);
+    progress.finish();
+    let unpacked = unpack
+        .await
+        .map_err(|e| Fetch::Fatal(ReleaseError::Failed(format!("unpacking stopped: {e}"))))?;
+    if let Some(why) = transport {
+        return Err(Fetch::Transport(why));
+    }
+    unpacked.map_err(Fetch::Fatal)?;
+    Ok(received)
+}
+
+fn unpack(
+    reader: ChannelReader,
+    nodes: &HashMap<String, Node>,
+    dest: &Path,
+    id: &str,
+) -> Result<(), ReleaseError> {
+    let corrupt = |why: String| {
+        ReleaseError::Failed(format!(
+            "the bundle of release {id} is corrupt: {why}; nothing was switched"
+        ))
+    };
+    let refused = |why: String| {
+        ReleaseError::Failed(format!(
+            "refusing release {id}: its bundle {why}; nothing was switched"
+        ))
+    };
+    let decoder = zstd::Decoder::new(reader).map_err(|e| corrupt(e.to_string()))?;
+    let mut archive = tar::Archive::new(decoder);
+    let mut seen = HashSet::new();
+    let entries = archive.entries().map_err(|e| corrupt(e.to_string()))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| corrupt(e.to_string()))?;
+        let raw = entry.path_bytes();
+        let path = std::str::from_utf8(&raw)
+            .map_err(|_| refused("holds a name that is not UTF-8".into()))?
+            .trim_start_matches("./")
+            .trim_end_matches('/')
+            .to_string();
+        let kind = entry.header().entry_type();
+        let node = nodes
+            .get(&path)
+            .ok_or_else(|| refused(format!("holds '{path}', which the manifest does not list")))?;
+        let target = dest.join(&path);
+        match (kind, node) {
+            (tar::EntryType::Directory, Node::Dir { .. }) => {
+                create_dir(&target)?;
+            }
+            (tar::EntryType::Symlink, Node::Symlink { target: want, .. }) => {
+                let link = entry
+                    .link_name_bytes()
+                    .map(|b| b.into_owned())
+                    .unwrap_or_default();
+                if link != want.as_bytes() {
+                    return Err(refused(format!(
+                        "has the symlink '{path}' pointing elsewhere than the manifest says"
+                    )));
+                }
+                make_symlink(want, &target)?;
+            }
+            (tar::EntryType::Regular | tar::EntryType::Continuous, Node::File { size, .. }) => {
+                if entry.header().size().unwrap_or(u64::MAX) != *size {
+                    return Err(corrupt(format!(
+                        "'{path}' has another size than the manifest says"
+                    )));
+                }
+                write_verified(&mut entry, &target, node, id)?;
+            }
+            (kind, _) if !kind.is_file() && !kind.is_dir() && !kind.is_symlink() => {
+                return Err(refused(format!(
+                    "holds '{path}' as a {}; a release holds only files, directories and symlinks",
+                    kind_name(kind)
+                )));
+            }
+            _ => {
+                return Err(refused(format!(
+                    "holds '{path}' as another kind of entry than the manifest says"
+                )))
+            }
+        }
+        seen.insert(path);
+    }
+    if let Some(missing) = nodes.keys().find(|p| !seen.contains(*p)) {
+        return Err(corrupt(format!("it lacks '{missing}'")));
+    }
+    Ok(())
+}
+
+fn kind_name(kind: tar::EntryType) -> &'static str {
+    match kind {
+        tar::EntryType::Char => "character device",
+        tar::EntryType::Block => "block device",
+        tar::EntryType::Fifo => "FIFO",
+        tar::EntryType::Link => "hard link",
+        _ => "special entry",
+    }
+}
+
+fn create_dir(path: &Path) -> Result<(), ReleaseError> {
+    match fs::create_dir(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => Ok(()),
+        Err(e) => Err(io_failed("creating", path, &e)),
+    }
+}
+
+fn make_symlink(target: &str, path: &Path) -> Result<(), ReleaseError> {
+    ensure_parent(path)?;
+    std::os::unix::fs::symlink(target, path).map_err(|e| io_failed("creating the link", path, &e))
+}
+
+/// Parents a hand-written manifest may leave implicit (never through a link: the manifest was checked).
+fn ensure_parent(path: &Path) -> Result<(), ReleaseError> {
+    match path.parent() {
+        Some(parent) if !parent.is_dir() => {
+            fs::create_dir_all(parent).map_err(|e| io_failed("creating", parent, &e))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn open_new(path: &Path) -> Result<fs::File, ReleaseError> {
+    ensure_parent(path)?;
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| io_failed("writing", path, &e))
+}
+
+/// Copy `reader` to a new file, hashing as it goes; the file is kept only if it matches the manifest.
+fn write_verified(
+    reader: &mut impl Read,
+    path: &Path,
+    node: &Node,
+    id: &str,
+) -> Result<(), ReleaseError> {
+    let Node::File {
+        path: name,
+        size,
+        sha256,
+        mode,
+    } = node
+    else {
+        return Ok(());
+    };
+    let mut file = open_new(path)?;
+    let mut hash = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = reader.read(&mut buf).map_err(|e| {
+            ReleaseError::Failed(format!("reading '{name}' of release {id} failed: {e}"))
+        })?;
+        if n == 0 {
+            break;
+        }
+        hash.update(&buf[..n]);
+        total += n as u64;
+        file.write_all(&buf[..n])
+            .map_err(|e| io_failed("writing", path, &e))?;
+    }
+    let got = hex::encode(hash.finalize());
+    if got != *sha256 || total != *size {
+        return Err(ReleaseError::Failed(format!(
+            "'{name}' of release {id} does not match its sha256 in the manifest (expected {sha256}, got {got}): the source is corrupt; nothing was switched"
+        )));
+    }
+    fs::set_permissions(path, fs::Permissions::from_mode(*mode))
+        .map_err(|e| io_failed("setting the mode of", path, &e))
+}
+
+/// The incremental path: directories and links first, then each file from a local release whose copy
+/// still matches, else from its object in S3.
+async fn fetch_objects(
+    store: &Store,
+    nodes: &[Node],
+    partial: &Path,
+    local: &HashMap<String, PathBuf>,
+    pulled: &mut Pulled,
+) -> Result<(), ReleaseError> {
+    for node in nodes {
+        match node {
+            Node::Dir { path, .. } => create_dir(&partial.join(path))?,
+            Node::Symlink { path, target } => make_symlink(target, &partial.join(path))?,
+            Node::File { .. } => {}
+        }
+    }
+    let files: Vec<&Node> = nodes
+        .iter()
+        .filter(|n| matches!(n, Node::File { .. }))
+        .collect();
+    let to_fetch: u64 = files
+        .iter()
+        .filter_map(|n| match n {
+            Node::File { sha256, size, .. } if !local.contains_key(sha256) => Some(*size),
+            _ => None,
+        })
+        .sum();
+    let progress = Arc::new(Mutex::new(Progress::new("fetching objects", to_fetch)));
+    let stats = Mutex::new((0usize, 0u64, 0usize)); // fetched, bytes, reused
+    let id = pulled.release.clone();
+    stream::iter(files.into_iter().map(Ok))
+        .try_for_each_concurrent(FETCHES_AT_ONCE, |node| {
+            let (progress, stats, id) = (progress.clone(), &stats, &id);
+            async move {
+                let Node::File { path, sha256, .. } = node else {
+                    return Ok(());
+                };
+                let target = partial.join(path);
+                if let Some(source) = local.get(sha256) {
+                    let (source, target2, node2, id2) =
+                        (source.clone(), target.clone(), node.clone(), id.clone());
+                    let copied = tokio::task::spawn_blocking(move || {
+                        copy_local(&source, &target2, &node2, &id2)
+                    })
+                    .await
+                    .map_err(|e| ReleaseError::Failed(format!("copying stopped: {e}")))??;
+                    if copied {
+                        if let Ok(mut s) = stats.lock() {
+                            s.2 += 1;
+                        }
+                        return Ok(());
+                    }
+                }
+                let bytes = fetch_object(store, node, &target, id, &progress).await?;
+                if let Ok(mut s) = stats.lock() {
+                    s.0 += 1;
+                    s.1 += bytes;
+                }
+                Ok::<_, ReleaseError>(())
+            }
+        })
+        .await?;
+    if let Ok(progress) = Arc::try_unwrap(progress) {
+        if let Ok(p) = progress.into_inner() {
+            p.finish();
+        }
+    }
+    if let Ok((fetched, bytes, reused)) = stats.into_inner() {
+        pulled.fetched_objects = fetched;
+        pulled.fetched_bytes = bytes;
+        pulled.reused_files = reused;
+    }
+    Ok(())
+}
+
+/// Reuse a local copy if it still has the right bytes (somebody may have edited a release in place).
+fn copy_local(source: &Path, target: &Path, node: &Node, id: &str) -> Result<bool, ReleaseError> {
+    let Node::File { sha256, size, .. } = node else {
+        return Ok(false);
+    };
+    match super::push::hash_file(source) {
+        Ok((got, bytes)) if got == *sha256 && bytes == *size => {}
+        _ => {
+            tracing::debug!("{} changed locally; fetching it", source.display());
+            return Ok(false);
+        }
+    }
+    let mut file = fs::File::open(source).map_err(|e| io_failed("reading", source, &e))?;
+    write_verified(&mut file, target, node, id)?;
+    Ok(true)
+}
+
+async fn fetch_object(
+    store: &Store,
+    node: &Node,
+    target: &Path,
+    id: &str,
+    progress: &Mutex<Progress>,
+) -> Result<u64, ReleaseError> {
+    let Node::File {
+        path,
+        size,
+        sha256,
+        mode,
+    } = node
+    else {
+        return Ok(0);
+    };
+    let key = store.source.object_key(sha256);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let _ = fs::remove_file(target);
+        let file = open_new(target)?;
+        let mut file = tokio::fs::File::from_std(file);
+        let (mut body, _) = store.get_stream(&key).await?;
+        let mut hash = Sha256::new();
+        let mut total = 0u64;
+        let mut broken = None;
+        while let Some(chunk) = body.next().await {
+            match chunk {
+                Ok(chunk) => {
+                    hash.update(&chunk);
+                    total += chunk.len() as u64;
+                    file.write_all(&chunk)
+                        .await
+                        .map_err(|e| io_failed("writing", target, &e))?;
+                    if let Ok(mut p) = progress.lock() {
+                        p.add(chunk.len() as u64);
+                    }
+                }
+                Err(err) => {
+                    broken = Some(crate::identity::error_chain(&err));
+                    break;
+                }
+            }
+        }
+        if let Some(why) = broken {
+            if attempt < OBJECT_ATTEMPTS {
+                tracing::debug!("reading {key} broke off ({why}); again");
+                continue;
+            }
+            return Err(ReleaseError::Failed(format!(
+                "reading {} failed {attempt} times: {why}",
+                store.url(&key)
+            )));
+        }
+        file.flush()
+            .await
+            .map_err(|e| io_failed("writing", target, &e))?;
+        let got = hex::encode(hash.finalize());
+        if got != *sha256 || total != *size {
+            return Err(ReleaseError::Failed(format!(
+                "'{path}' of release {id} does not match its sha256 in the manifest ({} holds {got}): the source is corrupt; nothing was switched",
+                store.url(&key)
+            )));
+        }
+        fs::set_permissions(target, fs::Permissions::from_mode(*mode))
+            .map_err(|e| io_failed("setting the mode of", target, &e))?;
+        return Ok(total);
+    }
+}

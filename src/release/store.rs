@@ -1,0 +1,368 @@
+//! The release source in S3: small reads, streamed reads, conditional writes, streamed multipart uploads.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use super::format::SourceUrl;
+use super::ReleaseError;
+use crate::aws::Aws;
+
+/// Parts of a streamed upload. S3's minimum part size; a few of them are all the memory a push holds.
+pub const PART_SIZE: usize = 5 * 1024 * 1024;
+
+pub struct Store {
+    client: aws_sdk_s3::Client,
+    pub source: SourceUrl,
+}
+
+/// How a write must relate to what is there.
+pub enum Condition {
+    None,
+    /// Only if nothing is there (`If-None-Match: *`).
+    Absent,
+    /// Only if the object still has this ETag.
+    Unchanged(String),
+}
+
+/// A failed write: someone else's write won (the condition failed), or something else went wrong.
+pub enum PutError {
+    Conflict,
+    Failed(ReleaseError),
+}
+
+impl Store {
+    pub fn new(aws: &Aws, source: SourceUrl) -> Store {
+        // Emulators and proxies are reached by address: path-style requests. embark verifies every byte
+        // against sha256 itself, so the SDK's optional CRC checksums are left to when S3 requires them.
+        let config = aws_sdk_s3::config::Builder::from(&aws.config)
+            .force_path_style(Aws::custom_endpoint("s3"))
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+            .build();
+        Store {
+            client: aws_sdk_s3::Client::from_conf(config),
+            source,
+        }
+    }
+
+    pub fn url(&self, key: &str) -> String {
+        format!("s3://{}/{key}", self.source.bucket)
+    }
+
+    fn failed<E>(&self, operation: &str, key: &str, err: &SdkError<E, HttpResponse>) -> ReleaseError
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        let detail = crate::aws::describe(err);
+        let hint = match crate::aws::error_code(err) {
+            Some("AccessDenied") => format!(
+                ": the instance role (or your credentials) needs s3:{operation} on arn:aws:s3:::{}/{}",
+                self.source.bucket,
+                self.source.key("*")
+            ),
+            Some("NoSuchBucket") => format!(": the bucket {} does not exist", self.source.bucket),
+            _ => String::new(),
+        };
+        ReleaseError::Failed(format!(
+            "{operation} {} failed: {detail}{hint}",
+            self.url(key)
+        ))
+    }
+
+    /// A whole small object and its ETag; `None` when there is no such key.
+    pub async fn get_small(
+        &self,
+        key: &str,
+        limit: u64,
+    ) -> Result<Option<(Vec<u8>, String)>, ReleaseError> {
+        let response = match self
+            .client
+            .get_object()
+            .bucket(&self.source.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(response) => response,
+            Err(err) if is_not_found(&err) => return Ok(None),
+            Err(err) => return Err(self.failed("GetObject", key, &err)),
+        };
+        if response.content_length().unwrap_or(0) as u64 > limit {
+            return Err(ReleaseError::Failed(format!(
+                "{} is larger than the {limit} bytes embark accepts for it",
+                self.url(key)
+            )));
+        }
+        let etag = response.e_tag().unwrap_or_default().to_string();
+        let mut body = response.body;
+        let mut bytes = Vec::new();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|err| {
+                ReleaseError::Failed(format!(
+                    "reading {} failed: {}",
+                    self.url(key),
+                    crate::identity::error_chain(&err)
+                ))
+            })?;
+            if (bytes.len() + chunk.len()) as u64 > limit {
+                return Err(ReleaseError::Failed(format!(
+                    "{} is larger than the {limit} bytes embark accepts for it",
+                    self.url(key)
+                )));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(Some((bytes, etag)))
+    }
+
+    /// The body of an object, to be read as a stream.
+    pub async fn get_stream(&self, key: &str) -> Result<(ByteStream, u64), ReleaseError> {
+        match self
+            .client
+            .get_object()
+            .bucket(&self.source.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(response) => {
+                let size = response.content_length().unwrap_or(0).max(0) as u64;
+                Ok((response.body, size))
+            }
+            Err(err) if is_not_found(&err) => Err(ReleaseError::Failed(format!(
+                "{} is missing from the source: the release is incomplete; push it again",
+                self.url(key)
+            ))),
+            Err(err) => Err(self.failed("GetObject", key, &err)),
+        }
+    }
+
+    pub async fn put_bytes(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        condition: Condition,
+    ) -> Result<(), PutError> {
+        let mut request = self
+            .client
+            .put_object()
+            .bucket(&self.source.bucket)
+            .key(key)
+            .content_type(if key.ends_with(".json") || key.ends_with("current") {
+                "application/json"
+            } else {
+                "application/octet-stream"
+            })
+            .body(ByteStream::from(bytes));
+        request = match condition {
+            Condition::None => request,
+            Condition::Absent => request.if_none_match("*"),
+            Condition::Unchanged(etag) => request.if_match(etag),
+        };
+        match request.send().await {
+            Ok(_) => Ok(()),
+            Err(err) if is_conflict(&err) => Err(PutError::Conflict),
+            Err(err) => Err(PutError::Failed(self.failed("PutObject", key, &err))),
+        }
+    }
+
+    /// Upload one file under its content address; S3 checks the body against the sha256.
+    pub async fn put_file(
+        &self,
+        key: &str,
+        path: &Path,
+        sha256_hex: &str,
+    ) -> Result<(), ReleaseError> {
+        let body = ByteStream::from_path(path).await.map_err(|err| {
+            ReleaseError::Failed(format!(
+                "cannot read {}: {}",
+                path.display(),
+                crate::identity::error_chain(&err)
+            ))
+        })?;
+        let digest = hex::decode(sha256_hex).unwrap_or_default();
+        self.client
+            .put_object()
+            .bucket(&self.source.bucket)
+            .key(key)
+            .checksum_sha256(aws_smithy_types::base64::encode(digest))
+            .body(body)
+            .send()
+            .await
+            .map_err(|err| self.failed("PutObject", key, &err))?;
+        Ok(())
+    }
+
+    /// Every key under `prefix` (paginated).
+    pub async fn list_keys(&self, prefix: &str) -> Result<BTreeSet<String>, ReleaseError> {
+        let mut keys = BTreeSet::new();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.source.bucket)
+            .prefix(prefix)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|err| self.failed("ListObjectsV2", prefix, &err))?;
+            for object in page.contents() {
+                if let Some(key) = object.key() {
+                    keys.insert(key.to_string());
+                }
+            }
+        }
+        Ok(keys)
+    }
+
+    /// The "directories" directly under `prefix` (common prefixes with delimiter `/`).
+    pub async fn list_dirs(&self, prefix: &str) -> Result<Vec<String>, ReleaseError> {
+        let mut dirs = Vec::new();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.source.bucket)
+            .prefix(prefix)
+            .delimiter("/")
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|err| self.failed("ListObjectsV2", prefix, &err))?;
+            for common in page.common_prefixes() {
+                if let Some(p) = common.prefix() {
+                    dirs.push(p.to_string());
+                }
+            }
+        }
+        Ok(dirs)
+    }
+
+    /// Upload what arrives on `chunks` (each at least [`PART_SIZE`] except the last) as one object:
+    /// one PutObject when it all fits in one part, else a multipart upload, aborted on failure.
+    pub async fn upload_stream(
+        &self,
+        key: &str,
+        mut chunks: mpsc::Receiver<Bytes>,
+        mut sent: impl FnMut(u64),
+    ) -> Result<u64, ReleaseError> {
+        let first = chunks.recv().await.unwrap_or_default();
+        let Some(second) = chunks.recv().await else {
+            let size = first.len() as u64;
+            self.client
+                .put_object()
+                .bucket(&self.source.bucket)
+                .key(key)
+                .body(ByteStream::from(first))
+                .send()
+                .await
+                .map_err(|err| self.failed("PutObject", key, &err))?;
+            sent(size);
+            return Ok(size);
+        };
+        let upload = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.source.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|err| self.failed("CreateMultipartUpload", key, &err))?;
+        let upload_id = upload.upload_id().unwrap_or_default().to_string();
+        let result = self
+            .upload_parts(key, &upload_id, [first, second], &mut chunks, &mut sent)
+            .await;
+        if result.is_err() {
+            let _ = self
+                .client
+                .abort_multipart_upload()
+                .bucket(&self.source.bucket)
+                .key(key)
+                .upload_id(&upload_id)
+                .send()
+                .await;
+        }
+        result
+    }
+
+    async fn upload_parts(
+        &self,
+        key: &str,
+        upload_id: &str,
+        head: [Bytes; 2],
+        chunks: &mut mpsc::Receiver<Bytes>,
+        sent: &mut impl FnMut(u64),
+    ) -> Result<u64, ReleaseError> {
+        let mut parts = Vec::new();
+        let mut total = 0u64;
+        let mut pending: Vec<Bytes> = head.into();
+        pending.reverse();
+        loop {
+            let chunk = match pending.pop() {
+                Some(chunk) => chunk,
+                None => match chunks.recv().await {
+                    Some(chunk) => chunk,
+                    None => break,
+                },
+            };
+            let number = parts.len() as i32 + 1;
+            let size = chunk.len() as u64;
+            let part = self
+                .client
+                .upload_part()
+                .bucket(&self.source.bucket)
+                .key(key)
+                .upload_id(upload_id)
+                .part_number(number)
+                .body(ByteStream::from(chunk))
+                .send()
+                .await
+                .map_err(|err| self.failed("UploadPart", key, &err))?;
+            parts.push(
+                CompletedPart::builder()
+                    .part_number(number)
+                    .set_e_tag(part.e_tag().map(str::to_string))
+                    .build(),
+            );
+            total += size;
+            sent(size);
+        }
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.source.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|err| self.failed("CompleteMultipartUpload", key, &err))?;
+        Ok(total)
+    }
+}
+
+fn status<E>(err: &SdkError<E, HttpResponse>) -> Option<u16> {
+    err.raw_response().map(|r| r.status().as_u16())
+}
+
+fn is_not_found<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> bool {
+    matches!(crate::aws::error_code(err), Some("NoSuchKey" | "NotFound"))
+        || status(err) == Some(404)
+}
+
+fn is_conflict<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> bool {
+    matches!(
+        crate::aws::error_code(err),
+        Some("PreconditionFailed" | "ConditionalRequestConflict")
+    ) || matches!(status(err), Some(412 | 409))
+}

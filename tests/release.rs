@@ -1,0 +1,819 @@
+//! Releases: the real binary pushes to and pulls from the emulator's S3 (issue 4).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use common::{assert_has, emulator, unique, Embark, Emulator, Instance};
+use embark::release::format::sha256_hex;
+use serde_json::{json, Value};
+
+/// A bucket and a source of this test's own.
+struct Source {
+    bucket: String,
+    url: String,
+}
+
+fn source(emu: &Emulator) -> Source {
+    let bucket = unique("rel");
+    emu.bucket(&bucket);
+    let url = format!("s3://{bucket}/app");
+    Source { bucket, url }
+}
+
+/// An instance whose group tags name the source (and a role).
+fn instance(emu: &Emulator, src: &Source, role: &str) -> Instance {
+    emu.launch_one(json!({"tags": {"embark:release": src.url, "embark:role": role}}))
+}
+
+fn push(emu: &Emulator, dir: &Path, src: &Source, message: &str) -> String {
+    let run = emu
+        .workstation()
+        .run(&[
+            "release",
+            "push",
+            path(dir),
+            "--to",
+            &src.url,
+            "-m",
+            message,
+        ])
+        .expect_code(0);
+    let out = run.stdout();
+    out.split_whitespace()
+        .nth(2)
+        .unwrap_or_else(|| panic!("no release id in: {out}"))
+        .to_string()
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("utf-8 temp path")
+}
+
+/// `release pull` on `inst` into `root`, with extra config lines.
+fn pull(emu: &Emulator, inst: &Instance, root: &Path, extra: &str) -> common::Run {
+    Embark::new(emu, inst)
+        .config(&format!(
+            "[release]\nroot = \"{}\"\n{extra}",
+            root.display()
+        ))
+        .run(&["release", "pull"])
+}
+
+fn current(root: &Path) -> Option<String> {
+    fs::read_link(root.join("current")).ok().map(|t| {
+        t.to_string_lossy()
+            .trim_start_matches("releases/")
+            .to_string()
+    })
+}
+
+/// Every entry below `dir`: kind, mode and content digest or link target.
+fn snapshot(dir: &Path) -> BTreeMap<String, String> {
+    fn walk(base: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
+        for entry in fs::read_dir(dir).expect("read_dir") {
+            let entry = entry.expect("entry");
+            let p = entry.path();
+            let rel = p
+                .strip_prefix(base)
+                .expect("prefix")
+                .to_string_lossy()
+                .to_string();
+            let meta = fs::symlink_metadata(&p).expect("meta");
+            let mode = meta.permissions().mode() & 0o7777;
+            let value = if meta.file_type().is_symlink() {
+                format!("link {}", fs::read_link(&p).expect("link").display())
+            } else if meta.is_dir() {
+                walk(base, &p, out);
+                format!("dir {mode:o}")
+            } else {
+                format!("file {mode:o} {}", sha256_hex(&fs::read(&p).expect("read")))
+            };
+            out.insert(rel, value);
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+/// Deterministic bytes that do not compress.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 33) as u8
+        })
+        .collect()
+}
+
+/// A small PHP-like tree of `n` files.
+fn small_tree(dir: &Path, n: usize) {
+    for i in 0..n {
+        let sub = dir.join(format!("vendor/pkg{}", i % 7));
+        fs::create_dir_all(&sub).expect("mkdir");
+        fs::write(
+            sub.join(format!("f{i}.php")),
+            format!("<?php // file {i}\n").repeat(20 + i),
+        )
+        .expect("write");
+    }
+}
+
+/// Check that `root`'s current release matches its manifest copy byte for byte.
+fn verify_current(root: &Path) -> String {
+    let id = current(root).expect("a current release");
+    let manifest: Value = serde_json::from_slice(
+        &fs::read(root.join(format!(".embark/manifests/{id}.json"))).expect("manifest copy"),
+    )
+    .expect("manifest JSON");
+    let release = root.join("releases").join(&id);
+    for entry in manifest["entries"].as_array().expect("entries") {
+        let p = release.join(entry["path"].as_str().expect("path"));
+        match entry["type"].as_str() {
+            Some("file") => assert_eq!(
+                sha256_hex(&fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))),
+                entry["sha256"].as_str().expect("sha"),
+                "{}",
+                p.display()
+            ),
+            Some("dir") => assert!(p.is_dir(), "{}", p.display()),
+            _ => assert!(fs::symlink_metadata(&p).is_ok(), "{}", p.display()),
+        }
+    }
+    id
+}
+
+fn leftovers(root: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    for dir in [root.to_path_buf(), root.join("releases")] {
+        for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            if name.starts_with(".partial-") || name.contains(".tmp-") {
+                found.push(name);
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn round_trip_keeps_content_modes_links_and_names() {
+    let emu = emulator();
+    let src = source(emu);
+    let tree = tempfile::tempdir().expect("tree");
+    let t = tree.path();
+    fs::create_dir_all(t.join("app/src/Контроллер")).expect("mkdir");
+    fs::create_dir_all(t.join("storage/cache/empty")).expect("mkdir");
+    fs::create_dir_all(t.join(".git/objects")).expect("mkdir");
+    fs::write(t.join(".git/HEAD"), "ref: main").expect("write");
+    fs::write(t.join("app/src/Контроллер/índex.php"), "<?php echo 'ü';").expect("write");
+    fs::write(t.join("app/zero"), "").expect("write");
+    fs::write(t.join("app/big.bin"), noise(20 << 20, 1)).expect("write");
+    fs::write(t.join("bin.sh"), "#!/bin/sh\necho hi\n").expect("write");
+    fs::set_permissions(t.join("bin.sh"), fs::Permissions::from_mode(0o750)).expect("chmod");
+    fs::set_permissions(t.join("storage/cache"), fs::Permissions::from_mode(0o700)).expect("chmod");
+    symlink("app/src/Контроллер/índex.php", t.join("index.php")).expect("symlink");
+    symlink("../bin.sh", t.join("app/run")).expect("symlink");
+    fs::write(t.join(".env"), "SECRET=1").expect("write");
+    fs::write(t.join("app/debug.log"), "x").expect("write");
+    fs::write(t.join(".embarkignore"), ".env\n*.log\n").expect("write");
+
+    push(emu, t, &src, "first");
+    let inst = instance(emu, &src, "web");
+    let root = tempfile::tempdir().expect("root");
+    let run = pull(emu, &inst, root.path(), "").expect_code(0);
+    assert_has(&run.stdout(), "fetched the bundle");
+    let id = verify_current(root.path());
+
+    let mut want = snapshot(t);
+    for excluded in [
+        ".git",
+        ".git/HEAD",
+        ".git/objects",
+        ".env",
+        ".embarkignore",
+        "app/debug.log",
+    ] {
+        assert!(
+            want.remove(excluded).is_some(),
+            "{excluded} was in the tree"
+        );
+    }
+    let got = snapshot(&root.path().join("releases").join(&id));
+    assert_eq!(got, want);
+}
+
+#[test]
+fn incremental_pull_fetches_only_changed_objects_and_a_rerun_fetches_nothing() {
+    let emu = emulator();
+    let src = source(emu);
+    let tree = tempfile::tempdir().expect("tree");
+    small_tree(tree.path(), 200);
+    push(emu, tree.path(), &src, "v1");
+    let inst = instance(emu, &src, "web");
+    let root = tempfile::tempdir().expect("root");
+    pull(emu, &inst, root.path(), "").expect_code(0);
+
+    // 1% of the files change.
+    let mut changed = Vec::new();
+    for i in [3usize, 150] {
+        let p = tree.path().join(format!("vendor/pkg{}/f{i}.php", i % 7));
+        let body = format!("<?php // changed {i}\n");
+        changed.push(sha256_hex(body.as_bytes()));
+        fs::write(p, body).expect("write");
+    }
+    let v2 = push(emu, tree.path(), &src, "v2");
+    let before = emu.s3_requests(&src.bucket, "GetObject").len();
+    let run = pull(emu, &inst, root.path(), "").expect_code(0);
+    assert_has(&run.stdout(), &format!("switched current to release {v2}"));
+    assert_eq!(verify_current(root.path()), v2);
+
+    let gets: Vec<String> = emu.s3_requests(&src.bucket, "GetObject")[before..]
+        .iter()
+        .map(|r| r["path"].as_str().unwrap_or_default().to_string())
+        .collect();
+    let objects: Vec<&String> = gets.iter().filter(|p| p.contains("/objects/")).collect();
+    changed.sort();
+    let mut fetched: Vec<String> = objects
+        .iter()
+        .map(|p| p.rsplit('/').next().unwrap_or_default().to_string())
+        .collect();
+    fetched.sort();
+    assert_eq!(fetched, changed, "GETs: {gets:?}");
+    assert!(
+        !gets.iter().any(|p| p.ends_with("bundle.tar.zst")),
+        "{gets:?}"
+    );
+
+    // Already current: one GET of the pointer, nothing else.
+    let before = emu.s3_requests(&src.bucket, "").len();
+    let run = pull(emu, &inst, root.path(), "").expect_code(0);
+    assert_has(&run.stdout(), "already on release");
+    let after: Vec<Value> = emu.s3_requests(&src.bucket, "")[before..].to_vec();
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert!(after[0]["path"]
+        .as_str()
+        .unwrap_or_default()
+        .ends_with("/app/current"));
+}
+
+#[test]
+fn pruning_keeps_n_and_list_marks_current_and_local() {
+    let emu = emulator();
+    let src = source(emu);
+    let tree = tempfile::tempdir().expect("tree");
+    let inst = instance(emu, &src, "web");
+    let root = tempfile::tempdir().expect("root");
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        fs::write(tree.path().join("version.txt"), format!("{i}")).expect("write");
+        ids.push(push(emu, tree.path(), &src, &format!("release {i}")));
+        pull(emu, &inst, root.path(), "keep = 2").expect_code(0);
+    }
+    let mut local: Vec<String> = fs::read_dir(root.path().join("releases"))
+        .expect("releases")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .collect();
+    local.sort();
+    let mut want = ids[2..].to_vec();
+    want.sort();
+    assert_eq!(local, want);
+
+    let listing = Embark::new(emu, &inst)
+        .config(&format!("[release]\nroot = \"{}\"", root.path().display()))
+        .run(&["release", "list", "--json"])
+        .expect_code(0)
+        .json();
+    let releases = listing["releases"].as_array().expect("releases");
+    assert_eq!(releases.len(), 4);
+    assert_eq!(releases[0]["release"], ids[3].as_str(), "newest first");
+    assert_eq!(releases[0]["current"], true);
+    assert_eq!(releases[0]["message"], "release 3");
+    assert_eq!(releases[0]["files"], 1);
+    let local_flags: Vec<bool> = releases.iter().map(|r| r["local"] == true).collect();
+    assert_eq!(local_flags, [true, true, false, false]);
+    assert_eq!(listing["current"], ids[3].as_str());
+}
+
+#[test]
+fn hooks_run_after_the_switch_with_the_environment_and_a_failing_one_is_reported() {
+    use std::io::{Read, Write};
+    let emu = emulator();
+    let src = source(emu);
+    let tree = tempfile::tempdir().expect("tree");
+    small_tree(tree.path(), 3);
+    let first = push(emu, tree.path(), &src, "v1");
+    let inst = instance(emu, &src, "web");
+    let root = tempfile::tempdir().expect("root");
+    let out = root.path().join("hook.env");
+
+    // A local HTTP server standing in for the opcache reset script.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().expect("accept");
+        let mut buf = [0u8; 1024];
+        let n = conn.read(&mut buf).expect("read");
+        conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+            .expect("write");
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    });
+    let hooks = format!(
+        r#"
+[[release.hooks]]
+run = ["sh", "-c", "echo release=$EMBARK_RELEASE previous=$EMBARK_PREVIOUS_RELEASE role=$EMBARK_ROLE dir=$(pwd) > {out}"]
+[[release.hooks]]
+run = ["sh", "-c", "echo cron-only >> {out}"]
+roles = ["cron"]
+[[release.hooks]]
+http_get = "http://127.0.0.1:{port}/opcache-reset.php"
+"#,
+        out = out.display()
+    );
+    pull(emu, &inst, root.path(), &hooks).expect_code(0);
+    let request = server.join().expect("server");
+    assert!(request.starts_with("GET /opcache-reset.php "), "{request}");
+    let env = fs::read_to_string(&out).expect("hook output");
+    let dir = root.path().join("releases").join(&first);
+    assert_eq!(
+        env.trim(),
+        format!("release={first} previous= role=web dir={}", dir.display())
+    );
+
+    // A failing hook: the switch happened, the report says which hook failed.
+    fs::write(tree.path().join("new.php"), "<?php").expect("write");
+    let second = push(emu, tree.path(), &src, "v2");
+    let run = pull(
+        emu,
+        &inst,
+        root.path(),
+        &format!("{hooks}\n[[release.hooks]]\nrun = [\"false\"]\n").replace(
+            &format!("http_get = \"http://127.0.0.1:{port}/opcache-reset.php\""),
+            "run = [\"true\"]",
+        ),
+    )
+    .expect_code(1);
+    assert_has(
+        &run.stderr(),
+        &format!("switched current to release {second}, but the hook `false` failed: it exited with status 1"),
+    );
+    assert_eq!(current(root.path()).as_deref(), Some(second.as_str()));
+    let env = fs::read_to_string(&out).expect("hook output");
+    assert_has(&env, &format!("previous={first}"));
+    assert!(!env.contains("cron-only"), "{env}");
+}
+
+/// Replace the current release's manifest with `manifest` and point the pointer at it.
+fn tamper_manifest(emu: &Emulator, src: &Source, id: &str, manifest: &Value) {
+    let bytes = serde_json::to_vec(manifest).expect("json");
+    let key = format!("app/releases/{id}/manifest.json");
+    let mut pointer: Value =
+        serde_json::from_slice(&emu.s3_get(&src.bucket, "app/current")).expect("pointer");
+    pointer["manifest_sha256"] = json!(sha256_hex(&bytes));
+    emu.s3_put(&src.bucket, &key, bytes);
+    emu.s3_put(
+        &src.bucket,
+        "app/current",
+        serde_json::to_vec(&pointer).expect("json"),
+    );
+}
+
+#[test]
+fn hostile_manifests_are_refused_before_anything_is_written() {
+    let emu = emulator();
+    let src = source(emu);
+    let tree = tempfile::tempdir().expect("tree");
+    fs::create_dir(tree.path().join("d")).expect("mkdir");
+    fs::write(tree.path().join("d/a.php"), "<?php").expect("write");
+    let id = push(emu, tree.path(), &src, "v1");
+    let original: Value = serde_json::from_slice(
+        &emu.s3_get(&src.bucket, &format!("app/releases/{id}/manifest.json")),
+    )
+    .expect("manifest");
+    let inst = instance(emu, &src, "web");
+    let file = |path: &str, mode: &str| {
+        json!({"path": path, "type": "file", "size": 5, "mode": mode,
+               "sha256": sha256_hex(b"<?php")})
+    };
+    let cases = [
+        (file("/etc/cron.d/evil", "0644"), "absolute path"),
+        (file("d/../../evil", "0644"), "'..' component"),
+        (
+            json!({"path": "d/link", "type": "symlink", "target": "../../etc/shadow"}),
+            "outside the release",
+        ),
+        (
+            json!({"path": "d/null", "type": "char", "mode": "0666"}),
+            "is a char",
+        ),
+        (
+            json!({"path": "d/pipe", "type": "fifo", "mode": "0644"}),
+            "is a fifo",
+        ),
+        (file("d/suid", "4755"), "setuid"),
+        (file("d/sgid", "2755"), "setuid or setgid"),
+    ];
+    for (entry, why) in cases {
+        let mut manifest = original.clone();
+        manifest["entries"]
+            .as_array_mut()
+            .expect("entries")
+            .push(entry.clone());
+        tamper_manifest(emu, &src, &id, &manifest);
+        let root = tempfile::tempdir().expect("root");
+        let run = pull(emu, &inst, root.path(), "").expect_code(1);
+        assert_has(&run.stderr(), &format!("refusing release {id}"));
+        assert_has(&run.stderr(), why);
+        assert_eq!(current(root.path()), None, "{entry}");
+        let written: Vec<_> = fs::read_dir(root.path().join("releases"))
+            .into_iter()
+            .flatten()
+            .collect();
+        assert!(written.is_empty(), "{entry}: {written:?}");
+    }
+}
+
+/// A tar.zst holding `entries` (built by hand: the bundle of a hostile or broken push).
+fn bundle(build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
+    let mut tar = tar::Builder::new(Vec::new());
+    build(&mut tar);
+    let raw = tar.into_inner().expect("tar");
+    zstd::encode_all(&raw[..], 3).expect("zstd")
+}
+
+#[test]
+fn a_bundle_with_a_device_or_unlisted_entry_is_refused_and_leaves_nothing() {
+    let emu = emulator();
+    let src = source(emu);
+    let tree = tempfile::tempdir().expect("tree");
+    fs::write(tree.path().join("a.php"), "<?php").expect("write");
+    let id = push(emu, tree.path(), &src, "v1");
+    let inst = instance(emu, &src, "web");
+    let key = format!("app/releases/{id}/bundle.tar.zst");
+    let device = bundle(|tar| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Char);
+        h.set_device_major(1).expect("major");
+        h.set_device_minor(3).expect("minor");
+        h.set_mode(0o666);
+        h.set_size(0);
+        tar.append_data(&mut h, "a.php", std::io::empty())
+            .expect("append");
+    });
+    let unlisted = bundle(|tar| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_size(5);
+        tar.append_data(&mut h, "evil.php", &b"<?php"[..])
+            .expect("append");
+    });
+    let wrong_content = bundle(|tar| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_size(5);
+        tar.append_data(&mut h, "a.php", &b"<?evl"[..])
+            .expect("append");
+    });
+    for (body, why) in [
+        (device, "holds 'a.php' as a character device"),
+        (
+            unlisted,
+            "holds 'evil.php', which the manifest does not list",
+        ),
+        (wrong_content, "'a.php' of release"),
+    ] {
+        emu.s3_put(&src.bucket, &key, body);
+        let root = tempfile::tempdir().expect("root");
+        let run = pull(emu, &inst, root.path(), "").expect_code(1);
+        assert_has(&run.stderr(), why);
+        assert_eq!(current(root.path()), None);
+        assert_eq!(leftovers(root.path()), Vec::<String>::new());
+        assert!(!root.path().join("releases").join(&id).exists());
+    }
+}
+
+#[test]
+fn a_corrupt_object_is_refused_and_current_stays() {
+    let emu = emulator();
+    let src = source(emu);
+    let tree = tempfile::tempdir().expect("tree");
+    small_tree(tree.path(), 20);
+    let v1 = push(emu, tree.path(), &src, "v1");
+    let inst = instance(emu, &src, "web");
+    let root = tempfile::tempdir().expect("root");
+    pull(emu, &inst, root.path(), "").expect_code(0);
+    let body = "<?php // v2\n";
+    fs::write(tree.path().join("vendor/pkg0/f0.php"), body).expect("write");
+    let v2 = push(emu, tree.path(), &src, "v2");
+    let sha = sha256_hex(body.as_bytes());
+    emu.s3_put(
+        &src.bucket,
+        &format!("app/objects/{sha}"),
+        b"<?php // evil\n".to_vec(),
+    );
+    let run = pull(emu, &inst, root.path(), "").expect_code(1);
+    assert_has(&run.stderr(), "'vendor/pkg0/f0.php' of release");
+    assert_has(&run.stderr(), "does not match its sha256");
+    assert_eq!(current(root.path()).as_deref(), Some(v1.as_str()));
+    assert_eq!(leftovers(root.path()), Vec::<String>::new());
+    assert!(!root.path().join("releases").join(&v2).exists());
+}
+
+#[test]
+fn no_pointer_is_a_clear_error() {
+    let emu = emulator();
+    let src = source(emu);
+    let inst = instance(emu, &src, "web");
+    let root = tempfile::tempdir().expect("root");
+    let run = pull(emu, &inst, root.path(), "").expect_code(1);
+    assert_has(
+        &run.stderr(),
+        &format!("no release has been published at {}", src.url),
+    );
+}
+
+#[test]
+fn pulls_succeed_while_a_fifth_of_s3_gets_fail() {
+    let emu = emulator();
+    let src = source(emu);
+    let tree = tempfile::tempdir().expect("tree");
+    small_tree(tree.path(), 100);
+    push(emu, tree.path(), &src, "v1");
+    let inst = instance(emu, &src, "web");
+    let root = tempfile::tempdir().expect("root");
+    emu.fault(
+        json!({"service": "s3", "operation": "GetObject", "status": 503,
+                     "code": "SlowDown", "fraction": 0.2, "path": format!("/{}/", src.bucket)}),
+    );
+    pull(emu, &inst, root.path(), "").expect_code(0);
+    verify_current(root.path());
+    for i in 0..30 {
+        fs::write(
+            tree.path().join(format!("vendor/pkg1/new{i}.php")),
+            format!("{i}"),
+        )
+        .expect("w");
+    }
+    let v2 = push(emu, tree.path(), &src, "v2");
+    pull(emu, &inst, root.path(), "").expect_code(0);
+    assert_eq!(verify_current(root.path()), v2);
+    let failed = emu
+        .s3_requests(&src.bucket, "GetObject")
+        .iter()
+        .filter(|r| r["status"] == 503)
+        .count();
+    assert!(failed > 0, "no GET failed: the fault was not applied");
+}
+
+#[test]
+fn two_racing_pushes_one_wins_the_other_reports_the_conflict() {
+    let emu = emulator();
+    let src = source(emu);
+    let a = tempfile::tempdir().expect("a");
+    let b = tempfile::tempdir().expect("b");
+    small_tree(a.path(), 5);
+    fs::write(b.path().join("other.php"), "<?php").expect("write");
+    push(emu, a.path(), &src, "base");
+    // Slow uploads: both pushes read the pointer before either writes it.
+    emu.fault(
+        json!({"service": "s3", "operation": "PutObject", "latency_ms": 300,
+                     "path": format!("/{}/app/releases/", src.bucket)}),
+    );
+    let first = emu
+        .workstation()
+        .spawn(&["release", "push", path(a.path()), "--to", &src.url]);
+    let second = emu
+        .workstation()
+        .spawn(&["release", "push", path(b.path()), "--to", &src.url]);
+    let runs = [first.wait(), second.wait()];
+    let codes: Vec<i32> = runs.iter().map(|r| r.code()).collect();
+    let winners: Vec<&common::Run> = runs.iter().filter(|r| r.code() == 0).collect();
+    assert_eq!(winners.len(), 1, "exit codes {codes:?}");
+    let loser = runs.iter().find(|r| r.code() == 1).expect("a loser");
+    assert_has(&loser.stderr(), "another push changed");
+    assert_has(&loser.stderr(), "is NOT current");
+    let winner_id = winners[0]
+        .stdout()
+        .split_whitespace()
+        .nth(2)
+        .unwrap_or_default()
+        .to_string();
+    let pointer: Value =
+        serde_json::from_slice(&emu.s3_get(&src.bucket, "app/current")).expect("pointer");
+    assert_eq!(pointer["release"], winner_id.as_str());
+}
+
+#[test]
+fn push_refuses_trees_it_could_not_recreate_safely() {
+    let emu = emulator();
+    let src = source(emu);
+    type Make = fn(&Path);
+    let cases: [(&str, Make); 3] = [
+        ("is a device, FIFO or socket", |t| {
+            nix::unistd::mkfifo(
+                &t.join("pipe"),
+                nix::sys::stat::Mode::from_bits_truncate(0o644),
+            )
+            .expect("mkfifo")
+        }),
+        ("setuid", |t| {
+            fs::write(t.join("suid"), "x").expect("write");
+            fs::set_permissions(t.join("suid"), fs::Permissions::from_mode(0o4755)).expect("chmod");
+        }),
+        ("outside the release", |t| {
+            symlink("../../etc/passwd", t.join("link")).expect("symlink")
+        }),
+    ];
+    for (why, make) in cases {
+        let tree = tempfile::tempdir().expect("tree");
+        fs::write(tree.path().join("ok.php"), "<?php").expect("write");
+        make(tree.path());
+        let run = emu
+            .workstation()
+            .run(&["release", "push", path(tree.path()), "--to", &src.url])
+            .expect_code(1);
+        assert_has(&run.stderr(), "refusing to push");
+        assert_has(&run.stderr(), why);
+        assert_eq!(emu.s3_keys(&src.bucket), Vec::<String>::new(), "{why}");
+    }
+}
+
+#[test]
+fn plan_changes_nothing() {
+    let emu = emulator();
+    let src = source(emu);
+    let tree = tempfile::tempdir().expect("tree");
+    small_tree(tree.path(), 10);
+    let id = push(emu, tree.path(), &src, "v1");
+    let inst = instance(emu, &src, "web");
+    let root = tempfile::tempdir().expect("root");
+    let run = Embark::new(emu, &inst)
+        .config(&format!("[release]\nroot = \"{}\"", root.path().display()))
+        .run(&["release", "pull", "--plan"])
+        .expect_code(0);
+    assert_has(
+        &run.stdout(),
+        &format!("would switch current from nothing to release {id}"),
+    );
+    assert_eq!(fs::read_dir(root.path()).expect("root").count(), 0);
+}
+
+#[test]
+fn owner_is_applied_when_configured() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED owner_is_applied_when_configured: chown needs root");
+        return;
+    }
+    let emu = emulator();
+    let src = source(emu);
+    let tree = tempfile::tempdir().expect("tree");
+    small_tree(tree.path(), 3);
+    let id = push(emu, tree.path(), &src, "v1");
+    let inst = instance(emu, &src, "web");
+    let root = tempfile::tempdir().expect("root");
+    pull(emu, &inst, root.path(), "owner = \"65534:65534\"").expect_code(0);
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::metadata(
+        root.path()
+            .join(format!("releases/{id}/vendor/pkg0/f0.php")),
+    )
+    .expect("meta");
+    assert_eq!((meta.uid(), meta.gid()), (65534, 65534));
+    let run = pull(emu, &inst, root.path(), "owner = \"no-such-user-xyz\"").expect_code(2);
+    assert_has(&run.stderr(), "no-such-user-xyz");
+}
+
+/// Releases `count` with ~`files` files each, pushed in turn; returns their pointers' bytes.
+fn pointers(emu: &Emulator, src: &Source, tree: &Path, count: usize, files: usize) -> Vec<Vec<u8>> {
+    small_tree(tree, files);
+    (0..count)
+        .map(|i| {
+            for j in 0..files / 4 {
+                fs::write(
+                    tree.join(format!("vendor/pkg2/changed{j}.php")),
+                    format!("{i}-{j}"),
+                )
+                .expect("write");
+            }
+            push(emu, tree, src, &format!("r{i}"));
+            emu.s3_get(&src.bucket, "app/current")
+        })
+        .collect()
+}
+
+#[test]
+fn sigkill_at_random_moments_never_leaves_current_broken() {
+    let emu = emulator();
+    let src = source(emu);
+    let tree = tempfile::tempdir().expect("tree");
+    let ptrs = pointers(emu, &src, tree.path(), 3, 120);
+    let inst = instance(emu, &src, "web");
+    emu.fault(
+        json!({"service": "s3", "operation": "GetObject", "latency_ms": 150,
+                     "path": format!("/{}/app/", src.bucket)}),
+    );
+    let root = tempfile::tempdir().expect("root");
+    let mut seed = std::process::id() as u64;
+    let mut killed_mid_way = 0;
+    for trial in 0..24 {
+        // Alternate the published release; the first trials start cold.
+        emu.s3_put(&src.bucket, "app/current", ptrs[trial % 3].clone());
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let delay = std::time::Duration::from_millis(20 + (seed >> 33) % 500);
+        let mut running = Embark::new(emu, &inst)
+            .config(&format!("[release]\nroot = \"{}\"", root.path().display()))
+            .spawn(&["release", "pull"]);
+        std::thread::sleep(delay);
+        if running.kill() {
+            killed_mid_way += 1;
+        }
+        let _ = running.wait();
+        if current(root.path()).is_some() {
+            verify_current(root.path());
+        }
+    }
+    assert!(
+        killed_mid_way >= 10,
+        "only {killed_mid_way} kills landed during a pull"
+    );
+    pull(emu, &inst, root.path(), "").expect_code(0);
+    verify_current(root.path());
+    assert_eq!(leftovers(root.path()), Vec::<String>::new());
+}
+
+#[test]
+fn a_full_disk_is_a_clear_error_and_current_stays() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!(
+            "SKIPPED a_full_disk_is_a_clear_error_and_current_stays: mounting a tmpfs needs root"
+        );
+        return;
+    }
+    let emu = emulator();
+    let src = source(emu);
+    let tree = tempfile::tempdir().expect("tree");
+    fs::write(tree.path().join("small.php"), "<?php").expect("write");
+    let v1 = push(emu, tree.path(), &src, "small");
+    let v1_pointer = emu.s3_get(&src.bucket, "app/current");
+    fs::write(tree.path().join("big.bin"), noise(6 << 20, 2)).expect("write");
+    push(emu, tree.path(), &src, "big");
+    let big_pointer = emu.s3_get(&src.bucket, "app/current");
+    let inst = instance(emu, &src, "web");
+    let root = tempfile::tempdir().expect("root");
+    let root_s = root.path().display().to_string();
+    let config = format!("[release]\nroot = \"{root_s}\"\n");
+    let bin = env!("CARGO_BIN_EXE_embark");
+    // A 4 MiB tmpfs as the root, in a private mount namespace; the script reports what it saw.
+    let script = format!(
+        "set -u; mount -t tmpfs -o size=4m tmpfs {root_s} || exit 99
+         curl -sf -X PUT --data-binary @{v1p} {ep}/_embark/s3/{b}/app/current >/dev/null
+         {bin} release pull; echo first=$?
+         curl -sf -X PUT --data-binary @{bigp} {ep}/_embark/s3/{b}/app/current >/dev/null
+         {bin} release pull; echo second=$?
+         echo current=$(readlink {root_s}/current)
+         echo entries=$(ls -A {root_s}/releases | tr '\\n' ' ')",
+        v1p = write_temp(root.path(), "v1.json", &v1_pointer),
+        bigp = write_temp(root.path(), "big.json", &big_pointer),
+        ep = emu.endpoint,
+        b = src.bucket,
+    );
+    let run = Embark::new(emu, &inst)
+        .config(&config)
+        .env("EMBARK_BIN", bin)
+        .run_program(
+            "unshare",
+            &["--mount", "--propagation", "private", "sh", "-c", &script],
+        );
+    let out = run.stdout();
+    if run.code() == 99 || out.contains("unshare failed") {
+        eprintln!("SKIPPED: cannot mount a tmpfs here: {}", run.stderr());
+        return;
+    }
+    assert_has(&out, "first=0");
+    assert_has(&out, "second=1");
+    assert_has(&out, &format!("current=releases/{v1}"));
+    assert_has(&out, &format!("entries={v1}\n"));
+    assert_has(&run.stderr(), "no space left on the device while");
+}
+
+/// A file outside the tmpfs-to-be (the script reads it before mounting hides nothing else).
+fn write_temp(dir: &Path, name: &str, bytes: &[u8]) -> String {
+    let parent: PathBuf = dir.parent().expect("parent").to_path_buf();
+    let p = parent.join(format!("{}-{name}", unique("ptr")));
+    fs::write(&p, bytes).expect("write");
+    p.display().to_string()
+}
