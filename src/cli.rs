@@ -75,6 +75,23 @@ pub enum Command {
     },
     /// Preflight: exit 0 only if a boot could succeed here; each failed check is one line
     Check,
+    /// Every configured step in order: identity, EIP, EFS, release, health (docs/cli.md)
+    Boot {
+        /// Run every read-only look-up and print what each step would do; change nothing
+        #[arg(long)]
+        plan: bool,
+        /// Run only this step as --plan (repeatable; e.g. efs on a machine without an NFS client)
+        #[arg(long = "plan-step", value_parser = ["eip", "efs", "release", "health"])]
+        plan_steps: Vec<String>,
+    },
+    /// Local health probe, then the lifecycle action (CONTINUE) and extra target groups
+    Health,
+    /// The last boot's report: each step's outcome, duration and detail
+    Status {
+        /// Stable JSON output (documented in docs/cli.md)
+        #[arg(long)]
+        json: bool,
+    },
     /// EFS file systems (config [[efs]] or the group's embark:efs tag)
     Efs {
         #[command(subcommand)]
@@ -165,19 +182,64 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
             print_either(&identity, json, Identity::human)
         }
         Command::Check => crate::check::run(&cli).await,
+        Command::Boot {
+            plan,
+            ref plan_steps,
+        } => {
+            let ctx = Context::load(&cli)?;
+            let options = crate::boot::Options {
+                plan,
+                plan_steps: plan_steps.clone(),
+            };
+            crate::boot::run(&ctx, &options).await
+        }
+        Command::Health => {
+            let ctx = Context::load(&cli)?;
+            crate::boot::health_only(&ctx).await
+        }
+        Command::Status { json } => {
+            let (mut config, _) = Config::load(&cli.config)?;
+            if let Some(dir) = &cli.state_dir {
+                config.state_dir = dir.clone();
+            }
+            match crate::status::Report::read(&config.state_dir).map_err(Error::Failed)? {
+                None => {
+                    if json {
+                        println!("{{\"status\": \"not run\"}}");
+                    } else {
+                        println!(
+                            "status: not run (no report in {})",
+                            config.state_dir.display()
+                        );
+                    }
+                    Ok(())
+                }
+                Some(report) => {
+                    print_either(&report, json, crate::status::Report::human)?;
+                    if report.status == "error" {
+                        return Err(Error::Failed(
+                            "the last boot failed (its report is above)".into(),
+                        ));
+                    }
+                    Ok(())
+                }
+            }
+        }
         Command::Efs {
             command: EfsCommand::Mount { plan },
         } => {
             let ctx = Context::load(&cli)?;
             let instance = ctx.instance().await?;
-            efs_mount(&ctx, &instance, plan).await
+            print!("{}", efs_mount(&ctx, &instance, plan).await?);
+            Ok(())
         }
         Command::Eip { ref command } => {
             let ctx = Context::load(&cli)?;
             let instance = ctx.instance().await?;
             match command {
                 EipCommand::Bind { pool, plan } => {
-                    eip_bind(&instance, pool.as_deref(), *plan).await
+                    print!("{}", eip_bind(&instance, pool.as_deref(), *plan).await?);
+                    Ok(())
                 }
                 EipCommand::Status { pool, json } => {
                     eip_status(&instance, pool.as_deref(), *json).await
@@ -191,30 +253,34 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
     }
 }
 
-async fn eip_bind(instance: &Instance, pool: Option<&str>, plan: bool) -> Result<(), Error> {
+/// Bind (or plan) and say what happened, in one text for stdout or the boot report.
+pub async fn eip_bind(
+    instance: &Instance,
+    pool: Option<&str>,
+    plan: bool,
+) -> Result<String, Error> {
     let settings = eip_settings(&instance.config, pool)?;
     let place = instance.place();
     eip::check_region(&instance.aws.region(), &instance.identity.metadata.region)?;
     let ec2 = instance.aws.ec2();
     if plan {
         let plan = eip::plan(&ec2, &place, &settings).await?;
-        print!("{}", plan.human(&place, &settings));
-        return Ok(());
+        return Ok(plan.human(&place, &settings));
     }
-    match eip::bind(&ec2, &place, &settings).await? {
+    let text = match eip::bind(&ec2, &place, &settings).await? {
         Outcome::Bound { address, free } => {
-            println!(
-                "bound {} ({}) from pool '{}' to {}; {free} of the pool's addresses free",
-                address.public_ip, address.allocation_id, settings.pool, place.instance_id
-            );
             warn_reserve(&settings, free);
+            format!(
+                "bound {} ({}) from pool '{}' to {}; {free} of the pool's addresses free\n",
+                address.public_ip, address.allocation_id, settings.pool, place.instance_id
+            )
         }
         Outcome::AlreadyBound { address, free } => {
-            println!(
-                "already bound: {} ({}) from pool '{}'; nothing to do",
-                address.public_ip, address.allocation_id, settings.pool
-            );
             warn_reserve(&settings, free);
+            format!(
+                "already bound: {} ({}) from pool '{}'; nothing to do\n",
+                address.public_ip, address.allocation_id, settings.pool
+            )
         }
         Outcome::NoneFree { total, waited } => {
             tracing::warn!(
@@ -223,13 +289,13 @@ async fn eip_bind(instance: &Instance, pool: Option<&str>, plan: bool) -> Result
                 settings.pool,
                 humantime::format_duration(waited)
             );
-            println!(
-                "no free address in pool '{}'; continuing without one (not required)",
+            format!(
+                "no free address in pool '{}'; continuing without one (not required)\n",
                 settings.pool
-            );
+            )
         }
-    }
-    Ok(())
+    };
+    Ok(text)
 }
 
 /// Where the step reads the mount table and writes fstab lines; overridable for tests and packaging.
@@ -245,13 +311,19 @@ pub fn fstab_path() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/etc/fstab"))
 }
 
-async fn efs_mount(ctx: &Context, instance: &Instance, plan: bool) -> Result<(), Error> {
+/// Mount (or plan) every configured file system; the text says what happened to each.
+pub async fn efs_mount(ctx: &Context, instance: &Instance, plan: bool) -> Result<String, Error> {
+    let mut out = String::new();
+    macro_rules! say {
+        ($($arg:tt)*) => {{
+            out.push_str(&format!($($arg)*));
+            out.push('\n');
+        }};
+    }
     let mounts = &instance.config.efs;
     if mounts.is_empty() {
-        println!(
-            "no file systems configured ([[efs]] or the group's embark:efs tag): nothing to do"
-        );
-        return Ok(());
+        say!("no file systems configured ([[efs]] or the group's embark:efs tag): nothing to do");
+        return Ok(out);
     }
     let place = efs::Place {
         region: instance.identity.metadata.region.clone(),
@@ -265,7 +337,7 @@ async fn efs_mount(ctx: &Context, instance: &Instance, plan: bool) -> Result<(),
         let fs = &mount.file_system;
         let target = mount.mount_point.display();
         if efs::mounted(&mountinfo, &mount.mount_point, &mount.path) {
-            println!(
+            say!(
                 "{fs}:{} on {target}: already mounted; nothing to do",
                 mount.path
             );
@@ -274,14 +346,14 @@ async fn efs_mount(ctx: &Context, instance: &Instance, plan: bool) -> Result<(),
         let helper_opts = efs::efs_utils_options(mount);
         if !helper_opts.is_empty() {
             if plan {
-                println!(
+                say!(
                     "{fs}:{} on {target}: would run mount -t efs -o {} (amazon-efs-utils)",
                     mount.path,
                     helper_opts.join(",")
                 );
             } else {
                 efs::mount_with_efs_utils(mount).await?;
-                println!(
+                say!(
                     "{fs}:{} mounted on {target} with amazon-efs-utils",
                     mount.path
                 );
@@ -301,14 +373,14 @@ async fn efs_mount(ctx: &Context, instance: &Instance, plan: bool) -> Result<(),
         .await?;
         let call = efs::MountCall::new(mount, ip);
         if plan {
-            println!("{fs}:{} on {target}", mount.path);
-            println!("  address: {ip} (found by {found})");
-            println!("  call:    {call}");
+            say!("{fs}:{} on {target}", mount.path);
+            say!("  address: {ip} (found by {found})");
+            say!("  call:    {call}");
             if mount.fstab {
-                println!("  fstab:   {}", efs::fstab_line(&call));
+                say!("  fstab:   {}", efs::fstab_line(&call));
             }
             if !kernel_ok {
-                println!(
+                say!(
                     "  note:    this kernel has no NFSv4 client; the mount itself would fail here"
                 );
             }
@@ -317,15 +389,15 @@ async fn efs_mount(ctx: &Context, instance: &Instance, plan: bool) -> Result<(),
         efs::probe(fs, ip).await?;
         efs::create_mount_point(&mount.mount_point)?;
         efs::mount(&call)?;
-        println!(
+        say!(
             "{fs}:{} mounted on {target} from {ip} ({found})",
             mount.path
         );
         if mount.fstab && efs::write_fstab(&fstab_path(), &efs::fstab_line(&call))? {
-            println!("  fstab line written to {}", fstab_path().display());
+            say!("  fstab line written to {}", fstab_path().display());
         }
     }
-    Ok(())
+    Ok(out)
 }
 
 fn warn_reserve(settings: &eip::Settings, free: usize) {

@@ -3,6 +3,7 @@
 use crate::config::ConfigError;
 use crate::efs::EfsError;
 use crate::eip::EipError;
+use crate::health::HealthError;
 use crate::identity::IdentityError;
 use crate::release::ReleaseError;
 
@@ -19,6 +20,11 @@ pub enum Error {
     Efs(#[from] EfsError),
     #[error(transparent)]
     Release(#[from] ReleaseError),
+    #[error(transparent)]
+    Health(#[from] HealthError),
+    /// A boot (or health) step failed; the sentence was built by the step.
+    #[error("{0}")]
+    Failed(String),
     /// A usage error found after the configuration was read (e.g. a step asked for but not configured).
     #[error("{0}")]
     Usage(String),
@@ -41,6 +47,7 @@ impl Error {
             Error::Eip(err) if err.is_usage() => 2,
             Error::Efs(err) if err.is_usage() => 2,
             Error::Release(err) if err.is_usage() => 2,
+            Error::Health(err) if err.is_usage() => 2,
             _ => 1,
         }
     }

@@ -28,7 +28,8 @@ pub async fn run(ctx: &Context, command: &ReleaseCommand) -> Result<(), Error> {
             let settings = settings(&instance.config)?;
             let http = crate::net::http_client(&ctx.resolver).map_err(Error::Setup)?;
             let pulled = pull::pull(&store, &settings, &http, *plan).await?;
-            if *plan {
+            if let Some(text) = &pulled.plan {
+                println!("{text}");
                 return Ok(());
             }
             print_either(&pulled, *json, |p| p.human(&settings.layout.link))

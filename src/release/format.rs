@@ -356,9 +356,11 @@ impl Manifest {
                         .ok_or_else(|| Refusal(format!("the symlink '{path}' has no target")))?;
                     Node::Symlink { path, target }
                 }
-                other => return refuse(format!(
+                other => {
+                    return refuse(format!(
                     "'{path}' is a {other}; a release holds only files, directories and symlinks"
-                )),
+                ))
+                }
             };
             nodes.push(node);
         }

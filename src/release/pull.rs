@@ -45,6 +45,9 @@ pub struct Pulled {
     pub reused_files: usize,
     pub pruned: Vec<String>,
     pub hooks_run: usize,
+    /// `--plan`: what would happen.
+    #[serde(skip)]
+    pub plan: Option<String>,
 }
 
 impl Pulled {
@@ -186,11 +189,7 @@ pub async fn pull(
             files,
             ..Pulled::default()
         };
-        println!(
-            "{}",
-            plan_text(&pulled, &nodes, &local, staged, &layout.link)
-        );
-        pulled.files = files;
+        pulled.plan = Some(plan_text(&pulled, &nodes, &local, staged, &layout.link));
         return Ok(pulled);
     }
 

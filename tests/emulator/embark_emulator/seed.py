@@ -191,3 +191,42 @@ def s3_object(emulator, method: str, path: str, request):
     if obj is None:
         return json_response({"error": f"no object {key}"}, 404)
     return Response(obj.value, status=200, content_type="application/octet-stream")
+
+
+def target_group(emulator, spec: dict) -> dict:
+    """A target group (instance targets) in the default VPC: for instances outside a group."""
+    region = spec.get("region", emulator.default_region)
+    ec2 = client(emulator, "ec2", region)
+    vpc = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"][0]["VpcId"]
+    elb = client(emulator, "elbv2", region)
+    tg = elb.create_target_group(Name=spec["name"], Protocol="HTTP", Port=80, VpcId=vpc,
+                                 TargetType="instance")["TargetGroups"][0]
+    return {"arn": tg["TargetGroupArn"]}
+
+
+def targets(emulator, arn: str, region: str) -> list[dict]:
+    elb = client(emulator, "elbv2", region)
+    health = elb.describe_target_health(TargetGroupArn=arn)["TargetHealthDescriptions"]
+    return [{"id": t["Target"]["Id"], "port": t["Target"].get("Port")} for t in health]
+
+
+def messages(emulator, queue_url: str, region: str) -> list[dict]:
+    """Everything waiting in an SQS queue (SNS envelopes decoded), removed from the queue."""
+    import json as _json
+
+    sqs = client(emulator, "sqs", region)
+    out = []
+    for _ in range(20):
+        got = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0)
+        batch = got.get("Messages", [])
+        if not batch:
+            break
+        for m in batch:
+            body = m["Body"]
+            try:
+                envelope = _json.loads(body)
+                out.append({"subject": envelope.get("Subject"), "message": envelope.get("Message")})
+            except ValueError:
+                out.append({"subject": None, "message": body})
+            sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=m["ReceiptHandle"])
+    return out

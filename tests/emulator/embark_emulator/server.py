@@ -20,6 +20,9 @@ Everything listens on 127.0.0.1 only. The control API lives under /_embark/ on t
   POST   /_embark/buckets             {name, region?}: create a bucket
   PUT    /_embark/s3/<bucket>/<key>   write an object as it is (corrupting a release on purpose)
   GET    /_embark/s3/<bucket>/<key>   read an object;  GET /_embark/s3/<bucket>?prefix= lists keys
+  POST   /_embark/target-groups       {name, region?}: a target group in the default VPC -> {arn}
+  GET    /_embark/targets?arn=        the targets registered in a target group
+  GET    /_embark/messages?queue_url= what an SQS queue holds (SNS envelopes decoded), emptying it
   POST   /_embark/reset               forget everything (moto state too)
 """
 
@@ -295,6 +298,14 @@ class Emulator:
             return json_response(seed.mount_target(self, spec))
         if path == "buckets" and method == "POST":
             return json_response(seed.bucket(self, spec))
+        if path == "target-groups" and method == "POST":
+            return json_response(seed.target_group(self, spec))
+        if path == "targets":
+            return json_response(seed.targets(self, request.args["arn"],
+                                              request.args.get("region", self.default_region)))
+        if path == "messages":
+            return json_response(seed.messages(self, request.args["queue_url"],
+                                               request.args.get("region", self.default_region)))
         if path.startswith("s3/"):
             return seed.s3_object(self, method, path[3:], request)
         if path == "disassociate" and method == "POST":

@@ -1,0 +1,136 @@
+//! The status file: the last boot's report (each step's outcome, duration and detail), and
+//! `embark status`, shown like `cloud-init status --long`.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub const FILE: &str = "status.json";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Ok,
+    Failed,
+    Skipped,
+    Planned,
+    NotRun,
+}
+
+impl Outcome {
+    pub fn word(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Failed => "failed",
+            Outcome::Skipped => "skipped",
+            Outcome::Planned => "planned",
+            Outcome::NotRun => "not run",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Step {
+    pub name: String,
+    pub outcome: Outcome,
+    pub duration_ms: u64,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    pub command: String,
+    /// "running", "done" or "error".
+    pub status: String,
+    pub instance_id: Option<String>,
+    pub group: Option<String>,
+    pub started: String,
+    pub finished: Option<String>,
+    pub duration_ms: u64,
+    pub steps: Vec<Step>,
+    pub error: Option<String>,
+    /// The lifecycle action was completed (CONTINUE) by this boot.
+    #[serde(default)]
+    pub lifecycle_completed: bool,
+}
+
+pub fn path(state_dir: &Path) -> PathBuf {
+    state_dir.join(FILE)
+}
+
+impl Report {
+    pub fn read(state_dir: &Path) -> Result<Option<Report>, String> {
+        let file = path(state_dir);
+        match std::fs::read(&file) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| format!("the status file {} is not valid ({e})", file.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!(
+                "cannot read the status file {}: {e}",
+                file.display()
+            )),
+        }
+    }
+
+    /// Atomically (write, fsync, rename): a reader never sees half a report.
+    pub fn write(&self, state_dir: &Path) -> Result<(), String> {
+        use std::io::Write;
+        let file = path(state_dir);
+        let temp = state_dir.join(format!(".{FILE}.tmp"));
+        let bytes = serde_json::to_vec_pretty(self).map_err(|e| e.to_string())?;
+        (|| {
+            std::fs::create_dir_all(state_dir)?;
+            let mut f = std::fs::File::create(&temp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&temp, &file)
+        })()
+        .map_err(|e| format!("cannot write the status file {}: {e}", file.display()))
+    }
+
+    pub fn human(&self) -> String {
+        let mut text = format!("status: {}\n", self.status);
+        text += &format!("command: embark {}\n", self.command);
+        if let Some(id) = &self.instance_id {
+            text += &format!(
+                "instance: {id}{}\n",
+                self.group
+                    .as_ref()
+                    .map(|g| format!(" (group {g})"))
+                    .unwrap_or_default()
+            );
+        }
+        text += &format!("started: {}\n", self.started);
+        if let Some(finished) = &self.finished {
+            text += &format!("finished: {finished} ({})\n", seconds(self.duration_ms));
+        }
+        text += "steps:\n";
+        for step in &self.steps {
+            let duration = if matches!(step.outcome, Outcome::NotRun) {
+                "-".to_string()
+            } else {
+                seconds(step.duration_ms)
+            };
+            let detail = step
+                .detail
+                .trim()
+                .replace('\n', "\n                                ");
+            text += &format!(
+                "  {:<9} {:<8} {:>8}  {}\n",
+                step.name,
+                step.outcome.word(),
+                duration,
+                detail
+            );
+        }
+        if let Some(error) = &self.error {
+            text += &format!("error: {error}\n");
+        }
+        text
+    }
+}
+
+fn seconds(ms: u64) -> String {
+    format!("{:.2}s", ms as f64 / 1000.0)
+}
