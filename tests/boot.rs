@@ -1,0 +1,452 @@
+//! `embark boot`, `embark health`, `embark status`: the real binary against the emulator (issue 6).
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+
+use common::{assert_has, emulator, unique, Embark, Emulator, Instance};
+use serde_json::{json, Value};
+
+/// A seeded account of this test's own: group (with or without a launching hook), pool, bucket with a
+/// pushed release, topics with queues.
+struct Account {
+    name: String,
+    seed: Value,
+    source: String,
+}
+
+fn account(emu: &Emulator, hook: bool, heartbeat_timeout: u64) -> Account {
+    let name = unique("boot");
+    let source = format!("s3://{name}-deploy/app");
+    let seed = emu.seed(json!({
+        "name": name, "pool_size": 3, "lifecycle_hook": hook,
+        "heartbeat_timeout": heartbeat_timeout,
+        "group_tags": {"embark:release": source},
+    }));
+    let tree = tempfile::tempdir().expect("tree");
+    fs::create_dir_all(tree.path().join("public")).expect("mkdir");
+    fs::write(tree.path().join("public/index.php"), "<?php echo 'hi';").expect("write");
+    fs::write(tree.path().join("public/health.php"), "<?php").expect("write");
+    emu.workstation()
+        .run(&[
+            "release",
+            "push",
+            tree.path().to_str().expect("utf-8"),
+            "--to",
+            &source,
+        ])
+        .expect_code(0);
+    Account { name, seed, source }
+}
+
+impl Account {
+    fn launch(&self, emu: &Emulator) -> Instance {
+        emu.launch_one(json!({"group": self.name}))
+    }
+
+    fn topic(&self, kind: &str) -> &str {
+        self.seed["topics"][kind]["topic_arn"]
+            .as_str()
+            .expect("topic")
+    }
+
+    fn messages(&self, emu: &Emulator, kind: &str) -> Vec<Value> {
+        let url = self.seed["topics"][kind]["queue_url"]
+            .as_str()
+            .expect("queue");
+        match emu.control("GET", &format!("messages?queue_url={url}"), json!({})) {
+            Value::Array(v) => v,
+            other => panic!("messages: {other}"),
+        }
+    }
+
+    fn config(&self, root: &Path, extra: &str) -> String {
+        format!(
+            "[release]\nroot = \"{}\"\n\n[notify]\nsuccess_topic = \"{}\"\nerror_topic = \"{}\"\n{extra}",
+            root.display(),
+            self.topic("ok"),
+            self.topic("error")
+        )
+    }
+}
+
+fn lifecycle_of(emu: &Emulator, id: &str) -> Vec<Value> {
+    match emu.control("GET", "lifecycle", json!({})) {
+        Value::Array(v) => v.into_iter().filter(|a| a["instance_id"] == id).collect(),
+        other => panic!("lifecycle: {other}"),
+    }
+}
+
+fn state_of(emu: &Emulator, id: &str) -> String {
+    emu.instance(id)["lifecycle_state"]
+        .as_str()
+        .unwrap_or("none")
+        .to_string()
+}
+
+fn bound_to(emu: &Emulator, pool: &str, id: &str) -> Vec<String> {
+    emu.addresses(pool)
+        .iter()
+        .filter(|a| a["instance_id"] == id)
+        .map(|a| a["public_ip"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+fn status_json(embark: Embark) -> Value {
+    embark.run(&["status", "--json"]).json()
+}
+
+/// The same state dir for several runs on one instance.
+fn on(emu: &Emulator, inst: &Instance, state: &Path, config: &str) -> Embark {
+    Embark::new(emu, inst)
+        .config(config)
+        .env("EMBARK_STATE_DIR", state)
+}
+
+#[test]
+fn full_boot_binds_pulls_continues_notifies_and_reports() {
+    let emu = emulator();
+    let acct = account(emu, true, 300);
+    let inst = acct.launch(emu);
+    assert_eq!(state_of(emu, &inst.id), "Pending:Wait");
+    let root = tempfile::tempdir().expect("root");
+    let state = tempfile::tempdir().expect("state");
+    let config = acct.config(root.path(), "");
+    let run = on(emu, &inst, state.path(), &config)
+        .env("EMBARK_LOG_FORMAT", "json")
+        .run(&["boot"])
+        .expect_code(0);
+
+    assert_eq!(bound_to(emu, &acct.name, &inst.id).len(), 1);
+    let link = fs::read_link(root.path().join("current")).expect("current link");
+    assert!(root.path().join(&link).join("public/index.php").is_file());
+    assert_eq!(state_of(emu, &inst.id), "InService");
+    let actions = lifecycle_of(emu, &inst.id);
+    assert_eq!(actions.len(), 1);
+    assert_eq!(actions[0]["result"], "CONTINUE");
+
+    let ok = acct.messages(emu, "ok");
+    assert_eq!(ok.len(), 1, "{ok:?}");
+    assert_eq!(
+        ok[0]["subject"],
+        format!("embark: {} {} boot succeeded", acct.name, inst.id).as_str()
+    );
+    assert_has(
+        ok[0]["message"].as_str().unwrap_or_default(),
+        "lifecycle action completed: CONTINUE",
+    );
+    assert!(acct.messages(emu, "error").is_empty());
+
+    let report = status_json(on(emu, &inst, state.path(), &config));
+    assert_eq!(report["status"], "done");
+    assert_eq!(report["instance_id"], inst.id.as_str());
+    let steps = report["steps"].as_array().expect("steps");
+    let names: Vec<&str> = steps.iter().filter_map(|s| s["name"].as_str()).collect();
+    assert_eq!(names, ["identity", "eip", "efs", "release", "health"]);
+    for step in steps {
+        assert!(step["duration_ms"].is_u64(), "{step}");
+        let want = if step["name"] == "efs" {
+            "skipped"
+        } else {
+            "ok"
+        };
+        assert_eq!(step["outcome"], want, "{step}");
+    }
+    let human = on(emu, &inst, state.path(), &config)
+        .run(&["status"])
+        .expect_code(0)
+        .stdout();
+    assert_has(&human, "status: done");
+    assert_has(&human, "release   ok");
+
+    // JSON log lines name the step and the instance.
+    let lines: Vec<Value> = run
+        .stderr()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["step"] == "release" && l["instance_id"] == inst.id.as_str()),
+        "{}",
+        run.stderr()
+    );
+}
+
+#[test]
+fn a_failing_step_abandons_notifies_and_says_which_step() {
+    let emu = emulator();
+    let acct = account(emu, true, 300);
+    // Corrupt the release: its bundle no longer matches the manifest.
+    let bucket = format!("{}-deploy", acct.name);
+    let pointer: Value =
+        serde_json::from_slice(&emu.s3_get(&bucket, "app/current")).expect("pointer");
+    let id = pointer["release"].as_str().expect("id");
+    emu.s3_put(
+        &bucket,
+        &format!("app/releases/{id}/bundle.tar.zst"),
+        b"not zstd".to_vec(),
+    );
+    let inst = acct.launch(emu);
+    let root = tempfile::tempdir().expect("root");
+    let state = tempfile::tempdir().expect("state");
+    let config = acct.config(root.path(), "");
+    let run = on(emu, &inst, state.path(), &config)
+        .run(&["boot"])
+        .expect_code(1);
+    assert_has(&run.stderr(), "boot failed at step release");
+    assert_has(&run.stderr(), "lifecycle action ABANDON sent");
+
+    let actions = lifecycle_of(emu, &inst.id);
+    assert_eq!(actions.len(), 1);
+    assert_eq!(actions[0]["result"], "ABANDON");
+    assert_eq!(emu.instance(&inst.id)["state"], "terminated");
+    let errors = acct.messages(emu, "error");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_has(
+        errors[0]["subject"].as_str().unwrap_or_default(),
+        "boot failed at release",
+    );
+    assert!(acct.messages(emu, "ok").is_empty());
+
+    let report = status_json(on(emu, &inst, state.path(), &config));
+    assert_eq!(report["status"], "error");
+    let release = &report["steps"][3];
+    assert_eq!(release["name"], "release");
+    assert_eq!(release["outcome"], "failed");
+    assert_has(release["detail"].as_str().unwrap_or_default(), "corrupt");
+    assert_eq!(report["steps"][4]["outcome"], "not_run");
+    on(emu, &inst, state.path(), &config)
+        .run(&["status"])
+        .expect_code(1);
+}
+
+#[test]
+fn a_health_url_that_never_answers_fails_at_its_deadline_and_abandons() {
+    let emu = emulator();
+    let acct = account(emu, true, 300);
+    let inst = acct.launch(emu);
+    let root = tempfile::tempdir().expect("root");
+    let state = tempfile::tempdir().expect("state");
+    // Port 9 (discard) on loopback: nothing listens.
+    let config = acct.config(
+        root.path(),
+        "\n[health]\nurl = \"http://127.0.0.1:9/aws-health-check/\"\ntimeout = \"2s\"\n",
+    );
+    let run = on(emu, &inst, state.path(), &config)
+        .run(&["boot"])
+        .expect_code(1);
+    assert_has(&run.stderr(), "did not answer 2xx within 2s");
+    assert_eq!(lifecycle_of(emu, &inst.id)[0]["result"], "ABANDON");
+    let report = status_json(on(emu, &inst, state.path(), &config));
+    assert_eq!(report["steps"][4]["outcome"], "failed");
+}
+
+#[test]
+fn outside_a_group_lifecycle_is_skipped_targets_registered_and_failure_marks_nothing() {
+    let emu = emulator();
+    let acct = account(emu, false, 300);
+    let tg = emu.control("POST", "target-groups", json!({"name": unique("tg")}));
+    let arn = tg["arn"].as_str().expect("arn");
+    let inst = emu.launch_one(json!({"tags": {"embark:release": acct.source}}));
+    let root = tempfile::tempdir().expect("root");
+    let state = tempfile::tempdir().expect("state");
+    let config = acct.config(
+        root.path(),
+        &format!("\n[health]\ntarget_groups = [\"{arn}\"]\n"),
+    );
+    let run = on(emu, &inst, state.path(), &config)
+        .run(&["boot"])
+        .expect_code(0);
+    assert_has(
+        &run.stdout(),
+        "not in an Auto Scaling group: no lifecycle action",
+    );
+    let targets = emu.control("GET", &format!("targets?arn={arn}"), json!({}));
+    assert_eq!(targets[0]["id"], inst.id.as_str(), "{targets}");
+
+    // A failure outside a group: nothing is marked unhealthy.
+    let other = emu.launch_one(json!({"tags": {"embark:release": acct.source}}));
+    let bad = acct.config(
+        root.path(),
+        "\n[health]\nurl = \"http://127.0.0.1:9/\"\ntimeout = \"1s\"\n",
+    );
+    let state2 = tempfile::tempdir().expect("state");
+    let run = on(emu, &other, state2.path(), &bad)
+        .run(&["boot"])
+        .expect_code(1);
+    assert_has(
+        &run.stderr(),
+        "not in an Auto Scaling group: nothing marked unhealthy",
+    );
+    let marked: Vec<Value> = emu
+        .requests_of("SetInstanceHealth")
+        .into_iter()
+        .filter(|r| r["params"]["InstanceId"] == other.id.as_str())
+        .collect();
+    assert!(marked.is_empty(), "{marked:?}");
+}
+
+#[test]
+fn in_a_group_without_a_hook_a_failure_marks_the_instance_unhealthy_unless_kept() {
+    let emu = emulator();
+    let acct = account(emu, false, 300);
+    for (on_failure, marked) in [("abandon", true), ("keep", false)] {
+        let inst = acct.launch(emu);
+        let root = tempfile::tempdir().expect("root");
+        let state = tempfile::tempdir().expect("state");
+        let config = acct.config(
+            root.path(),
+            &format!(
+                "\n[health]\nurl = \"http://127.0.0.1:9/\"\ntimeout = \"1s\"\non_failure = \"{on_failure}\"\n"
+            ),
+        );
+        let run = on(emu, &inst, state.path(), &config)
+            .run(&["boot"])
+            .expect_code(1);
+        let calls: Vec<Value> = emu
+            .requests_of("SetInstanceHealth")
+            .into_iter()
+            .filter(|r| r["params"]["InstanceId"] == inst.id.as_str())
+            .collect();
+        assert_eq!(!calls.is_empty(), marked, "{on_failure}: {calls:?}");
+        if marked {
+            assert_eq!(calls[0]["params"]["HealthStatus"], "Unhealthy");
+            assert_has(&run.stderr(), "marked Unhealthy");
+        } else {
+            assert_has(&run.stderr(), "kept for debugging");
+        }
+    }
+}
+
+/// Requests that change something, made for this instance or this account.
+fn changes(emu: &Emulator, inst: &Instance, acct: &Account, after: usize) -> Vec<Value> {
+    const MUTATING: [&str; 9] = [
+        "AssociateAddress",
+        "DisassociateAddress",
+        "CompleteLifecycleAction",
+        "RecordLifecycleActionHeartbeat",
+        "SetInstanceHealth",
+        "RegisterTargets",
+        "Publish",
+        "PutObject",
+        "GetObject",
+    ];
+    emu.requests()[after..]
+        .iter()
+        .filter(|r| MUTATING.contains(&r["operation"].as_str().unwrap_or_default()))
+        .filter(|r| {
+            let text = r.to_string();
+            text.contains(&inst.id) || text.contains(&acct.name)
+        })
+        .filter(|r| {
+            !r["path"]
+                .as_str()
+                .unwrap_or_default()
+                .ends_with("/app/current")
+        })
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn a_second_boot_on_the_same_instance_changes_nothing() {
+    let emu = emulator();
+    let acct = account(emu, true, 300);
+    let inst = acct.launch(emu);
+    let root = tempfile::tempdir().expect("root");
+    let state = tempfile::tempdir().expect("state");
+    let config = acct.config(root.path(), "");
+    on(emu, &inst, state.path(), &config)
+        .run(&["boot"])
+        .expect_code(0);
+    acct.messages(emu, "ok");
+    let addresses = emu.addresses(&acct.name);
+    let link = fs::read_link(root.path().join("current")).expect("link");
+
+    let before = emu.requests().len();
+    let run = on(emu, &inst, state.path(), &config)
+        .run(&["boot"])
+        .expect_code(0);
+    assert_has(&run.stdout(), "already bound");
+    assert_has(&run.stdout(), "already on release");
+    assert_has(&run.stdout(), "already completed by an earlier boot");
+    assert_eq!(changes(emu, &inst, &acct, before), Vec::<Value>::new());
+    assert_eq!(emu.addresses(&acct.name), addresses);
+    assert_eq!(
+        fs::read_link(root.path().join("current")).expect("link"),
+        link
+    );
+    assert!(acct.messages(emu, "ok").is_empty());
+    assert_eq!(lifecycle_of(emu, &inst.id).len(), 1);
+
+    // State left by another instance id (an image baked after a test boot) is ignored.
+    let next = acct.launch(emu);
+    let root2 = tempfile::tempdir().expect("root");
+    let config2 = acct.config(root2.path(), "");
+    let run = on(emu, &next, state.path(), &config2)
+        .run(&["boot"])
+        .expect_code(0);
+    assert_has(
+        &run.stderr(),
+        &format!("ignoring the status left by instance {}", inst.id),
+    );
+    assert_eq!(state_of(emu, &next.id), "InService");
+}
+
+#[test]
+fn plan_changes_nothing() {
+    let emu = emulator();
+    let acct = account(emu, true, 300);
+    let inst = acct.launch(emu);
+    let root = tempfile::tempdir().expect("root");
+    let state = tempfile::tempdir().expect("state");
+    let config = acct.config(root.path(), "");
+    let addresses = emu.addresses(&acct.name);
+    let before = emu.requests().len();
+    let run = on(emu, &inst, state.path(), &config)
+        .run(&["boot", "--plan"])
+        .expect_code(0);
+    let out = run.stdout();
+    assert_has(&out, "would switch current from nothing to release");
+    assert_has(&out, "would complete the lifecycle action of hook");
+    assert_has(&out, "plan: associate one of the 3 candidate(s)");
+    assert_eq!(emu.addresses(&acct.name), addresses);
+    assert_eq!(state_of(emu, &inst.id), "Pending:Wait");
+    assert_eq!(fs::read_dir(root.path()).expect("root").count(), 0);
+    assert!(!state.path().join("status.json").exists());
+    let changed: Vec<Value> = changes(emu, &inst, &acct, before)
+        .into_iter()
+        .filter(|r| r["operation"] != "GetObject")
+        .collect();
+    assert_eq!(changed, Vec::<Value>::new());
+}
+
+#[test]
+fn heartbeats_keep_a_slow_boot_alive_past_the_hook_timeout() {
+    let emu = emulator();
+    let acct = account(emu, true, 2);
+    let inst = acct.launch(emu);
+    // Every S3 read of this account takes 1.5 s: the release step alone outlasts the 2 s timeout.
+    emu.fault(
+        json!({"service": "s3", "operation": "GetObject", "latency_ms": 1500,
+                     "path": format!("/{}-deploy/", acct.name)}),
+    );
+    let root = tempfile::tempdir().expect("root");
+    let state = tempfile::tempdir().expect("state");
+    let config = acct.config(root.path(), "");
+    on(emu, &inst, state.path(), &config)
+        .run(&["boot"])
+        .expect_code(0);
+    let actions = lifecycle_of(emu, &inst.id);
+    assert_eq!(actions.len(), 1, "{actions:?}");
+    assert_eq!(actions[0]["result"], "CONTINUE");
+    assert_eq!(actions[0]["timed_out"], false);
+    assert!(
+        actions[0]["heartbeats"].as_u64().unwrap_or(0) >= 2,
+        "{actions:?}"
+    );
+    assert_eq!(state_of(emu, &inst.id), "InService");
+}
