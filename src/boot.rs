@@ -22,7 +22,7 @@ pub struct Options {
     pub plan_steps: Vec<String>,
 }
 
-fn now() -> String {
+pub fn now() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
 }
 

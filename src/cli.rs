@@ -131,6 +131,17 @@ pub enum ReleaseCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The deploy agent: stage new releases, wait for the fleet barrier, switch (runs until SIGTERM)
+    Watch,
+    /// Point the source's `current` at an earlier release (default: the one before); agents follow
+    Rollback {
+        /// The release to go back to (default: the release before the current one)
+        #[arg(long)]
+        to: Option<String>,
+        /// The release source (default: the group's embark:release tag, else [release] source)
+        #[arg(long)]
+        from: Option<String>,
+    },
     /// Releases in the source with time, message, files and size; marks current and local ones
     List {
         /// The release source (default: the group's embark:release tag, else [release] source)

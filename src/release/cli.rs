@@ -9,7 +9,7 @@ use super::store::Store;
 use super::{human_bytes, push, ReleaseError};
 use crate::aws::Aws;
 use crate::cli::{print_either, Context, ReleaseCommand};
-use crate::config::{Config, ReleaseFormat};
+use crate::config::Config;
 use crate::error::Error;
 
 pub async fn run(ctx: &Context, command: &ReleaseCommand) -> Result<(), Error> {
@@ -33,6 +33,46 @@ pub async fn run(ctx: &Context, command: &ReleaseCommand) -> Result<(), Error> {
                 return Ok(());
             }
             print_either(&pulled, *json, |p| p.human(&settings.layout.link))
+        }
+        ReleaseCommand::Watch => {
+            let instance = ctx.instance().await?;
+            let config = &instance.config;
+            let store = Store::new(&instance.aws, source_of(config)?);
+            let settings = settings(config)?;
+            let http = crate::net::http_client(&ctx.resolver).map_err(Error::Setup)?;
+            let agent = super::watch::Agent {
+                store: &store,
+                settings: &settings,
+                http: &http,
+                aws: &instance.aws,
+                instance_id: instance.identity.metadata.instance_id.clone(),
+                group: instance.identity.auto_scaling_group.clone(),
+                watch: config.watch.clone(),
+                success_topic: config.notify.success_topic.clone(),
+                error_topic: config.notify.error_topic.clone(),
+                barrier_noted: Default::default(),
+            };
+            super::watch::run(&agent).await?;
+            Ok(())
+        }
+        ReleaseCommand::Rollback { to, from } => {
+            let store = match from {
+                Some(url) => {
+                    let source = SourceUrl::parse(url).map_err(ReleaseError::Usage)?;
+                    let aws = Aws::load_standalone(ctx.http.clone()).await;
+                    Store::new(&aws, source)
+                }
+                None => {
+                    let instance = ctx.instance().await?;
+                    Store::new(&instance.aws, source_of(&instance.config)?)
+                }
+            };
+            let (from_id, to_id) = super::watch::rollback(&store, to.as_deref()).await?;
+            println!(
+                "{} now points at {to_id} (was {from_id}); the agents switch the fleet through the barrier",
+                store.source
+            );
+            Ok(())
         }
         ReleaseCommand::List { from, json } => {
             let (store, config) = match from {
@@ -61,12 +101,6 @@ pub fn source_of(config: &Config) -> Result<SourceUrl, ReleaseError> {
                 .into(),
         )
     })?;
-    if config.release.format == ReleaseFormat::PullDeploy {
-        return Err(ReleaseError::Usage(
-            "[release] format = \"pull-deploy\" is not supported by this version of embark yet"
-                .into(),
-        ));
-    }
     SourceUrl::parse(text).map_err(ReleaseError::Usage)
 }
 
@@ -87,6 +121,7 @@ pub fn settings(config: &Config) -> Result<Settings, ReleaseError> {
         .transpose()?;
     Ok(Settings {
         layout: layout(config),
+        format: config.release.format,
         keep: config.release.keep as usize,
         owner,
         hooks: config.release.hooks.clone(),
@@ -137,7 +172,6 @@ impl Listing {
 }
 
 pub async fn list(store: &Store, layout: &Layout) -> Result<Listing, ReleaseError> {
-    use futures_util::stream::{self, StreamExt};
     let current = match store
         .get_small(&store.source.pointer_key(), 1 << 20)
         .await?
@@ -147,6 +181,24 @@ pub async fn list(store: &Store, layout: &Layout) -> Result<Listing, ReleaseErro
             .map(|p| p.release),
         None => None,
     };
+    let local = layout.local_releases();
+    let mut releases = remote_releases(store).await?;
+    for r in &mut releases {
+        r.current = current.as_deref() == Some(r.release.as_str());
+        r.local = local.contains(&r.release);
+    }
+    // Newest first; ids sort by the second, `created` by the millisecond.
+    releases.sort_by(|a, b| (&b.created, &b.release).cmp(&(&a.created, &a.release)));
+    Ok(Listing {
+        source: store.source.to_string(),
+        current,
+        releases,
+    })
+}
+
+/// Every release with a manifest at the source (`current` and `local` left false).
+pub async fn remote_releases(store: &Store) -> Result<Vec<Listed>, ReleaseError> {
+    use futures_util::stream::{self, StreamExt};
     let dirs = store.list_dirs(&store.source.key("releases/")).await?;
     let ids: Vec<String> = dirs
         .iter()
@@ -154,33 +206,25 @@ pub async fn list(store: &Store, layout: &Layout) -> Result<Listing, ReleaseErro
         .filter(|id| super::format::check_id(id).is_ok())
         .map(str::to_string)
         .collect();
-    let local = layout.local_releases();
     let manifests: Vec<Result<Option<Listed>, ReleaseError>> = stream::iter(ids)
-        .map(|id| {
-            let current = current.clone();
-            let is_local = local.contains(&id);
-            async move {
-                let key = store.source.manifest_key(&id);
-                let Some((bytes, _)) = store.get_small(&key, 256 << 20).await? else {
-                    return Ok(None); // an interrupted push: no manifest, never current
-                };
-                let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
-                    ReleaseError::Failed(format!(
-                        "{} is not a valid manifest: {e}",
-                        store.url(&key)
-                    ))
-                })?;
-                Ok(Some(Listed {
-                    current: current.as_deref() == Some(id.as_str()),
-                    local: is_local,
-                    release: id,
-                    created: m.created,
-                    who: m.who,
-                    message: m.message,
-                    files: m.files,
-                    bytes: m.bytes,
-                }))
-            }
+        .map(|id| async move {
+            let key = store.source.manifest_key(&id);
+            let Some((bytes, _)) = store.get_small(&key, 256 << 20).await? else {
+                return Ok(None); // an interrupted push: no manifest, never current
+            };
+            let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
+                ReleaseError::Failed(format!("{} is not a valid manifest: {e}", store.url(&key)))
+            })?;
+            Ok(Some(Listed {
+                current: false,
+                local: false,
+                release: id,
+                created: m.created,
+                who: m.who,
+                message: m.message,
+                files: m.files,
+                bytes: m.bytes,
+            }))
         })
         .buffered(8)
         .collect()
@@ -191,11 +235,5 @@ pub async fn list(store: &Store, layout: &Layout) -> Result<Listing, ReleaseErro
             releases.push(listed);
         }
     }
-    // Newest first; ids sort by the second, `created` by the millisecond.
-    releases.sort_by(|a, b| (&b.created, &b.release).cmp(&(&a.created, &a.release)));
-    Ok(Listing {
-        source: store.source.to_string(),
-        current,
-        releases,
-    })
+    Ok(releases)
 }

@@ -3,10 +3,12 @@
 pub mod cli;
 pub mod format;
 pub mod hooks;
+pub mod legacy;
 pub mod local;
 pub mod pull;
 pub mod push;
 pub mod store;
+pub mod watch;
 
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};

@@ -18,7 +18,7 @@ use super::hooks::{self, HookEnv};
 use super::local::{chown_tree, remove_tree, Layout};
 use super::store::Store;
 use super::{human_bytes, io_failed, Progress, ReleaseError};
-use crate::config::Hook;
+use crate::config::{Hook, ReleaseFormat};
 
 const FETCHES_AT_ONCE: usize = 16;
 const OBJECT_ATTEMPTS: u32 = 4;
@@ -26,6 +26,7 @@ const MANIFEST_LIMIT: u64 = 256 << 20;
 
 pub struct Settings {
     pub layout: Layout,
+    pub format: ReleaseFormat,
     pub keep: usize,
     pub owner: Option<(u32, u32)>,
     pub hooks: Vec<Hook>,
@@ -154,50 +155,126 @@ pub async fn read_manifest(
     Ok((bytes, nodes))
 }
 
+/// What the source says is current: an embark pointer, or a pull-deploy `latest-deploy`.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub id: String,
+    pub pointer: Option<Pointer>,
+    pub legacy: Option<super::legacy::Latest>,
+}
+
+pub async fn read_target(store: &Store, format: ReleaseFormat) -> Result<Target, ReleaseError> {
+    match format {
+        ReleaseFormat::Embark => {
+            let pointer = read_pointer(store).await?;
+            Ok(Target {
+                id: pointer.release.clone(),
+                pointer: Some(pointer),
+                legacy: None,
+            })
+        }
+        ReleaseFormat::PullDeploy => {
+            let latest = super::legacy::read_latest(store).await?;
+            Ok(Target {
+                id: latest.id(),
+                pointer: None,
+                legacy: Some(latest),
+            })
+        }
+    }
+}
+
 pub async fn pull(
     store: &Store,
     settings: &Settings,
     http: &reqwest::Client,
     plan: bool,
 ) -> Result<Pulled, ReleaseError> {
+    let target = read_target(store, settings.format).await?;
+    let _lock = if plan {
+        None
+    } else {
+        Some(settings.layout.prepare()?)
+    };
+    let mut pulled = stage_target(store, settings, &target, plan).await?;
+    if pulled.already_current || pulled.plan.is_some() {
+        return Ok(pulled);
+    }
+    switch_to(settings, &mut pulled, http).await?;
+    Ok(pulled)
+}
+
+/// Fetch, verify and move the target release into `releases/<id>` (the caller holds the lock), unless
+/// it is current already or staged already. Nothing is switched.
+pub async fn stage_target(
+    store: &Store,
+    settings: &Settings,
+    target: &Target,
+    plan: bool,
+) -> Result<Pulled, ReleaseError> {
     let layout = &settings.layout;
-    let pointer = read_pointer(store).await?;
-    let id = pointer.release.clone();
-    let _lock = if plan { None } else { Some(layout.prepare()?) };
+    let id = target.id.clone();
     let current = layout.current();
-    if current.as_deref() == Some(id.as_str())
-        && layout.release(&id).is_dir()
-        && layout.manifest_copy(&id).is_file()
-    {
+    let staged = layout.release(&id).is_dir() && layout.manifest_copy(&id).is_file();
+    if current.as_deref() == Some(id.as_str()) && staged {
         return Ok(Pulled {
             release: id,
             already_current: true,
             ..Pulled::default()
         });
     }
-    let (manifest_bytes, nodes) = read_manifest(store, &pointer, layout).await?;
+    if let Some(latest) = &target.legacy {
+        let mut pulled = Pulled {
+            release: id.clone(),
+            previous: current,
+            files: latest.count,
+            ..Pulled::default()
+        };
+        if plan {
+            pulled.plan = Some(format!(
+                "would switch {} from {} to the pull-deploy release {} ({} files): fetch every file",
+                layout.link,
+                pulled.previous.as_deref().unwrap_or("nothing"),
+                latest.stamp,
+                latest.count
+            ));
+        } else if !staged {
+            let partial = layout.partial(&id);
+            let _ = remove_tree(&partial);
+            let result = async {
+                fs::create_dir(&partial).map_err(|e| io_failed("creating", &partial, &e))?;
+                let manifest = super::legacy::stage(store, latest, &partial, &mut pulled).await?;
+                finish_stage(settings, &[], &partial)?;
+                layout.commit(&id, &manifest)
+            }
+            .await;
+            if let Err(err) = result {
+                let _ = remove_tree(&partial);
+                return Err(err);
+            }
+        }
+        return Ok(pulled);
+    }
+    let pointer = target
+        .pointer
+        .as_ref()
+        .ok_or_else(|| ReleaseError::Failed("no pointer to stage".into()))?;
+    let (manifest_bytes, nodes) = read_manifest(store, pointer, layout).await?;
     let files = nodes
         .iter()
         .filter(|n| matches!(n, Node::File { .. }))
         .count() as u64;
-    let staged = layout.release(&id).is_dir() && layout.manifest_copy(&id).is_file();
     let local = layout.local_objects();
-    if plan {
-        let mut pulled = Pulled {
-            release: id,
-            previous: current,
-            files,
-            ..Pulled::default()
-        };
-        pulled.plan = Some(plan_text(&pulled, &nodes, &local, staged, &layout.link));
-        return Ok(pulled);
-    }
-
     let mut pulled = Pulled {
         release: id.clone(),
+        previous: current,
         files,
         ..Pulled::default()
     };
+    if plan {
+        pulled.plan = Some(plan_text(&pulled, &nodes, &local, staged, &layout.link));
+        return Ok(pulled);
+    }
     if !staged {
         let partial = layout.partial(&id);
         let result = stage(store, settings, &nodes, &partial, &local, &mut pulled).await;
@@ -210,14 +287,24 @@ pub async fn pull(
             return Err(err);
         }
     }
+    Ok(pulled)
+}
+
+/// Switch the link to the staged release, run the hooks, prune (the caller holds the lock).
+pub async fn switch_to(
+    settings: &Settings,
+    pulled: &mut Pulled,
+    http: &reqwest::Client,
+) -> Result<(), ReleaseError> {
+    let layout = &settings.layout;
+    let id = pulled.release.clone();
     pulled.previous = layout.switch(&id)?;
     tracing::info!(release = %id, "switched {} to release {id}", layout.link);
-
     let hook_result = run_hooks(settings, &id, pulled.previous.as_deref(), http).await;
     pulled.hooks_run = hook_result.as_ref().map_or(0, |n| *n);
     pulled.pruned = layout.prune(settings.keep);
     hook_result?;
-    Ok(pulled)
+    Ok(())
 }
 
 fn plan_text(
@@ -312,6 +399,11 @@ async fn stage(
     } else {
         fetch_objects(store, nodes, partial, local, pulled).await?;
     }
+    finish_stage(settings, nodes, partial)
+}
+
+/// Directory modes, the owner, and everything on disk before the rename.
+fn finish_stage(settings: &Settings, nodes: &[Node], partial: &Path) -> Result<(), ReleaseError> {
     // Directory modes last: a read-only directory must not stop its own files being written.
     for node in nodes.iter().rev() {
         if let Node::Dir { path, mode } = node {
@@ -688,13 +780,33 @@ async fn fetch_object(
         return Ok(0);
     };
     let key = store.source.object_key(sha256);
+    let (got, total) = download(store, &key, target, progress).await?;
+    if got != *sha256 || total != *size {
+        return Err(ReleaseError::Failed(format!(
+            "'{path}' of release {id} does not match its sha256 in the manifest ({} holds {got}): the source is corrupt; nothing was switched",
+            store.url(&key)
+        )));
+    }
+    fs::set_permissions(target, fs::Permissions::from_mode(*mode))
+        .map_err(|e| io_failed("setting the mode of", target, &e))?;
+    Ok(total)
+}
+
+/// GET `key` into a new file at `target`, hashing as it goes (a body that breaks off is fetched
+/// again); returns the sha256 and the size.
+pub async fn download(
+    store: &Store,
+    key: &str,
+    target: &Path,
+    progress: &Mutex<Progress>,
+) -> Result<(String, u64), ReleaseError> {
     let mut attempt = 0;
     loop {
         attempt += 1;
         let _ = fs::remove_file(target);
         let file = open_new(target)?;
         let mut file = tokio::fs::File::from_std(file);
-        let (mut body, _) = store.get_stream(&key).await?;
+        let (mut body, _) = store.get_stream(key).await?;
         let mut hash = Sha256::new();
         let mut total = 0u64;
         let mut broken = None;
@@ -723,21 +835,12 @@ async fn fetch_object(
             }
             return Err(ReleaseError::Failed(format!(
                 "reading {} failed {attempt} times: {why}",
-                store.url(&key)
+                store.url(key)
             )));
         }
         file.flush()
             .await
             .map_err(|e| io_failed("writing", target, &e))?;
-        let got = hex::encode(hash.finalize());
-        if got != *sha256 || total != *size {
-            return Err(ReleaseError::Failed(format!(
-                "'{path}' of release {id} does not match its sha256 in the manifest ({} holds {got}): the source is corrupt; nothing was switched",
-                store.url(&key)
-            )));
-        }
-        fs::set_permissions(target, fs::Permissions::from_mode(*mode))
-            .map_err(|e| io_failed("setting the mode of", target, &e))?;
-        return Ok(total);
+        return Ok((hex::encode(hash.finalize()), total));
     }
 }

@@ -33,6 +33,13 @@ pub enum Condition {
     Unchanged(String),
 }
 
+pub enum Polled {
+    Unchanged,
+    Absent,
+    /// Changed, with its new ETag.
+    Changed(String),
+}
+
 /// A failed write: someone else's write won (the condition failed), or something else went wrong.
 pub enum PutError {
     Conflict,
@@ -122,6 +129,37 @@ impl Store {
             bytes.extend_from_slice(&chunk);
         }
         Ok(Some((bytes, etag)))
+    }
+
+    /// Has `key` changed since `etag`? A conditional GET: cheap when it has not (304).
+    pub async fn changed(&self, key: &str, etag: Option<&str>) -> Result<Polled, ReleaseError> {
+        let mut request = self
+            .client
+            .get_object()
+            .bucket(&self.source.bucket)
+            .key(key);
+        if let Some(etag) = etag {
+            request = request.if_none_match(etag);
+        }
+        match request.send().await {
+            Ok(response) => Ok(Polled::Changed(
+                response.e_tag().unwrap_or_default().to_string(),
+            )),
+            Err(err) if status(&err) == Some(304) => Ok(Polled::Unchanged),
+            Err(err) if is_not_found(&err) => Ok(Polled::Absent),
+            Err(err) => Err(self.failed("GetObject", key, &err)),
+        }
+    }
+
+    pub async fn delete(&self, key: &str) -> Result<(), ReleaseError> {
+        self.client
+            .delete_object()
+            .bucket(&self.source.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|err| self.failed("DeleteObject", key, &err))?;
+        Ok(())
     }
 
     /// The body of an object, to be read as a stream.

@@ -278,6 +278,19 @@ pub struct Running {
 }
 
 impl Running {
+    /// SIGTERM (a clean stop).
+    pub fn terminate(&self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+
+    /// Has it exited (without waiting)?
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
     /// SIGKILL; true when it was still running.
     pub fn kill(&mut self) -> bool {
         match self.child.try_wait() {
@@ -342,6 +355,18 @@ pub fn unique(prefix: &str) -> String {
         std::process::id() % 100_000,
         N.fetch_add(1, Ordering::SeqCst)
     )
+}
+
+/// Polls `check` every 200 ms until it holds or `limit` passes; whether it held.
+pub fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    check()
 }
 
 pub fn file_exists(p: &Path) -> bool {

@@ -202,6 +202,17 @@ class Fleet:
                         except Exception:  # keep the loop alive; the history says what happened
                             action.result = action.default_result
 
+    def terminate(self, instance_id: str) -> None:
+        with self.lock:
+            member = self.members.get(instance_id)
+            if member is None:
+                raise LifecycleError("ValidationError", f"unknown instance {instance_id}")
+            group, state = self.instance_state(member.region, instance_id)
+            if state is not None:
+                state.lifecycle_state = "Terminating"
+                self.asg(member.region).detach_instances(group.name, [instance_id], True)
+            self.ec2(member.region).terminate_instances([instance_id])
+
     # ---- what IMDS shows ----
     def member(self, instance_id: str) -> Member | None:
         with self.lock:

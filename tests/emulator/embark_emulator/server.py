@@ -23,6 +23,7 @@ Everything listens on 127.0.0.1 only. The control API lives under /_embark/ on t
   POST   /_embark/target-groups       {name, region?}: a target group in the default VPC -> {arn}
   GET    /_embark/targets?arn=        the targets registered in a target group
   GET    /_embark/messages?queue_url= what an SQS queue holds (SNS envelopes decoded), emptying it
+  POST   /_embark/terminate           {instance_id}: the group terminates an instance (scale-in, failure)
   POST   /_embark/reset               forget everything (moto state too)
 """
 
@@ -296,6 +297,9 @@ class Emulator:
             return json_response(seed.file_system(self, spec))
         if path == "efs/mount-target" and method == "POST":
             return json_response(seed.mount_target(self, spec))
+        if path == "terminate" and method == "POST":
+            self.fleet.terminate(spec["instance_id"])
+            return json_response({"ok": True})
         if path == "buckets" and method == "POST":
             return json_response(seed.bucket(self, spec))
         if path == "target-groups" and method == "POST":
