@@ -36,7 +36,7 @@ classic() {  # what the user-data scripts do today
 
 now() { date +%s.%N; }
 : >"$work/classic"; : >"$work/embark"
-for i in $(seq 1 "$rounds"); do
+for _ in $(seq 1 "$rounds"); do
     for way in classic embark; do
         imds=$(control POST launch '{"az": "eu-west-1a"}' | jq -r '.[0].imds_endpoint')
         start=$(now)

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by scripts/demo.sh and bench/*.sh: start the emulator in the background and wait for it.
 #   start_emulator WORKDIR   sets emu_pid and endpoint; stops the emulator when the script exits
 #   control METHOD PATH [JSON]   a call to its control API (/_embark/...)

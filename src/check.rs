@@ -51,7 +51,7 @@ impl std::fmt::Display for CheckLine {
     }
 }
 
-pub async fn run(cli: &Cli) -> Result<(), Error> {
+pub async fn run(cli: &Cli, image: bool) -> Result<(), Error> {
     let mut lines = Vec::new();
     let ctx = match Context::load(cli) {
         Ok(ctx) => {
@@ -73,9 +73,13 @@ pub async fn run(cli: &Cli) -> Result<(), Error> {
             None
         }
     };
-    if let Some(ctx) = &ctx {
-        lines.extend(instance_checks(ctx).await);
-        lines.push(state_dir_writable(&ctx.config));
+    match &ctx {
+        Some(ctx) if image => lines.extend(image_checks(&ctx.config)),
+        Some(ctx) => {
+            lines.extend(instance_checks(ctx).await);
+            lines.push(state_dir_writable(&ctx.config));
+        }
+        None => {}
     }
     for line in &lines {
         println!("{line}");
@@ -196,6 +200,102 @@ fn efs_check(config: &Config) -> CheckLine {
             config.efs.len()
         ),
     )
+}
+
+/// Where the units are installed (overridable for tests and for images with another layout).
+fn systemd_dir() -> std::path::PathBuf {
+    std::env::var_os("EMBARK_SYSTEMD_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from("/etc/systemd/system"))
+}
+
+const CA_BUNDLES: [&str; 4] = [
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/ca-bundle.pem",
+    "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",
+];
+
+/// `check --image`: what a boot from this image needs, and that nothing of an instance was baked in.
+/// IMDS is not asked (the builder is not the fleet).
+fn image_checks(config: &Config) -> Vec<CheckLine> {
+    let mut lines = vec![CheckLine::ok(
+        "binary",
+        format!(
+            "embark {} at {}",
+            env!("CARGO_PKG_VERSION"),
+            std::env::current_exe()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|_| "?".into())
+        ),
+    )];
+    lines.push(if efs::this_kernel_has_nfs4() {
+        CheckLine::ok("nfs", "kernel NFSv4 client present")
+    } else if config.efs.is_empty() {
+        CheckLine::ok(
+            "nfs",
+            "no kernel NFSv4 client; fine while no group sets embark:efs (install nfs-utils / nfs-common otherwise)",
+        )
+    } else {
+        CheckLine::fail("nfs", efs::EfsError::NoNfs4.to_string())
+    });
+    let bundle = std::env::var("SSL_CERT_FILE")
+        .ok()
+        .filter(|p| Path::new(p).is_file())
+        .or_else(|| {
+            CA_BUNDLES
+                .iter()
+                .find(|p| Path::new(p).is_file())
+                .map(|p| p.to_string())
+        });
+    lines.push(match bundle {
+        Some(path) => CheckLine::ok("ca_certs", format!("{path} present")),
+        None => CheckLine::fail(
+            "ca_certs",
+            "no CA certificate bundle (ca-certificates): HTTPS to AWS will fail",
+        ),
+    });
+    lines.push(state_dir_writable(config));
+    let status = crate::status::path(&config.state_dir);
+    lines.push(match crate::status::Report::read(&config.state_dir) {
+        Ok(None) => CheckLine::ok("no_state", "no instance state in the image"),
+        Ok(Some(report)) => CheckLine::fail(
+            "no_state",
+            format!(
+                "instance state baked in: {} (from instance {}); remove it before creating the image",
+                status.display(),
+                report.instance_id.as_deref().unwrap_or("unknown")
+            ),
+        ),
+        Err(why) => CheckLine::fail("no_state", why),
+    });
+    let dir = systemd_dir();
+    for unit in ["embark-boot.service", "embark-watch.service"] {
+        let file = dir.join(unit);
+        let wanted = dir.join("multi-user.target.wants").join(unit);
+        lines.push(if !file.is_file() {
+            CheckLine::fail("units", format!("{} is not installed", file.display()))
+        } else if !wanted.exists() {
+            CheckLine::fail(
+                "units",
+                format!("{unit} is installed but not enabled (systemctl enable {unit})"),
+            )
+        } else {
+            CheckLine::ok("units", format!("{unit} installed and enabled"))
+        });
+    }
+    let releases = config.release.root.join("releases");
+    let baked = std::fs::read_dir(&releases).map(|d| d.count()).unwrap_or(0);
+    if baked > 0 {
+        lines.push(CheckLine::ok(
+            "releases",
+            format!(
+                "{baked} release(s) under {} baked in: the first pull fetches only what changed",
+                releases.display()
+            ),
+        ));
+    }
+    lines
 }
 
 /// Writable without writing anything lasting: a probe file is created and removed; a state dir that

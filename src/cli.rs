@@ -74,7 +74,29 @@ pub enum Command {
         json: bool,
     },
     /// Preflight: exit 0 only if a boot could succeed here; each failed check is one line
-    Check,
+    Check {
+        /// Check an image being baked instead (Packer's last step): what a boot needs, no instance state
+        #[arg(long)]
+        image: bool,
+    },
+    /// The least-privilege IAM policy (JSON) for the configured features (docs/iam.md)
+    IamPolicy {
+        /// An Elastic IP pool the group's embark:eip-pool tag names (repeatable)
+        #[arg(long = "pool")]
+        pools: Vec<String>,
+        /// An EFS file system the group's embark:efs tag names (repeatable)
+        #[arg(long = "efs")]
+        file_systems: Vec<String>,
+        /// The release source the group's embark:release tag names
+        #[arg(long)]
+        release: Option<String>,
+        /// Narrow the lifecycle actions to this Auto Scaling group
+        #[arg(long)]
+        group: Option<String>,
+        /// The policy for the CI role that runs `release push` / `rollback` instead of the instance's
+        #[arg(long)]
+        publisher: bool,
+    },
     /// Every configured step in order: identity, EIP, EFS, release, health (docs/cli.md)
     Boot {
         /// Run every read-only look-up and print what each step would do; change nothing
@@ -192,7 +214,37 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
             let (identity, _) = ctx.identify().await?;
             print_either(&identity, json, Identity::human)
         }
-        Command::Check => crate::check::run(&cli).await,
+        Command::Check { image } => crate::check::run(&cli, image).await,
+        Command::IamPolicy {
+            ref pools,
+            ref file_systems,
+            ref release,
+            ref group,
+            publisher,
+        } => {
+            let (config, _) = Config::load(&cli.config)?;
+            let mut features = crate::iam::Features::from_config(&config).map_err(Error::Usage)?;
+            features.pools.extend(pools.iter().cloned());
+            features
+                .file_systems
+                .extend(file_systems.iter().map(|fs| (fs.clone(), false)));
+            if let Some(url) = release {
+                features.release =
+                    Some(crate::release::format::SourceUrl::parse(url).map_err(Error::Usage)?);
+            }
+            features.group = group.clone();
+            let policy = if publisher {
+                let source = features.release.as_ref().ok_or_else(|| {
+                    Error::Usage(
+                        "--publisher needs the release source: --release s3://bucket/prefix or [release] source".into(),
+                    )
+                })?;
+                crate::iam::publisher_policy(source)
+            } else {
+                crate::iam::instance_policy(&features)
+            };
+            print_either(&policy, true, |_| String::new())
+        }
         Command::Boot {
             plan,
             ref plan_steps,

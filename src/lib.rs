@@ -11,6 +11,7 @@ pub mod efs;
 pub mod eip;
 pub mod error;
 pub mod health;
+pub mod iam;
 pub mod identity;
 pub mod net;
 pub mod notify;

@@ -1,0 +1,62 @@
+#!/bin/bash
+# Benchmark (run by hand, never in CI): N deploy agents (`embark release watch`, interval 2 s) on one
+# machine, one group, against the emulator. For each push: the time from the end of the push to the last
+# instance switched, and the spread between the first and the last switch (from the `current` links'
+# times). Prints medians over ROUNDS pushes.
+#
+#   bench/watch.sh [AGENTS] [ROUNDS]    (default 3 agents, 5 rounds; needs jq, curl, `make emulator-env static`)
+set -euo pipefail
+
+agents=${1:-3}
+rounds=${2:-5}
+here=$(cd "$(dirname "$0")/.." && pwd)
+embark=${EMBARK_BIN:-$here/target/x86_64-unknown-linux-gnu/release/embark}
+[ -x "$embark" ] || { echo "build the static binary first: make static" >&2; exit 2; }
+
+# shellcheck source=scripts/emulator.sh
+. "$here/scripts/emulator.sh"
+work=$(mktemp -d)
+start_emulator "$work"
+export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_ENDPOINT_URL=$endpoint
+control POST seed '{"name": "wbench", "pool_size": 1, "lifecycle_hook": false, "group_tags": {"embark:release": "s3://wbench-deploy/app"}}' >/dev/null
+tree=$work/tree; mkdir -p "$tree/src"
+for i in $(seq 1 200); do head -c 3000 /dev/urandom | base64 >"$tree/src/F$i.php"; done
+push() { echo "<?php return '$1';" >"$tree/version.php"; AWS_REGION=eu-west-1 "$embark" -q release push "$tree" --to s3://wbench-deploy/app | awk '{print $3}'; }
+push v0 >/dev/null
+
+pids=()
+control POST launch "{\"group\": \"wbench\", \"count\": $agents}" | jq -r '.[].imds_endpoint' >"$work/imds"
+n=0
+while read -r imds; do
+    n=$((n + 1)); mkdir -p "$work/a$n"
+    printf '[release]\nroot = "%s"\n[watch]\ninterval = "2s"\nbarrier = "2m"\n' "$work/a$n/www" >"$work/a$n/c.toml"
+    AWS_EC2_METADATA_SERVICE_ENDPOINT=$imds EMBARK_STATE_DIR=$work/a$n/state \
+        "$embark" -q --config "$work/a$n/c.toml" release watch 2>"$work/a$n/log" &
+    pids+=($!)
+done <"$work/imds"
+trap 'kill "${pids[@]}" 2>/dev/null; kill "$emu_pid" 2>/dev/null; rm -rf "$work"' EXIT
+
+wait_all() {  # until every agent's link points at $1 (at most 5 minutes)
+    for _ in $(seq 1 1500); do
+        local ok=1
+        for i in $(seq 1 "$agents"); do
+            [ "$(readlink "$work/a$i/www/current" 2>/dev/null)" = "releases/$1" ] || ok=0
+        done
+        [ $ok = 1 ] && return 0
+        sleep 0.2
+    done
+    echo "the fleet did not reach $1" >&2; exit 1
+}
+: >"$work/last"; : >"$work/spread"
+for r in $(seq 1 "$rounds"); do
+    id=$(push "v$r"); pushed=$(date +%s.%N)
+    wait_all "$id"
+    times=$(for i in $(seq 1 "$agents"); do stat -c %.9Y "$work/a$i/www/current"; done | sort -n)
+    first=$(echo "$times" | head -1); last=$(echo "$times" | tail -1)
+    echo "$last - $pushed" | bc >>"$work/last"
+    echo "$last - $first" | bc >>"$work/spread"
+done
+median() { sort -n "$1" | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+echo "agents: $agents, rounds: $rounds (interval 2 s ± 20 %, 200-file release, one file changed per push)"
+echo "push → last instance switched: median $(median "$work/last")s"
+echo "spread first → last switch:    median $(median "$work/spread")s"

@@ -1,0 +1,227 @@
+//! `embark iam-policy`: the least-privilege IAM policy for the configured features (docs/iam.md).
+
+use serde_json::{json, Value};
+
+use crate::config::Config;
+use crate::release::format::SourceUrl;
+
+/// What the policy must allow; from the configuration plus flags for what the group's tags enable.
+#[derive(Debug, Default, Clone)]
+pub struct Features {
+    pub pools: Vec<String>,
+    pub file_systems: Vec<(String, bool)>,
+    pub release: Option<SourceUrl>,
+    pub group: Option<String>,
+    pub lifecycle: bool,
+    pub target_groups: Vec<String>,
+    pub topics: Vec<String>,
+}
+
+impl Features {
+    pub fn from_config(config: &Config) -> Result<Features, String> {
+        let mut f = Features {
+            pools: config.eip.pool.iter().cloned().collect(),
+            file_systems: config
+                .efs
+                .iter()
+                .map(|m| (m.file_system.clone(), m.iam))
+                .collect(),
+            release: config
+                .release
+                .source
+                .as_deref()
+                .map(SourceUrl::parse)
+                .transpose()?,
+            group: None,
+            lifecycle: config.health.lifecycle_hook != "none",
+            target_groups: config.health.target_groups.clone(),
+            topics: Vec::new(),
+        };
+        f.topics.extend(config.notify.success_topic.iter().cloned());
+        f.topics.extend(config.notify.error_topic.iter().cloned());
+        f.topics.dedup();
+        Ok(f)
+    }
+}
+
+fn statement(sid: &str, actions: &[&str], resource: Value) -> Value {
+    json!({"Sid": sid, "Effect": "Allow", "Action": actions, "Resource": resource})
+}
+
+fn s3_prefix(source: &SourceUrl) -> String {
+    if source.prefix.is_empty() {
+        String::new()
+    } else {
+        format!("{}/", source.prefix)
+    }
+}
+
+/// The instance profile's policy: only the actions the configured steps call.
+pub fn instance_policy(f: &Features) -> Value {
+    let mut statements = vec![statement(
+        "ReadOwnTagsWhenMetadataTagsAreOff",
+        &["ec2:DescribeTags"],
+        json!("*"),
+    )];
+    if !f.pools.is_empty() {
+        statements.push(statement(
+            "ElasticIpPoolRead",
+            &["ec2:DescribeAddresses"],
+            json!("*"),
+        ));
+        let mut bind = statement(
+            "ElasticIpBindFromPool",
+            &["ec2:AssociateAddress"],
+            json!("arn:aws:ec2:*:*:elastic-ip/*"),
+        );
+        bind["Condition"] = json!({"StringEquals": {"aws:ResourceTag/embark:pool": f.pools}});
+        statements.push(bind);
+        statements.push(statement(
+            "ElasticIpBindToInstance",
+            &["ec2:AssociateAddress"],
+            json!([
+                "arn:aws:ec2:*:*:instance/*",
+                "arn:aws:ec2:*:*:network-interface/*"
+            ]),
+        ));
+    }
+    if !f.file_systems.is_empty() {
+        let arns: Vec<String> = f
+            .file_systems
+            .iter()
+            .map(|(fs, _)| format!("arn:aws:elasticfilesystem:*:*:file-system/{fs}"))
+            .collect();
+        statements.push(statement(
+            "EfsMountTargets",
+            &["elasticfilesystem:DescribeMountTargets"],
+            json!(arns),
+        ));
+        let iam: Vec<String> = f
+            .file_systems
+            .iter()
+            .filter(|(_, iam)| *iam)
+            .map(|(fs, _)| format!("arn:aws:elasticfilesystem:*:*:file-system/{fs}"))
+            .collect();
+        if !iam.is_empty() {
+            statements.push(statement(
+                "EfsIamMount",
+                &[
+                    "elasticfilesystem:ClientMount",
+                    "elasticfilesystem:ClientWrite",
+                ],
+                json!(iam),
+            ));
+        }
+    }
+    if let Some(source) = &f.release {
+        let prefix = s3_prefix(source);
+        let mut list = statement(
+            "ReleaseList",
+            &["s3:ListBucket"],
+            json!(format!("arn:aws:s3:::{}", source.bucket)),
+        );
+        list["Condition"] = json!({"StringLike": {"s3:prefix": [format!("{prefix}*")]}});
+        statements.push(list);
+        statements.push(statement(
+            "ReleaseRead",
+            &["s3:GetObject"],
+            json!(format!("arn:aws:s3:::{}/{prefix}*", source.bucket)),
+        ));
+        statements.push(statement(
+            "DeployAgentReadyMarkers",
+            &["s3:PutObject", "s3:DeleteObject"],
+            json!(format!("arn:aws:s3:::{}/{prefix}ready/*", source.bucket)),
+        ));
+    }
+    let group_arn = format!(
+        "arn:aws:autoscaling:*:*:autoScalingGroup:*:autoScalingGroupName/{}",
+        f.group.as_deref().unwrap_or("*")
+    );
+    if f.lifecycle || f.release.is_some() {
+        let mut read = vec![];
+        if f.lifecycle {
+            read.push("autoscaling:DescribeLifecycleHooks");
+        }
+        if f.release.is_some() {
+            read.push("autoscaling:DescribeAutoScalingGroups");
+        }
+        statements.push(statement("GroupRead", &read, json!("*")));
+    }
+    if f.lifecycle {
+        statements.push(statement(
+            "LaunchLifecycleAndHealth",
+            &[
+                "autoscaling:CompleteLifecycleAction",
+                "autoscaling:RecordLifecycleActionHeartbeat",
+                "autoscaling:SetInstanceHealth",
+            ],
+            json!(group_arn),
+        ));
+    }
+    if !f.target_groups.is_empty() {
+        statements.push(statement(
+            "TargetGroupRead",
+            &["elasticloadbalancing:DescribeTargetHealth"],
+            json!("*"),
+        ));
+        statements.push(statement(
+            "TargetGroupRegister",
+            &["elasticloadbalancing:RegisterTargets"],
+            json!(f.target_groups),
+        ));
+    }
+    if !f.topics.is_empty() {
+        statements.push(statement("Notify", &["sns:Publish"], json!(f.topics)));
+    }
+    json!({"Version": "2012-10-17", "Statement": statements})
+}
+
+/// The policy for whoever publishes (`release push`, `release rollback`, `release list`): a CI role.
+pub fn publisher_policy(source: &SourceUrl) -> Value {
+    let prefix = s3_prefix(source);
+    let mut list = statement(
+        "ReleaseList",
+        &["s3:ListBucket"],
+        json!(format!("arn:aws:s3:::{}", source.bucket)),
+    );
+    list["Condition"] = json!({"StringLike": {"s3:prefix": [format!("{prefix}*")]}});
+    json!({"Version": "2012-10-17", "Statement": [
+        list,
+        statement(
+            "ReleasePublish",
+            &["s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload"],
+            json!(format!("arn:aws:s3:::{}/{prefix}*", source.bucket)),
+        ),
+    ]})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_configured_features() {
+        let bare = instance_policy(&Features::default());
+        assert_eq!(bare["Statement"].as_array().unwrap().len(), 1);
+        let f = Features {
+            pools: vec!["web".into()],
+            release: Some(SourceUrl::parse("s3://b/app").unwrap()),
+            lifecycle: true,
+            topics: vec!["arn:aws:sns:eu-west-1:1:t".into()],
+            ..Features::default()
+        };
+        let text = instance_policy(&f).to_string();
+        for needle in [
+            "ec2:AssociateAddress",
+            "aws:ResourceTag/embark:pool",
+            "arn:aws:s3:::b/app/*",
+            "arn:aws:s3:::b/app/ready/*",
+            "autoscaling:CompleteLifecycleAction",
+            "sns:Publish",
+        ] {
+            assert!(text.contains(needle), "{needle} missing: {text}");
+        }
+        assert!(!text.contains("elasticfilesystem"));
+        assert!(!text.contains("elasticloadbalancing"));
+    }
+}
