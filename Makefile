@@ -5,7 +5,7 @@ STATIC := target/$(TARGET)/release/embark
 VENV := tests/emulator/.venv
 PYTHON ?= python3
 
-.PHONY: demo test static emulator-env lint clean-env
+.PHONY: demo test static emulator-env lint lint-shipping clean-env
 
 # The main job: the emulator, a simulated instance in a group, and embark run against it.
 demo: emulator-env static
@@ -34,6 +34,25 @@ $(VENV)/.installed: tests/emulator/requirements.txt
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --locked --all-targets -- -D warnings
+
+# What ships around the binary: scripts, cloud-config, Packer template, units, and the IAM policy.
+LINTVENV := .ci/.lintvenv
+lint-shipping: static $(LINTVENV)/.installed
+	shellcheck userdata/boot.sh packer/install.sh scripts/*.sh bench/*.sh .ci/run
+	cloud-init schema --config-file userdata/cloud-config.yaml
+	cd packer && packer validate embark.pkr.hcl
+	@# The units name /usr/local/bin/embark; verify copies that name the binary just built.
+	tmp=$$(mktemp -d) && for u in packer/*.service; do \
+	    sed "s#/usr/local/bin/embark#$(CURDIR)/$(STATIC)#g" "$$u" >"$$tmp/$$(basename "$$u")"; done && \
+	    systemd-analyze verify "$$tmp"/*.service; status=$$?; rm -rf "$$tmp"; exit $$status
+	$(STATIC) --config .ci/iam-lint.toml iam-policy --group web | $(LINTVENV)/bin/parliament
+	$(STATIC) --config .ci/iam-lint.toml iam-policy --publisher | $(LINTVENV)/bin/parliament
+	@echo "shipping files: shellcheck, cloud-init schema, packer validate, systemd-analyze verify, parliament: clean"
+
+$(LINTVENV)/.installed: .ci/lint-requirements.txt
+	$(PYTHON) -m venv $(LINTVENV)
+	$(LINTVENV)/bin/pip install --quiet --disable-pip-version-check -r .ci/lint-requirements.txt
+	touch $@
 
 clean-env:
 	rm -rf $(VENV)

@@ -56,6 +56,17 @@ fn s3_prefix(source: &SourceUrl) -> String {
     }
 }
 
+/// Listing the bucket, only under the source's prefix.
+fn release_list(source: &SourceUrl) -> Value {
+    let mut list = statement(
+        "ReleaseList",
+        &["s3:ListBucket"],
+        json!(format!("arn:aws:s3:::{}", source.bucket)),
+    );
+    list["Condition"] = json!({"StringLike": {"s3:prefix": [format!("{}*", s3_prefix(source))]}});
+    list
+}
+
 /// The instance profile's policy: only the actions the configured steps call.
 pub fn instance_policy(f: &Features) -> Value {
     let mut statements = vec![statement(
@@ -115,13 +126,7 @@ pub fn instance_policy(f: &Features) -> Value {
     }
     if let Some(source) = &f.release {
         let prefix = s3_prefix(source);
-        let mut list = statement(
-            "ReleaseList",
-            &["s3:ListBucket"],
-            json!(format!("arn:aws:s3:::{}", source.bucket)),
-        );
-        list["Condition"] = json!({"StringLike": {"s3:prefix": [format!("{prefix}*")]}});
-        statements.push(list);
+        statements.push(release_list(source));
         statements.push(statement(
             "ReleaseRead",
             &["s3:GetObject"],
@@ -179,14 +184,8 @@ pub fn instance_policy(f: &Features) -> Value {
 /// The policy for whoever publishes (`release push`, `release rollback`, `release list`): a CI role.
 pub fn publisher_policy(source: &SourceUrl) -> Value {
     let prefix = s3_prefix(source);
-    let mut list = statement(
-        "ReleaseList",
-        &["s3:ListBucket"],
-        json!(format!("arn:aws:s3:::{}", source.bucket)),
-    );
-    list["Condition"] = json!({"StringLike": {"s3:prefix": [format!("{prefix}*")]}});
     json!({"Version": "2012-10-17", "Statement": [
-        list,
+        release_list(source),
         statement(
             "ReleasePublish",
             &["s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload"],

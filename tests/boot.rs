@@ -71,6 +71,24 @@ impl Account {
     }
 }
 
+/// The instance's one completed lifecycle action.
+fn the_action(emu: &Emulator, id: &str) -> Value {
+    let actions = lifecycle_of(emu, id);
+    assert_eq!(actions.len(), 1, "{actions:?}");
+    actions[0].clone()
+}
+
+impl Account {
+    /// The one notification on the `kind` topic (and none on the other).
+    fn the_message(&self, emu: &Emulator, kind: &str) -> Value {
+        let got = self.messages(emu, kind);
+        assert_eq!(got.len(), 1, "{got:?}");
+        let other = if kind == "ok" { "error" } else { "ok" };
+        assert!(self.messages(emu, other).is_empty());
+        got[0].clone()
+    }
+}
+
 fn lifecycle_of(emu: &Emulator, id: &str) -> Vec<Value> {
     match emu.control("GET", "lifecycle", json!({})) {
         Value::Array(v) => v.into_iter().filter(|a| a["instance_id"] == id).collect(),
@@ -122,21 +140,16 @@ fn full_boot_binds_pulls_continues_notifies_and_reports() {
     let link = fs::read_link(root.path().join("current")).expect("current link");
     assert!(root.path().join(&link).join("public/index.php").is_file());
     assert_eq!(state_of(emu, &inst.id), "InService");
-    let actions = lifecycle_of(emu, &inst.id);
-    assert_eq!(actions.len(), 1);
-    assert_eq!(actions[0]["result"], "CONTINUE");
-
-    let ok = acct.messages(emu, "ok");
-    assert_eq!(ok.len(), 1, "{ok:?}");
+    assert_eq!(the_action(emu, &inst.id)["result"], "CONTINUE");
+    let ok = acct.the_message(emu, "ok");
     assert_eq!(
-        ok[0]["subject"],
+        ok["subject"],
         format!("embark: {} {} boot succeeded", acct.name, inst.id).as_str()
     );
     assert_has(
-        ok[0]["message"].as_str().unwrap_or_default(),
+        ok["message"].as_str().unwrap_or_default(),
         "lifecycle action completed: CONTINUE",
     );
-    assert!(acct.messages(emu, "error").is_empty());
 
     let report = status_json(on(emu, &inst, state.path(), &config));
     assert_eq!(report["status"], "done");
@@ -199,17 +212,13 @@ fn a_failing_step_abandons_notifies_and_says_which_step() {
     assert_has(&run.stderr(), "boot failed at step release");
     assert_has(&run.stderr(), "lifecycle action ABANDON sent");
 
-    let actions = lifecycle_of(emu, &inst.id);
-    assert_eq!(actions.len(), 1);
-    assert_eq!(actions[0]["result"], "ABANDON");
+    assert_eq!(the_action(emu, &inst.id)["result"], "ABANDON");
     assert_eq!(emu.instance(&inst.id)["state"], "terminated");
-    let errors = acct.messages(emu, "error");
-    assert_eq!(errors.len(), 1, "{errors:?}");
+    let error = acct.the_message(emu, "error");
     assert_has(
-        errors[0]["subject"].as_str().unwrap_or_default(),
+        error["subject"].as_str().unwrap_or_default(),
         "boot failed at release",
     );
-    assert!(acct.messages(emu, "ok").is_empty());
 
     let report = status_json(on(emu, &inst, state.path(), &config));
     assert_eq!(report["status"], "error");

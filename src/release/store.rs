@@ -242,45 +242,45 @@ impl Store {
 
     /// Every key under `prefix` (paginated).
     pub async fn list_keys(&self, prefix: &str) -> Result<BTreeSet<String>, ReleaseError> {
-        let mut keys = BTreeSet::new();
-        let mut pages = self
-            .client
-            .list_objects_v2()
-            .bucket(&self.source.bucket)
-            .prefix(prefix)
-            .into_paginator()
-            .send();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|err| self.failed("ListObjectsV2", prefix, &err))?;
-            for object in page.contents() {
-                if let Some(key) = object.key() {
-                    keys.insert(key.to_string());
-                }
-            }
-        }
-        Ok(keys)
+        Ok(self.list(prefix, false).await?.into_iter().collect())
     }
 
     /// The "directories" directly under `prefix` (common prefixes with delimiter `/`).
     pub async fn list_dirs(&self, prefix: &str) -> Result<Vec<String>, ReleaseError> {
-        let mut dirs = Vec::new();
-        let mut pages = self
+        self.list(prefix, true).await
+    }
+
+    /// ListObjectsV2 over every page: the keys, or with `dirs` the common prefixes at `/`.
+    async fn list(&self, prefix: &str, dirs: bool) -> Result<Vec<String>, ReleaseError> {
+        let mut found = Vec::new();
+        let mut request = self
             .client
             .list_objects_v2()
             .bucket(&self.source.bucket)
-            .prefix(prefix)
-            .delimiter("/")
-            .into_paginator()
-            .send();
+            .prefix(prefix);
+        if dirs {
+            request = request.delimiter("/");
+        }
+        let mut pages = request.into_paginator().send();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|err| self.failed("ListObjectsV2", prefix, &err))?;
-            for common in page.common_prefixes() {
-                if let Some(p) = common.prefix() {
-                    dirs.push(p.to_string());
-                }
+            if dirs {
+                found.extend(
+                    page.common_prefixes()
+                        .iter()
+                        .filter_map(|c| c.prefix())
+                        .map(str::to_string),
+                );
+            } else {
+                found.extend(
+                    page.contents()
+                        .iter()
+                        .filter_map(|o| o.key())
+                        .map(str::to_string),
+                );
             }
         }
-        Ok(dirs)
+        Ok(found)
     }
 
     /// Upload what arrives on `chunks` (each at least [`PART_SIZE`] except the last) as one object:

@@ -421,6 +421,33 @@ impl Emulator {
             .collect()
     }
 
+    /// Push a tree of `files` (path, content) to `source` with the real binary, as CI would.
+    pub fn push_files(&self, source: &str, files: &[(&str, &str)]) -> String {
+        let tree = tempfile::tempdir().expect("tree");
+        for (path, body) in files {
+            let p = tree.path().join(path);
+            if let Some(parent) = p.parent() {
+                std::fs::create_dir_all(parent).expect("mkdir");
+            }
+            std::fs::write(p, body).expect("write");
+        }
+        let run = self
+            .workstation()
+            .run(&[
+                "release",
+                "push",
+                tree.path().to_str().expect("utf-8"),
+                "--to",
+                source,
+            ])
+            .expect_code(0);
+        run.stdout()
+            .split_whitespace()
+            .nth(2)
+            .expect("release id")
+            .to_string()
+    }
+
     /// `embark` as a developer machine runs it (`release push`, `release list --from`): no instance.
     pub fn workstation(&self) -> Embark {
         Embark::offline()
