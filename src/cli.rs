@@ -265,28 +265,8 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
             if let Some(dir) = &cli.state_dir {
                 config.state_dir = dir.clone();
             }
-            match crate::status::Report::read(&config.state_dir).map_err(Error::Failed)? {
-                None => {
-                    if json {
-                        println!("{{\"status\": \"not run\"}}");
-                    } else {
-                        println!(
-                            "status: not run (no report in {})",
-                            config.state_dir.display()
-                        );
-                    }
-                    Ok(())
-                }
-                Some(report) => {
-                    print_either(&report, json, crate::status::Report::human)?;
-                    if report.status == "error" {
-                        return Err(Error::Failed(
-                            "the last boot failed (its report is above)".into(),
-                        ));
-                    }
-                    Ok(())
-                }
-            }
+            crate::status::show(&config.state_dir, json).map_err(Error::Failed)?;
+            Ok(())
         }
         Command::Efs {
             command: EfsCommand::Mount { plan },

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub const FILE: &str = "status.json";
+/// The deploy agent's last deploy (`release watch`).
+pub const DEPLOY_FILE: &str = "deploy.json";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -60,8 +62,15 @@ pub fn path(state_dir: &Path) -> PathBuf {
 
 impl Report {
     pub fn read(state_dir: &Path) -> Result<Option<Report>, String> {
-        let file = path(state_dir);
-        match std::fs::read(&file) {
+        Report::read_from(&path(state_dir))
+    }
+
+    pub fn read_deploy(state_dir: &Path) -> Result<Option<Report>, String> {
+        Report::read_from(&state_dir.join(DEPLOY_FILE))
+    }
+
+    fn read_from(file: &Path) -> Result<Option<Report>, String> {
+        match std::fs::read(file) {
             Ok(bytes) => serde_json::from_slice(&bytes)
                 .map(Some)
                 .map_err(|e| format!("the status file {} is not valid ({e})", file.display())),
@@ -75,9 +84,13 @@ impl Report {
 
     /// Atomically (write, fsync, rename): a reader never sees half a report.
     pub fn write(&self, state_dir: &Path) -> Result<(), String> {
+        self.write_as(state_dir, FILE)
+    }
+
+    pub fn write_as(&self, state_dir: &Path, name: &str) -> Result<(), String> {
         use std::io::Write;
-        let file = path(state_dir);
-        let temp = state_dir.join(format!(".{FILE}.tmp"));
+        let file = state_dir.join(name);
+        let temp = state_dir.join(format!(".{name}.tmp"));
         let bytes = serde_json::to_vec_pretty(self).map_err(|e| e.to_string())?;
         (|| {
             std::fs::create_dir_all(state_dir)?;
@@ -133,4 +146,37 @@ impl Report {
 
 fn seconds(ms: u64) -> String {
     format!("{:.2}s", ms as f64 / 1000.0)
+}
+
+/// `embark status`: the last boot's report and, where the deploy agent runs, its last deploy. An error
+/// when the last boot failed (exit 1), after printing the report.
+pub fn show(state_dir: &Path, json: bool) -> Result<(), String> {
+    let boot = Report::read(state_dir)?;
+    let deploy = Report::read_deploy(state_dir)?;
+    if json {
+        let mut value = match &boot {
+            Some(report) => serde_json::to_value(report).map_err(|e| e.to_string())?,
+            None => serde_json::json!({"status": "not run"}),
+        };
+        value["last_deploy"] = serde_json::to_value(&deploy).map_err(|e| e.to_string())?;
+        let text = serde_json::to_string_pretty(&value).map_err(|e| e.to_string())?;
+        println!("{text}");
+    } else {
+        match &boot {
+            Some(report) => print!("{}", report.human()),
+            None => println!("status: not run (no report in {})", state_dir.display()),
+        }
+        if let Some(report) = &deploy {
+            println!("\nlast deploy:");
+            for line in report.human().lines() {
+                println!("  {line}");
+            }
+        }
+    }
+    match boot {
+        Some(report) if report.status == "error" => {
+            Err("the last boot failed (its report is above)".into())
+        }
+        _ => Ok(()),
+    }
 }

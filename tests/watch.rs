@@ -71,7 +71,20 @@ impl Fleet {
 struct Agent {
     inst: Instance,
     root: tempfile::TempDir,
+    state: tempfile::TempDir,
     running: Running,
+}
+
+impl Agent {
+    /// `embark status --json` on this agent's instance: the last boot (none here) and the last deploy.
+    fn last_deploy(&self, emu: &Emulator) -> Value {
+        Embark::new(emu, &self.inst)
+            .env("EMBARK_STATE_DIR", self.state.path())
+            .run(&["status", "--json"])
+            .expect_code(0)
+            .json()["last_deploy"]
+            .clone()
+    }
 }
 
 fn config(root: &Path, fleet: &Fleet, barrier: &str, policy: &str) -> String {
@@ -84,12 +97,15 @@ fn config(root: &Path, fleet: &Fleet, barrier: &str, policy: &str) -> String {
 
 fn start(emu: &Emulator, fleet: &Fleet, inst: Instance, barrier: &str, policy: &str) -> Agent {
     let root = tempfile::tempdir().expect("root");
+    let state = tempfile::tempdir().expect("state");
     let running = Embark::new(emu, &inst)
         .config(&config(root.path(), fleet, barrier, policy))
+        .env("EMBARK_STATE_DIR", state.path())
         .spawn(&["release", "watch"]);
     Agent {
         inst,
         root,
+        state,
         running,
     }
 }
@@ -172,6 +188,20 @@ fn three_agents_switch_only_when_all_are_ready_and_roll_back_together() {
             a.inst.id
         );
     }
+    // The deploy is in each agent's report, step by step.
+    let report = agents[0].last_deploy(emu);
+    assert_eq!(report["status"], "done", "{report}");
+    let steps: Vec<&str> = report["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    assert_eq!(steps, ["stage", "barrier", "switch"]);
+    assert_has(
+        report["steps"][1]["detail"].as_str().unwrap_or_default(),
+        "is ready",
+    );
     // Each agent removed its marker of the old release.
     let keys = emu.s3_keys(&fleet.bucket);
     assert!(
@@ -301,6 +331,10 @@ fn a_failed_deploy_keeps_the_release_is_notified_once_and_the_next_one_deploys()
         "does not match its sha256",
     );
     assert!(!agent.root.path().join("releases").join(&v2).exists());
+    let report = agent.last_deploy(emu);
+    assert_eq!(report["status"], "error", "{report}");
+    assert_eq!(report["steps"][0]["name"], "stage");
+    assert_eq!(report["steps"][0]["outcome"], "failed");
 
     fs::remove_file(tree.path().join("broken.php")).expect("rm");
     let v3 = fleet.push(emu, tree.path(), "v3");

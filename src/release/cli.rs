@@ -51,6 +51,7 @@ pub async fn run(ctx: &Context, command: &ReleaseCommand) -> Result<(), Error> {
                 success_topic: config.notify.success_topic.clone(),
                 error_topic: config.notify.error_topic.clone(),
                 barrier_noted: Default::default(),
+                state_dir: ctx.config.state_dir.clone(),
             };
             super::watch::run(&agent).await?;
             Ok(())

@@ -12,6 +12,7 @@ use super::store::{Condition, Polled, PutError, Store};
 use super::ReleaseError;
 use crate::aws::Aws;
 use crate::config::{BarrierTimeout, ReleaseFormat, WatchConfig};
+use crate::status::{Outcome, Report, Step};
 
 /// Everything the agent needs, resolved before its loop starts.
 pub struct Agent<'a> {
@@ -24,6 +25,8 @@ pub struct Agent<'a> {
     pub watch: WatchConfig,
     pub success_topic: Option<String>,
     pub error_topic: Option<String>,
+    /// Where the last deploy's report is kept.
+    pub state_dir: std::path::PathBuf,
     /// Releases whose barrier timeout was already notified (once per release, not per poll).
     pub barrier_noted: std::sync::Mutex<BTreeSet<String>>,
 }
@@ -149,19 +152,93 @@ fn jittered(interval: Duration) -> Duration {
     Duration::from_millis((interval.as_millis() as u64).saturating_sub(spread) + offset)
 }
 
+/// One deploy, recorded step by step in `<state_dir>/deploy.json` (shown by `embark status`).
 async fn deploy(
     agent: &Agent<'_>,
     target: &Target,
     stop: &mut signal_watch::Receiver<bool>,
 ) -> Result<Deployed, ReleaseError> {
+    let started = Instant::now();
+    let mut report = Report {
+        command: format!("release watch: deploy {}", target.id),
+        status: "running".into(),
+        instance_id: Some(agent.instance_id.clone()),
+        group: agent.group.clone(),
+        started: crate::boot::now(),
+        finished: None,
+        duration_ms: 0,
+        steps: Vec::new(),
+        error: None,
+        lifecycle_completed: false,
+    };
+    let result = deploy_steps(agent, target, stop, &mut report.steps).await;
+    if matches!(result, Ok(Deployed::Current)) {
+        return result; // nothing happened: keep the last real deploy's report
+    }
+    report.finished = Some(crate::boot::now());
+    report.duration_ms = started.elapsed().as_millis() as u64;
+    match &result {
+        Ok(Deployed::Held) => report.status = "held".into(),
+        Ok(_) => report.status = "done".into(),
+        Err(err) => {
+            report.status = "error".into();
+            report.error = Some(err.to_string());
+        }
+    }
+    if let Err(why) = report.write_as(&agent.state_dir, crate::status::DEPLOY_FILE) {
+        tracing::warn!("{why}");
+    }
+    result
+}
+
+/// Time a step and add it to the report.
+fn record(steps: &mut Vec<Step>, name: &str, started: Instant, outcome: Outcome, detail: String) {
+    steps.push(Step {
+        name: name.into(),
+        outcome,
+        duration_ms: started.elapsed().as_millis() as u64,
+        detail,
+    });
+}
+
+async fn deploy_steps(
+    agent: &Agent<'_>,
+    target: &Target,
+    stop: &mut signal_watch::Receiver<bool>,
+    steps: &mut Vec<Step>,
+) -> Result<Deployed, ReleaseError> {
     let layout = &agent.settings.layout;
     let id = &target.id;
+    let t = Instant::now();
     {
         let _lock = layout.prepare()?;
-        let staged = stage_target(agent.store, agent.settings, target, false).await?;
+        let staged = match stage_target(agent.store, agent.settings, target, false).await {
+            Ok(staged) => staged,
+            Err(err) => {
+                record(steps, "stage", t, Outcome::Failed, err.to_string());
+                return Err(err);
+            }
+        };
         if staged.already_current {
             return Ok(Deployed::Current);
         }
+        record(
+            steps,
+            "stage",
+            t,
+            Outcome::Ok,
+            format!(
+                "{} files verified; {} objects fetched, {} files reused{}",
+                staged.files,
+                staged.fetched_objects,
+                staged.reused_files,
+                if staged.bundle_bytes > 0 {
+                    ", bundle fetched"
+                } else {
+                    ""
+                }
+            ),
+        );
     }
     let marker = agent
         .store
@@ -179,12 +256,20 @@ async fn deploy(
     }
     tracing::info!(release = %id, "release {id} staged and verified; ready marker written");
 
+    let t = Instant::now();
     if let Some(group) = &agent.group {
         let started = Instant::now();
         loop {
             let missing = missing_markers(agent, group, id).await?;
             if missing.is_empty() {
                 tracing::info!(release = %id, "every InService instance of {group} is ready");
+                record(
+                    steps,
+                    "barrier",
+                    t,
+                    Outcome::Ok,
+                    format!("every InService instance of {group} is ready"),
+                );
                 break;
             }
             if started.elapsed() >= agent.watch.barrier {
@@ -213,9 +298,16 @@ async fn deploy(
                     )
                     .await;
                 }
+                let failed = format!("{what}; {action}");
                 match agent.watch.on_barrier_timeout {
-                    BarrierTimeout::Switch => break,
-                    BarrierTimeout::Hold => return Ok(Deployed::Held),
+                    BarrierTimeout::Switch => {
+                        record(steps, "barrier", t, Outcome::Ok, failed);
+                        break;
+                    }
+                    BarrierTimeout::Hold => {
+                        record(steps, "barrier", t, Outcome::Failed, failed);
+                        return Ok(Deployed::Held);
+                    }
                 }
             }
             tokio::select! {
@@ -225,12 +317,26 @@ async fn deploy(
         }
     }
 
+    if agent.group.is_none() {
+        record(
+            steps,
+            "barrier",
+            t,
+            Outcome::Skipped,
+            "not in an Auto Scaling group: no barrier".into(),
+        );
+    }
+    let t = Instant::now();
     let _lock = layout.prepare()?;
     let mut pulled = stage_target(agent.store, agent.settings, target, false).await?;
     if pulled.already_current {
         return Ok(Deployed::Current);
     }
-    switch_to(agent.settings, &mut pulled, agent.http).await?;
+    if let Err(err) = switch_to(agent.settings, &mut pulled, agent.http).await {
+        record(steps, "switch", t, Outcome::Failed, err.to_string());
+        return Err(err);
+    }
+    record(steps, "switch", t, Outcome::Ok, pulled.human(&layout.link));
     clean_markers(agent, id).await;
     Ok(Deployed::Switched(
         pulled.previous.unwrap_or_else(|| "none".into()),
