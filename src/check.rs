@@ -123,6 +123,7 @@ async fn instance_checks(ctx: &Context) -> Vec<CheckLine> {
                     };
                     lines.push(eip_check(&instance).await);
                     lines.push(efs_check(&instance.config));
+                    lines.push(release_check(&instance).await);
                 }
                 Err(err) => lines.push(CheckLine::usage("tags", err.to_string())),
             }
@@ -172,6 +173,26 @@ async fn eip_check(instance: &Instance) -> CheckLine {
         }
         Err(err) if err.is_usage() => CheckLine::usage("eip", err.to_string()),
         Err(err) => CheckLine::fail("eip", err.to_string()),
+    }
+}
+
+/// The release source answers and has a current release.
+async fn release_check(instance: &Instance) -> CheckLine {
+    use crate::release;
+    if instance.config.release.source.is_none() {
+        return CheckLine::ok("release", "no release source configured: no release step");
+    }
+    let source = match release::cli::source_of(&instance.config) {
+        Ok(source) => source,
+        Err(err) => return CheckLine::usage("release", err.to_string()),
+    };
+    let store = release::store::Store::new(&instance.aws, source);
+    match release::pull::read_target(&store, instance.config.release.format).await {
+        Ok(target) => CheckLine::ok(
+            "release",
+            format!("{} is current at {}", target.id, store.source),
+        ),
+        Err(err) => CheckLine::fail("release", err.to_string()),
     }
 }
 

@@ -107,3 +107,23 @@ fn bad_config_file_fails_with_exit_2() {
         run.stdout()
     );
 }
+
+#[test]
+fn the_release_line_says_what_is_current_or_that_nothing_was_published() {
+    let emu = emulator();
+    let bucket = unique("chkrel");
+    emu.bucket(&bucket);
+    let source = format!("s3://{bucket}/app");
+    let inst = emu.launch_one(json!({"tags": {"embark:release": source}}));
+    let run = Embark::new(emu, &inst).run(&["check"]).expect_code(1);
+    assert!(
+        run.stdout().lines().any(|l| l.starts_with("FAIL")
+            && l.contains("release")
+            && l.contains("no release has been published")),
+        "{}",
+        run.stdout()
+    );
+    let id = emu.push_files(&source, &[("index.php", "<?php")]);
+    let run = Embark::new(emu, &inst).run(&["check"]).expect_code(0);
+    assert_has(&run.stdout(), &format!("{id} is current at {source}"));
+}
