@@ -231,6 +231,12 @@ fn incremental_pull_fetches_only_changed_objects_and_a_rerun_fetches_nothing() {
         changed.push(sha256_hex(body.as_bytes()));
         fs::write(p, body).expect("write");
     }
+    // A new file with the same content as a changed one: that content is fetched once.
+    fs::write(
+        tree.path().join("vendor/pkg1/copy.php"),
+        "<?php // changed 3\n",
+    )
+    .expect("write");
     let v2 = push(emu, tree.path(), &src, "v2");
     let before = emu.s3_requests(&src.bucket, "GetObject").len();
     let run = pull(emu, &inst, root.path(), "").expect_code(0);

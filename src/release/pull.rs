@@ -687,52 +687,65 @@ async fn fetch_objects(
             Node::File { .. } => {}
         }
     }
-    let files: Vec<&Node> = nodes
+    // Each content is fetched once: a file whose content another file of this release brings is
+    // copied from it afterwards.
+    let mut fetched_at: HashMap<&str, PathBuf> = HashMap::new();
+    let (mut first, mut again) = (Vec::new(), Vec::new());
+    for node in nodes {
+        if let Node::File { path, sha256, .. } = node {
+            if local.contains_key(sha256) {
+                first.push((node, local.get(sha256).cloned()));
+            } else if let Some(earlier) = fetched_at.get(sha256.as_str()) {
+                again.push((node, Some(earlier.clone())));
+            } else {
+                fetched_at.insert(sha256, partial.join(path));
+                first.push((node, None));
+            }
+        }
+    }
+    let to_fetch: u64 = first
         .iter()
-        .filter(|n| matches!(n, Node::File { .. }))
-        .collect();
-    let to_fetch: u64 = files
-        .iter()
-        .filter_map(|n| match n {
-            Node::File { sha256, size, .. } if !local.contains_key(sha256) => Some(*size),
+        .filter_map(|(n, from)| match n {
+            Node::File { size, .. } if from.is_none() => Some(*size),
             _ => None,
         })
         .sum();
     let progress = Arc::new(Mutex::new(Progress::new("fetching objects", to_fetch)));
     let stats = Mutex::new((0usize, 0u64, 0usize)); // fetched, bytes, reused
     let id = pulled.release.clone();
-    stream::iter(files.into_iter().map(Ok))
-        .try_for_each_concurrent(FETCHES_AT_ONCE, |node| {
-            let (progress, stats, id) = (progress.clone(), &stats, &id);
-            async move {
-                let Node::File { path, sha256, .. } = node else {
-                    return Ok(());
-                };
-                let target = partial.join(path);
-                if let Some(source) = local.get(sha256) {
-                    let (source, target2, node2, id2) =
-                        (source.clone(), target.clone(), node.clone(), id.clone());
-                    let copied = tokio::task::spawn_blocking(move || {
-                        copy_local(&source, &target2, &node2, &id2)
-                    })
-                    .await
-                    .map_err(|e| ReleaseError::Failed(format!("copying stopped: {e}")))??;
-                    if copied {
-                        if let Ok(mut s) = stats.lock() {
-                            s.2 += 1;
-                        }
+    for batch in [first, again] {
+        stream::iter(batch.into_iter().map(Ok))
+            .try_for_each_concurrent(FETCHES_AT_ONCE, |(node, from)| {
+                let (progress, stats, id) = (progress.clone(), &stats, &id);
+                async move {
+                    let Node::File { path, .. } = node else {
                         return Ok(());
+                    };
+                    let target = partial.join(path);
+                    if let Some(source) = from {
+                        let (target2, node2, id2) = (target.clone(), node.clone(), id.clone());
+                        let copied = tokio::task::spawn_blocking(move || {
+                            copy_local(&source, &target2, &node2, &id2)
+                        })
+                        .await
+                        .map_err(|e| ReleaseError::Failed(format!("copying stopped: {e}")))??;
+                        if copied {
+                            if let Ok(mut s) = stats.lock() {
+                                s.2 += 1;
+                            }
+                            return Ok(());
+                        }
                     }
+                    let bytes = fetch_object(store, node, &target, id, &progress).await?;
+                    if let Ok(mut s) = stats.lock() {
+                        s.0 += 1;
+                        s.1 += bytes;
+                    }
+                    Ok::<_, ReleaseError>(())
                 }
-                let bytes = fetch_object(store, node, &target, id, &progress).await?;
-                if let Ok(mut s) = stats.lock() {
-                    s.0 += 1;
-                    s.1 += bytes;
-                }
-                Ok::<_, ReleaseError>(())
-            }
-        })
-        .await?;
+            })
+            .await?;
+    }
     if let Ok(progress) = Arc::try_unwrap(progress) {
         if let Ok(p) = progress.into_inner() {
             p.finish();
