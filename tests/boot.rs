@@ -436,11 +436,12 @@ fn plan_changes_nothing() {
 #[test]
 fn heartbeats_keep_a_slow_boot_alive_past_the_hook_timeout() {
     let emu = emulator();
-    let acct = account(emu, true, 2);
+    let acct = account(emu, true, 3);
     let inst = acct.launch(emu);
-    // Every S3 read of this account takes 1.5 s: the release step alone outlasts the 2 s timeout.
+    // Every S3 read of this account takes 2 s: the release step alone (pointer, manifest, bundle)
+    // outlasts the 3 s heartbeat timeout twice over.
     emu.fault(
-        json!({"service": "s3", "operation": "GetObject", "latency_ms": 1500,
+        json!({"service": "s3", "operation": "GetObject", "latency_ms": 2000,
                      "path": format!("/{}-deploy/", acct.name)}),
     );
     let root = tempfile::tempdir().expect("root");
