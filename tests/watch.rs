@@ -481,3 +481,38 @@ fn sigterm_during_staging_exits_promptly_and_the_next_start_resumes() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+#[test]
+fn an_instance_that_booted_onto_the_release_does_not_hold_the_barrier() {
+    let emu = emulator();
+    let fleet = fleet(emu);
+    let tree = tempfile::tempdir().expect("tree");
+    let v1 = fleet.push(emu, tree.path(), "v1");
+    let mut instances = emu.launch(json!({"group": fleet.name, "count": 3}));
+    let late = instances.pop().expect("three");
+    let agents: Vec<Agent> = instances
+        .into_iter()
+        .map(|i| start(emu, &fleet, i, "120s", "hold"))
+        .collect();
+    // The third instance is InService without an agent: the first two wait for it at v1's barrier.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(agents.iter().all(|a| current(a.root.path()).is_none()));
+    // It boots onto v1 (pull, as `embark boot` does), then its agent starts: already current, it must
+    // still write its marker, or the others would hold until their 120 s deadline.
+    let root = tempfile::tempdir().expect("root");
+    let conf = config(root.path(), &fleet, "120s", "hold");
+    Embark::new(emu, &late)
+        .config(&conf)
+        .run(&["release", "pull"])
+        .expect_code(0);
+    let running = Embark::new(emu, &late)
+        .config(&conf)
+        .spawn(&["release", "watch"]);
+    assert!(
+        all_on(&agents, &v1, Duration::from_secs(30)),
+        "held by an instance already on {v1}"
+    );
+    running.terminate();
+    assert_eq!(running.wait().code(), 0);
+    stop(agents);
+}

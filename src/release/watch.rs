@@ -220,6 +220,9 @@ async fn deploy_steps(
             }
         };
         if staged.already_current {
+            // Already on it (a boot pulled it): still say so, or agents switching to it now would
+            // wait for this instance until their barrier deadline.
+            write_marker(agent, id).await?;
             return Ok(Deployed::Current);
         }
         record(
@@ -240,20 +243,7 @@ async fn deploy_steps(
             ),
         );
     }
-    let marker = agent
-        .store
-        .source
-        .key(&format!("ready/{id}/{}", agent.instance_id));
-    let body = format!("{{\"time\": \"{}\"}}", crate::boot::now());
-    match agent
-        .store
-        .put_bytes(&marker, body.into_bytes(), Condition::None)
-        .await
-    {
-        Ok(()) => {}
-        Err(PutError::Conflict) => {}
-        Err(PutError::Failed(err)) => return Err(err),
-    }
+    write_marker(agent, id).await?;
     tracing::info!(release = %id, "release {id} staged and verified; ready marker written");
 
     let t = Instant::now();
@@ -341,6 +331,23 @@ async fn deploy_steps(
     Ok(Deployed::Switched(
         pulled.previous.unwrap_or_else(|| "none".into()),
     ))
+}
+
+/// `ready/<id>/<instance-id>`: this instance has `id` staged (or current).
+async fn write_marker(agent: &Agent<'_>, id: &str) -> Result<(), ReleaseError> {
+    let marker = agent
+        .store
+        .source
+        .key(&format!("ready/{id}/{}", agent.instance_id));
+    let body = format!("{{\"time\": \"{}\"}}", crate::boot::now());
+    match agent
+        .store
+        .put_bytes(&marker, body.into_bytes(), Condition::None)
+        .await
+    {
+        Ok(()) | Err(PutError::Conflict) => Ok(()),
+        Err(PutError::Failed(err)) => Err(err),
+    }
 }
 
 /// InService instances of the group without a ready marker for `id`. Instances that left the group
