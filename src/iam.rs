@@ -204,7 +204,7 @@ mod tests {
         assert_eq!(bare["Statement"].as_array().unwrap().len(), 1);
         let f = Features {
             pools: vec!["web".into()],
-            release: Some(SourceUrl::parse("s3://b/app").unwrap()),
+            release: Some(SourceUrl::parse("s3://bucket-b/app").unwrap()),
             lifecycle: true,
             topics: vec!["arn:aws:sns:eu-west-1:1:t".into()],
             ..Features::default()
@@ -213,8 +213,8 @@ mod tests {
         for needle in [
             "ec2:AssociateAddress",
             "aws:ResourceTag/embark:pool",
-            "arn:aws:s3:::b/app/*",
-            "arn:aws:s3:::b/app/ready/*",
+            "arn:aws:s3:::bucket-b/app/*",
+            "arn:aws:s3:::bucket-b/app/ready/*",
             "autoscaling:CompleteLifecycleAction",
             "sns:Publish",
         ] {
