@@ -10,9 +10,17 @@ from __future__ import annotations
 import boto3
 
 
+# The control API's own calls carry this in their user agent: the emulator neither faults, throttles
+# nor logs them (a test's setup and checks must not be disturbed by the faults it injects).
+CONTROL_AGENT = "embark-emulator-control"
+
+
 def client(emulator, service: str, region: str):
+    from botocore.config import Config
+
     return boto3.client(service, region_name=region, endpoint_url=emulator.endpoint,
-                        aws_access_key_id="testing", aws_secret_access_key="testing")
+                        aws_access_key_id="testing", aws_secret_access_key="testing",
+                        config=Config(user_agent_extra=CONTROL_AGENT))
 
 
 def seed(emulator, spec: dict) -> dict:

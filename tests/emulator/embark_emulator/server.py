@@ -178,6 +178,8 @@ class Emulator:
         if params:
             entry["params"] = {k: v for k, v in params.items() if len(v) < 512}
 
+        if seed.CONTROL_AGENT in environ.get("HTTP_USER_AGENT", ""):
+            return self.moto(environ, start_response)
         latency, error = self.faults.decide(service, operation, path=path, params=params)
         if latency:
             time.sleep(latency)
