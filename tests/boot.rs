@@ -24,19 +24,13 @@ fn account(emu: &Emulator, hook: bool, heartbeat_timeout: u64) -> Account {
         "heartbeat_timeout": heartbeat_timeout,
         "group_tags": {"embark:release": source},
     }));
-    let tree = tempfile::tempdir().expect("tree");
-    fs::create_dir_all(tree.path().join("public")).expect("mkdir");
-    fs::write(tree.path().join("public/index.php"), "<?php echo 'hi';").expect("write");
-    fs::write(tree.path().join("public/health.php"), "<?php").expect("write");
-    emu.workstation()
-        .run(&[
-            "release",
-            "push",
-            tree.path().to_str().expect("utf-8"),
-            "--to",
-            &source,
-        ])
-        .expect_code(0);
+    emu.push_files(
+        &source,
+        &[
+            ("public/index.php", "<?php echo 'hi';"),
+            ("public/health.php", "<?php"),
+        ],
+    );
     Account { name, seed, source }
 }
 

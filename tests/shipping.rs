@@ -17,17 +17,7 @@ fn the_user_data_script_fetches_a_pinned_binary_boots_and_ends_in_service() {
     let name = unique("ud");
     let source = format!("s3://{name}-deploy/app");
     emu.seed(json!({"name": name, "pool_size": 2, "group_tags": {"embark:release": source}}));
-    let tree = tempfile::tempdir().expect("tree");
-    fs::write(tree.path().join("index.php"), "<?php echo 'ud';").expect("write");
-    emu.workstation()
-        .run(&[
-            "release",
-            "push",
-            tree.path().to_str().expect("utf-8"),
-            "--to",
-            &source,
-        ])
-        .expect_code(0);
+    emu.push_files(&source, &[("index.php", "<?php echo 'ud';")]);
     // The pinned binary, served over HTTP as a release bucket would serve it.
     let binary = fs::read(env!("CARGO_BIN_EXE_embark")).expect("binary");
     let sha = sha256_hex(&binary);

@@ -264,7 +264,13 @@ pub async fn stage_target(
         .iter()
         .filter(|n| matches!(n, Node::File { .. }))
         .count() as u64;
-    let local = layout.local_objects();
+    // Where each content already is here: read from every local manifest, so only when needed (a
+    // release already staged, as the deploy agent finds it after its barrier, needs none of it).
+    let local = if plan || !staged {
+        layout.local_objects()
+    } else {
+        HashMap::new()
+    };
     let mut pulled = Pulled {
         release: id.clone(),
         previous: current,

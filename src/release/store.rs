@@ -85,13 +85,12 @@ impl Store {
         ))
     }
 
-    /// A whole small object and its ETag; `None` when there is no such key.
-    pub async fn get_small(
+    /// GetObject; `None` when there is no such key.
+    async fn get(
         &self,
         key: &str,
-        limit: u64,
-    ) -> Result<Option<(Vec<u8>, String)>, ReleaseError> {
-        let response = match self
+    ) -> Result<Option<aws_sdk_s3::operation::get_object::GetObjectOutput>, ReleaseError> {
+        match self
             .client
             .get_object()
             .bucket(&self.source.bucket)
@@ -99,9 +98,20 @@ impl Store {
             .send()
             .await
         {
-            Ok(response) => response,
-            Err(err) if is_not_found(&err) => return Ok(None),
-            Err(err) => return Err(self.failed("GetObject", key, &err)),
+            Ok(response) => Ok(Some(response)),
+            Err(err) if is_not_found(&err) => Ok(None),
+            Err(err) => Err(self.failed("GetObject", key, &err)),
+        }
+    }
+
+    /// A whole small object and its ETag; `None` when there is no such key.
+    pub async fn get_small(
+        &self,
+        key: &str,
+        limit: u64,
+    ) -> Result<Option<(Vec<u8>, String)>, ReleaseError> {
+        let Some(response) = self.get(key).await? else {
+            return Ok(None);
         };
         if response.content_length().unwrap_or(0) as u64 > limit {
             return Err(ReleaseError::Failed(format!(
@@ -162,26 +172,16 @@ impl Store {
         Ok(())
     }
 
-    /// The body of an object, to be read as a stream.
+    /// The body of an object, to be read as a stream, and its size.
     pub async fn get_stream(&self, key: &str) -> Result<(ByteStream, u64), ReleaseError> {
-        match self
-            .client
-            .get_object()
-            .bucket(&self.source.bucket)
-            .key(key)
-            .send()
-            .await
-        {
-            Ok(response) => {
-                let size = response.content_length().unwrap_or(0).max(0) as u64;
-                Ok((response.body, size))
-            }
-            Err(err) if is_not_found(&err) => Err(ReleaseError::Failed(format!(
+        let response = self.get(key).await?.ok_or_else(|| {
+            ReleaseError::Failed(format!(
                 "{} is missing from the source: the release is incomplete; push it again",
                 self.url(key)
-            ))),
-            Err(err) => Err(self.failed("GetObject", key, &err)),
-        }
+            ))
+        })?;
+        let size = response.content_length().unwrap_or(0).max(0) as u64;
+        Ok((response.body, size))
     }
 
     pub async fn put_bytes(
