@@ -4,6 +4,9 @@
 use aws_config::retry::RetryConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_smithy_runtime_api::client::http::SharedHttpClient;
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
 /// Shared SDK configuration; service clients are made from it where a step needs one.
 #[derive(Clone, Debug)]
@@ -72,27 +75,207 @@ impl Aws {
 }
 
 /// A service error's code (`UnauthorizedOperation`, `Resource.AlreadyAssociated`, ...), if any.
-pub fn error_code<E, R>(
-    err: &aws_smithy_runtime_api::client::result::SdkError<E, R>,
-) -> Option<&str>
+pub fn error_code<E, R>(err: &SdkError<E, R>) -> Option<&str>
 where
-    E: aws_smithy_types::error::metadata::ProvideErrorMetadata,
+    E: ProvideErrorMetadata,
 {
     err.as_service_error().and_then(|e| e.code())
 }
 
+/// The HTTP status of the answer, when there was one.
+pub fn http_status<E>(err: &SdkError<E, HttpResponse>) -> Option<u16> {
+    err.raw_response().map(|r| r.status().as_u16())
+}
+
+/// The error codes with which the services embark calls say "not allowed": EC2, S3, Auto Scaling,
+/// ELB, EFS, SNS and KMS each spell it their own way.
+pub const DENIED_CODES: &[&str] = &[
+    "AccessDenied",
+    "AccessDeniedException",
+    "UnauthorizedOperation",
+    "Forbidden",
+    "AuthorizationError",
+];
+
+/// What kind of failure an AWS call had, as far as an operator is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// The credentials in use may not call this action.
+    Denied,
+    /// No credentials were found at all.
+    NoCredentials,
+    /// Anything else: the service's code and message say what.
+    Other,
+}
+
+/// One failed AWS call as one sentence: the IAM action, what it was called on, the service's code and
+/// message, and for a refusal the grant that is missing. Every AWS call in embark reports through this.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}", self.sentence())]
+pub struct AwsError {
+    /// The IAM action, e.g. `ec2:AssociateAddress`.
+    pub action: &'static str,
+    /// What it was called on, as a phrase: `for group web`, `s3://bucket/key`; may be empty.
+    pub target: String,
+    pub code: Option<String>,
+    pub status: Option<u16>,
+    pub detail: String,
+    pub kind: Kind,
+    /// The resource the grant must name, when the caller knows it (an ARN).
+    pub resource: Option<String>,
+}
+
+impl AwsError {
+    pub fn new<E>(action: &'static str, err: &SdkError<E, HttpResponse>) -> AwsError
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        let code = error_code(err).map(str::to_string);
+        let status = http_status(err);
+        let detail = describe(err);
+        let kind = classify(code.as_deref(), status, &detail);
+        AwsError {
+            action,
+            target: String::new(),
+            code,
+            status,
+            detail,
+            kind,
+            resource: None,
+        }
+    }
+
+    /// What the call was made on, for the sentence.
+    pub fn on(mut self, target: impl Into<String>) -> AwsError {
+        self.target = target.into();
+        self
+    }
+
+    /// The resource a missing grant must name.
+    pub fn resource(mut self, arn: impl Into<String>) -> AwsError {
+        self.resource = Some(arn.into());
+        self
+    }
+
+    pub fn is_denied(&self) -> bool {
+        self.kind == Kind::Denied
+    }
+
+    pub fn code(&self) -> Option<&str> {
+        self.code.as_deref()
+    }
+
+    fn sentence(&self) -> String {
+        let target = if self.target.is_empty() {
+            String::new()
+        } else {
+            format!(" {}", self.target)
+        };
+        match self.kind {
+            Kind::Denied => format!(
+                "not allowed to call {}{target}: {}. Grant {}{} to the instance role (or the credentials in use; `embark iam-policy` prints the policy)",
+                self.action,
+                self.detail,
+                self.action,
+                self.resource
+                    .as_deref()
+                    .map(|r| format!(" on {r}"))
+                    .unwrap_or_default()
+            ),
+            Kind::NoCredentials => format!(
+                "no AWS credentials for {}{target}: none were found in the environment (AWS_ACCESS_KEY_ID), the profile (AWS_PROFILE, ~/.aws), or the instance profile; attach an instance profile to the instance, or set AWS_PROFILE or the AWS_* variables ({})",
+                self.action, self.detail
+            ),
+            Kind::Other => format!("{}{target} failed: {}", self.action, self.detail),
+        }
+    }
+}
+
+/// Denied, no credentials, or anything else, from the code, the status and the error chain.
+pub fn classify(code: Option<&str>, status: Option<u16>, chain: &str) -> Kind {
+    if code.is_some_and(|c| DENIED_CODES.contains(&c)) || (code.is_none() && status == Some(403)) {
+        Kind::Denied
+    } else if status.is_none()
+        && (chain.contains("no credentials") || chain.contains("credentials provider"))
+    {
+        Kind::NoCredentials
+    } else {
+        Kind::Other
+    }
+}
+
 /// One sentence for an SDK error: the service's code and message when there is one, else the chain.
-pub fn describe<E, R>(err: &aws_smithy_runtime_api::client::result::SdkError<E, R>) -> String
+pub fn describe<E, R>(err: &SdkError<E, R>) -> String
 where
-    E: aws_smithy_types::error::metadata::ProvideErrorMetadata + std::error::Error + 'static,
+    E: ProvideErrorMetadata + std::error::Error + 'static,
     R: std::fmt::Debug,
 {
     match err.as_service_error() {
         Some(service) => match (service.code(), service.message()) {
             (Some(code), Some(message)) => format!("{code}: {message}"),
             (Some(code), None) => code.to_string(),
-            _ => crate::identity::error_chain(err),
+            _ => crate::output::error_chain(err),
         },
-        None => crate::identity::error_chain(err),
+        None => crate::output::error_chain(err),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_services_refusal_is_denied() {
+        for code in DENIED_CODES {
+            assert_eq!(classify(Some(code), Some(403), ""), Kind::Denied, "{code}");
+        }
+        assert_eq!(
+            classify(None, Some(403), "service error"),
+            Kind::Denied,
+            "a HEAD answered 403 has no code"
+        );
+        assert_eq!(classify(Some("NoSuchKey"), Some(404), ""), Kind::Other);
+        assert_eq!(
+            classify(Some("Throttling"), Some(400), "no credentials"),
+            Kind::Other,
+            "a service answered: credentials were there"
+        );
+    }
+
+    #[test]
+    fn missing_credentials_are_named_as_such() {
+        let chain = "dispatch failure: other: the credential provider was not enabled: no credentials found in chain";
+        assert_eq!(classify(None, None, chain), Kind::NoCredentials);
+        assert_eq!(classify(None, None, "connection refused"), Kind::Other);
+    }
+
+    #[test]
+    fn sentences_name_the_action_and_the_grant() {
+        let err = AwsError {
+            action: "s3:GetObject",
+            target: "s3://b/app/current".into(),
+            code: Some("AccessDenied".into()),
+            status: Some(403),
+            detail: "AccessDenied: Access Denied".into(),
+            kind: Kind::Denied,
+            resource: Some("arn:aws:s3:::b/app/*".into()),
+        };
+        let text = err.to_string();
+        assert!(
+            text.starts_with("not allowed to call s3:GetObject s3://b/app/current: AccessDenied"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Grant s3:GetObject on arn:aws:s3:::b/app/*"),
+            "{text}"
+        );
+        let other = AwsError {
+            kind: Kind::Other,
+            ..err
+        };
+        assert_eq!(
+            other.to_string(),
+            "s3:GetObject s3://b/app/current failed: AccessDenied: Access Denied"
+        );
     }
 }

@@ -1,263 +1,418 @@
-//! `embark boot`: identity → EIP → EFS → release → health, each step timed and bounded, the lifecycle
-//! action kept alive by heartbeats, the failure policy applied, the report kept and sent.
+//! `embark boot`: the diagram in DESIGN.md. Identity → EIP → EFS → release → health, each step timed
+//! and bounded by its own deadline and the boot's, the lifecycle action kept alive by heartbeats, the
+//! failure policy applied, the report kept and sent. Each step lives in its own module; this one only
+//! orders them and decides what a failure means.
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use clap::ValueEnum;
 use tracing::Instrument;
 
-use crate::cli::{efs_mount, eip_bind, Context, Instance};
-use crate::config::OnFailure;
+use crate::config::Config;
+use crate::context::{Context, ContextError, Instance};
 use crate::error::Error;
-use crate::health::{self, Lifecycle};
-use crate::status::{Outcome, Report, Step};
+use crate::health::{self, FailurePolicy, LifecycleState};
+use crate::status::{self, now, Outcome, Report, Reported, RunStatus};
+use crate::{efs, eip, release};
 
-pub const STEPS: [&str; 5] = ["identity", "eip", "efs", "release", "health"];
+/// The boot's steps, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Step {
+    #[value(skip)]
+    Identity,
+    Eip,
+    Efs,
+    Release,
+    Health,
+}
+
+impl Step {
+    pub const ALL: [Step; 5] = [
+        Step::Identity,
+        Step::Eip,
+        Step::Efs,
+        Step::Release,
+        Step::Health,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::Identity => "identity",
+            Step::Eip => "eip",
+            Step::Efs => "efs",
+            Step::Release => "release",
+            Step::Health => "health",
+        }
+    }
+
+    /// The step's own deadline: what it may wait for, plus room for its AWS calls. The boot's
+    /// `deadline` bounds every step too.
+    pub fn own_limit(self, config: &Config) -> Duration {
+        let slack = |d: Duration, s: u64| d + Duration::from_secs(s);
+        match self {
+            Step::Identity => slack(config.imds_deadline, 60),
+            Step::Eip => slack(config.eip.wait, 120),
+            Step::Efs => slack(config.efs_deadline, 60),
+            Step::Release => config.deadline,
+            Step::Health => slack(config.health.timeout, 60),
+        }
+    }
+}
 
 #[derive(Debug, Default, Clone)]
 pub struct Options {
     /// Change nothing; print what each step would do.
     pub plan: bool,
     /// Steps to run as --plan only (e.g. `efs` on a machine without an NFS client).
-    pub plan_steps: Vec<String>,
-}
-
-pub fn now() -> String {
-    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+    pub plan_steps: Vec<Step>,
 }
 
 fn millis(d: Duration) -> u64 {
     d.as_millis().min(u128::from(u64::MAX)) as u64
 }
 
-/// What a step did: its outcome and a line (or a few) saying so.
-type StepResult = Result<(Outcome, String), Error>;
-
-/// What the health step needs to know about this boot.
-struct Boot<'a> {
-    ctx: &'a Context,
-    instance: &'a Instance,
-    lifecycle: Option<Lifecycle>,
-    /// An earlier boot of this very instance completed the lifecycle action.
-    completed_before: bool,
-    plan: bool,
-}
-
 pub async fn run(ctx: &Context, options: &Options) -> Result<(), Error> {
-    let started = Instant::now();
-    let deadline = ctx.config.deadline;
-    let mut report = Report {
-        command: "boot".into(),
-        status: "running".into(),
-        instance_id: None,
-        group: None,
-        started: now(),
-        finished: None,
-        duration_ms: 0,
-        steps: STEPS
-            .iter()
-            .map(|name| Step {
-                name: name.to_string(),
-                outcome: Outcome::NotRun,
-                duration_ms: 0,
-                detail: String::new(),
-            })
-            .collect(),
-        error: None,
-        lifecycle_completed: false,
+    let mut boot = Boot::new(ctx, options);
+    let instance = match boot.identify().await {
+        Ok(instance) => instance,
+        Err(failed) => return boot.finish_early(failed).await,
     };
-    let state_dir = ctx.config.state_dir.clone();
-
-    // 1. identity (with the group's tags applied) and the group's launching hook.
-    let t = Instant::now();
-    let identity_limit = (ctx.config.imds_deadline + Duration::from_secs(60)).min(deadline);
-    let instance = match tokio::time::timeout(identity_limit, ctx.instance()).await {
-        Ok(Ok(instance)) => instance,
-        Ok(Err(err)) => return fail_early(&mut report, &state_dir, options.plan, t, err),
-        Err(_) => {
-            let err = Error::Failed(format!(
-                "the identity step did not finish within {}",
-                humantime::format_duration(identity_limit)
-            ));
-            return fail_early(&mut report, &state_dir, options.plan, t, err);
-        }
-    };
-    let meta = &instance.identity.metadata;
-    let instance_id = meta.instance_id.clone();
-    let group = instance.identity.auto_scaling_group.clone();
-    report.instance_id = Some(instance_id.clone());
-    report.group = group.clone();
-
-    let previous = match Report::read(&state_dir) {
-        Ok(Some(prev)) if prev.instance_id.as_deref() == Some(instance_id.as_str()) => Some(prev),
-        Ok(Some(prev)) => {
-            tracing::info!(
-                "ignoring the status left by instance {} (an image baked after a test boot?)",
-                prev.instance_id.as_deref().unwrap_or("unknown")
-            );
-            None
-        }
-        Ok(None) => None,
-        Err(why) => {
-            tracing::warn!("{why}; starting afresh");
-            None
-        }
-    };
-    let completed_before = previous.as_ref().is_some_and(|p| p.lifecycle_completed);
-    let rerun = previous.as_ref().is_some_and(|p| p.status == "done");
-
-    let asg = aws_sdk_autoscaling::Client::new(&instance.aws.config);
-    let lifecycle = match &group {
-        Some(group) if !completed_before && instance.config.health.lifecycle_hook != "none" => {
-            match health::find_hook(
-                &asg,
-                group,
-                &instance_id,
-                &instance.config.health.lifecycle_hook,
-            )
-            .await
-            {
-                Ok(found) => found,
-                Err(err) => {
-                    return fail_early(&mut report, &state_dir, options.plan, t, err.into());
-                }
-            }
-        }
+    let heartbeat = match (&boot.lifecycle.waiting, options.plan) {
+        (Some(l), false) => Some(health::start_heartbeat(instance.autoscaling(), l.clone())),
         _ => None,
     };
-    report.steps[0].outcome = Outcome::Ok;
-    report.steps[0].duration_ms = millis(t.elapsed());
-    report.steps[0].detail = format!(
-        "{instance_id} in {} ({}){}{}",
-        meta.availability_zone,
-        meta.region,
-        group
-            .as_ref()
-            .map(|g| format!(", group {g}"))
-            .unwrap_or_else(|| ", no Auto Scaling group".into()),
-        lifecycle
-            .as_ref()
-            .map(|l| format!(", launching hook {}", l.hook))
-            .unwrap_or_default()
-    );
-    if !options.plan {
-        write_status(&report, &state_dir);
-    }
-
-    let heartbeat = match (&lifecycle, options.plan) {
-        (Some(l), false) => Some(health::start_heartbeat(asg.clone(), l.clone())),
-        _ => None,
-    };
-
-    let boot = Boot {
-        ctx,
-        instance: &instance,
-        lifecycle: lifecycle.clone(),
-        completed_before,
-        plan: options.plan,
-    };
-    let config = &instance.config;
-    let own_limits = [
-        config.eip.wait + Duration::from_secs(120),
-        config.efs_deadline + Duration::from_secs(60),
-        deadline,
-        config.health.timeout + Duration::from_secs(60),
-    ];
-    let mut failure: Option<(String, Error)> = None;
-    for (index, name) in STEPS.iter().enumerate().skip(1) {
-        let plan_this = options.plan || options.plan_steps.iter().any(|s| s == name);
-        let left = deadline.saturating_sub(started.elapsed());
-        let limit = own_limits[index - 1].min(left);
-        let t = Instant::now();
-        let span = tracing::info_span!("step", step = *name, instance_id = %instance_id);
-        let result = bounded(limit, name, deadline, left, async {
-            match *name {
-                "eip" => eip_step(&boot, plan_this).await,
-                "efs" => efs_step(&boot, plan_this, !options.plan && plan_this).await,
-                "release" => release_step(&boot, plan_this).await,
-                _ => health_step(&boot, &mut report.lifecycle_completed).await,
-            }
-        })
-        .instrument(span)
-        .await;
-        let step = &mut report.steps[index];
-        step.duration_ms = millis(t.elapsed());
-        match result {
-            Ok((outcome, detail)) => {
-                step.outcome = outcome;
-                step.detail = detail.trim_end().to_string();
-                if options.plan {
-                    println!("{name}:\n{}", indent(&step.detail));
-                } else {
-                    tracing::info!(step = *name, instance_id = %instance_id, "{name}: {} ({} ms)", step.outcome.word(), step.duration_ms);
-                }
-            }
-            Err(err) => {
-                step.outcome = Outcome::Failed;
-                step.detail = err.to_string();
-                tracing::error!(step = *name, instance_id = %instance_id, "{name} failed: {err}");
-                failure = Some((name.to_string(), err));
-                break;
-            }
-        }
-        if !options.plan {
-            write_status(&report, &state_dir);
+    let mut failure = None;
+    for step in &Step::ALL[1..] {
+        if let Err(err) = boot.run_step(*step, &instance).await {
+            failure = Some((*step, err));
+            break;
         }
     }
     if let Some(handle) = heartbeat {
         handle.abort();
     }
-    if options.plan {
-        return match failure {
-            Some((_, err)) => Err(err),
-            None => Ok(()),
-        };
+    match (options.plan, failure) {
+        (true, Some((_, err))) => Err(err),
+        (true, None) => Ok(()),
+        (false, failure) => boot.finish(&instance, failure).await,
+    }
+}
+
+/// A boot under way: its options, its report, and what it learnt about the lifecycle action.
+struct Boot<'a> {
+    ctx: &'a Context,
+    options: &'a Options,
+    started: Instant,
+    report: Report,
+    state_dir: PathBuf,
+    lifecycle: LifecycleState,
+    /// An earlier boot of this instance succeeded: no second notification.
+    rerun: bool,
+}
+
+/// The identity step failed; with `known`, far enough to apply the failure policy.
+struct EarlyFailure {
+    err: Error,
+    known: Option<Box<Instance>>,
+}
+
+impl<'a> Boot<'a> {
+    fn new(ctx: &'a Context, options: &'a Options) -> Boot<'a> {
+        let steps = Step::ALL
+            .iter()
+            .map(|step| status::Step {
+                name: step.name().to_string(),
+                outcome: Outcome::NotRun,
+                duration_ms: 0,
+                detail: String::new(),
+            })
+            .collect();
+        Boot {
+            ctx,
+            options,
+            started: Instant::now(),
+            report: Report {
+                command: "boot".into(),
+                status: RunStatus::Running,
+                instance_id: None,
+                group: None,
+                started: now(),
+                finished: None,
+                duration_ms: 0,
+                steps,
+                error: None,
+                lifecycle_completed: false,
+            },
+            state_dir: ctx.config.state_dir.clone(),
+            lifecycle: LifecycleState::default(),
+            rerun: false,
+        }
     }
 
-    report.duration_ms = millis(started.elapsed());
-    report.finished = Some(now());
-    let notify = &config.notify;
-    match failure {
-        None => {
-            report.status = "done".into();
-            write_status(&report, &state_dir);
-            print!("{}", report.human());
-            if rerun {
+    /// Step 1: who this instance is, its group's launching hook, then the group's tags on the
+    /// configuration. Once the instance is known, a failure (a tag typo included) can still apply
+    /// the failure policy, so the group replaces the instance instead of waiting for the hook.
+    async fn identify(&mut self) -> Result<Instance, EarlyFailure> {
+        let t = Instant::now();
+        let limit = Step::Identity
+            .own_limit(&self.ctx.config)
+            .min(self.ctx.config.deadline);
+        let unknown = |err: Error| EarlyFailure { err, known: None };
+        let (identity, aws) = match tokio::time::timeout(limit, self.ctx.identify()).await {
+            Ok(found) => found.map_err(|e| unknown(e.into()))?,
+            Err(_) => {
+                return Err(unknown(Error::Failed(format!(
+                    "the identity step did not finish within {}",
+                    humantime::format_duration(limit)
+                ))))
+            }
+        };
+        self.report.instance_id = Some(identity.metadata.instance_id.clone());
+        self.report.group = identity.auto_scaling_group.clone();
+        self.remember_earlier_boot(&identity.metadata.instance_id);
+        // The file's settings first: the hook lookup must not depend on tags that may be broken.
+        let file_only = Instance {
+            identity: identity.clone(),
+            aws: aws.clone(),
+            config: self.ctx.config.clone(),
+        };
+        match self.find_hook(&file_only).await {
+            Ok(waiting) => self.lifecycle.waiting = waiting,
+            Err(err) => {
+                return Err(EarlyFailure {
+                    err: err.into(),
+                    known: Some(Box::new(file_only)),
+                })
+            }
+        }
+        let instance = match self.ctx.instance_of(identity, aws) {
+            Ok(instance) => instance,
+            Err(err) => {
+                return Err(EarlyFailure {
+                    err: ContextError::from(err).into(),
+                    known: Some(Box::new(file_only)),
+                })
+            }
+        };
+        let detail = identity_detail(&instance, self.lifecycle.waiting.as_ref());
+        self.record(Step::Identity, t, Outcome::Ok, detail);
+        Ok(instance)
+    }
+
+    /// Reads the last report: a boot of this very instance that completed the lifecycle action
+    /// (or succeeded) makes this one a rerun.
+    fn remember_earlier_boot(&mut self, instance_id: &str) {
+        match Report::read(&self.state_dir) {
+            Ok(Some(prev)) if prev.instance_id.as_deref() == Some(instance_id) => {
+                self.lifecycle.completed_before = prev.lifecycle_completed;
+                self.rerun = prev.status == RunStatus::Done;
+            }
+            Ok(Some(prev)) => tracing::info!(
+                "ignoring the status left by instance {} (an image baked after a test boot?)",
+                prev.instance_id.as_deref().unwrap_or("unknown")
+            ),
+            Ok(None) => {}
+            Err(why) => tracing::warn!("{why}; starting afresh"),
+        }
+    }
+
+    async fn find_hook(
+        &self,
+        instance: &Instance,
+    ) -> Result<Option<health::Lifecycle>, health::HealthError> {
+        match instance.group() {
+            Some(group) if !self.lifecycle.completed_before => {
+                let setting = &instance.config.health.lifecycle_hook;
+                health::find_hook(&instance.autoscaling(), group, instance.id(), setting).await
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// One step after identity, within its limit; its outcome goes into the report.
+    async fn run_step(&mut self, step: Step, instance: &Instance) -> Result<(), Error> {
+        let t = Instant::now();
+        let deadline = instance.config.deadline;
+        let left = deadline.saturating_sub(self.started.elapsed());
+        let limit = step.own_limit(&instance.config).min(left);
+        let span = tracing::info_span!("step", step = step.name(), instance_id = %instance.id());
+        let work = self.step_outcome(step, instance);
+        let result = bounded(limit, step.name(), deadline, left, work)
+            .instrument(span)
+            .await;
+        match result {
+            Ok(done) => {
+                let (outcome, detail) = (done.status(), done.detail());
+                if self.options.plan {
+                    crate::output::say(&format!("{}:\n{}", step.name(), indent(&detail)));
+                } else {
+                    tracing::info!(step = step.name(), instance_id = %instance.id(), "{}: {} ({} ms)", step.name(), outcome.word(), millis(t.elapsed()));
+                }
+                self.record(step, t, outcome, detail);
+                Ok(())
+            }
+            Err(err) => {
+                tracing::error!(step = step.name(), instance_id = %instance.id(), "{} failed: {err}", step.name());
+                self.record(step, t, Outcome::Failed, err.to_string());
+                Err(err)
+            }
+        }
+    }
+
+    /// Calls into the step's own module.
+    async fn step_outcome(
+        &mut self,
+        step: Step,
+        instance: &Instance,
+    ) -> Result<Box<dyn Reported + Send>, Error> {
+        let asked = self.options.plan_steps.contains(&step);
+        let plan = self.options.plan || asked;
+        Ok(match step {
+            Step::Identity => {
+                return Err(Error::Failed(
+                    "the identity step runs before every other".into(),
+                ))
+            }
+            Step::Eip => Box::new(eip::step(instance, None, plan).await?),
+            Step::Efs => {
+                let paths = efs::Paths::system();
+                let mut outcome = efs::step(instance, &self.ctx.resolver, &paths, plan).await?;
+                if asked && !self.options.plan {
+                    outcome = outcome.with_note(plan_step_note());
+                }
+                Box::new(outcome)
+            }
+            Step::Release => {
+                let http = self.ctx.http_client()?;
+                Box::new(release::step(instance, &http, plan).await?)
+            }
+            Step::Health => {
+                let http = self.ctx.http_client()?;
+                let done = health::step(instance, &http, &self.lifecycle, plan).await?;
+                self.report.lifecycle_completed |= done.lifecycle_completed();
+                Box::new(done)
+            }
+        })
+    }
+
+    fn record(&mut self, step: Step, started: Instant, outcome: Outcome, detail: String) {
+        if let Some(entry) = self.report.steps.iter_mut().find(|s| s.name == step.name()) {
+            entry.outcome = outcome;
+            entry.duration_ms = millis(started.elapsed());
+            entry.detail = detail.trim_end().to_string();
+        }
+        if !self.options.plan {
+            write_status(&self.report, &self.state_dir);
+        }
+    }
+
+    /// The identity step failed: record it, and where the instance is known apply the failure
+    /// policy and notify.
+    async fn finish_early(mut self, failed: EarlyFailure) -> Result<(), Error> {
+        let t = self.started;
+        self.record(Step::Identity, t, Outcome::Failed, failed.err.to_string());
+        match failed.known {
+            Some(instance) if !self.options.plan => {
+                self.finish(&instance, Some((Step::Identity, failed.err)))
+                    .await
+            }
+            _ => {
+                self.report.status = RunStatus::Error;
+                self.report.finished = Some(now());
+                self.report.duration_ms = millis(self.started.elapsed());
+                self.report.error = Some(format!(
+                    "step identity failed: {}; the instance is not known, so no lifecycle action can be completed",
+                    failed.err
+                ));
+                if !self.options.plan {
+                    write_status(&self.report, &self.state_dir);
+                }
+                Err(failed.err)
+            }
+        }
+    }
+
+    /// The end of a boot that ran: the failure policy if a step failed, the report, the notification.
+    async fn finish(
+        mut self,
+        instance: &Instance,
+        failure: Option<(Step, Error)>,
+    ) -> Result<(), Error> {
+        self.report.duration_ms = millis(self.started.elapsed());
+        self.report.finished = Some(now());
+        let notify = &instance.config.notify;
+        let Some((step, err)) = failure else {
+            self.report.status = RunStatus::Done;
+            write_status(&self.report, &self.state_dir);
+            crate::output::say(&self.report.human());
+            if self.rerun {
                 tracing::info!(
                     "an earlier boot of this instance succeeded; no notification sent again"
                 );
             } else if let Some(topic) = &notify.success_topic {
-                send(&instance, topic, "boot succeeded", &report).await;
+                send(instance, topic, "boot succeeded", &self.report).await;
             }
-            Ok(())
+            return Ok(());
+        };
+        let policy = FailurePolicy::decide(
+            instance.config.health.on_failure,
+            self.lifecycle.waiting.as_ref(),
+            instance.group(),
+        );
+        let policy = policy.apply(&instance.autoscaling(), instance.id()).await;
+        self.report.status = RunStatus::Error;
+        self.report.error = Some(format!("step {} failed: {err}; {policy}", step.name()));
+        write_status(&self.report, &self.state_dir);
+        crate::output::say(&self.report.human());
+        if let Some(topic) = &notify.error_topic {
+            let outcome = format!("boot failed at {}", step.name());
+            send(instance, topic, &outcome, &self.report).await;
         }
-        Some((step, err)) => {
-            let policy = apply_failure_policy(&asg, &instance, lifecycle.as_ref()).await;
-            report.status = "error".into();
-            report.error = Some(format!("step {step} failed: {err}; {policy}"));
-            write_status(&report, &state_dir);
-            print!("{}", report.human());
-            if let Some(topic) = &notify.error_topic {
-                send(&instance, topic, &format!("boot failed at {step}"), &report).await;
-            }
-            match err {
-                Error::Config(_) | Error::Usage(_) => Err(err),
-                other => Err(Error::Failed(format!(
-                    "boot failed at step {step}: {other}; {policy}"
-                ))),
-            }
-        }
+        Err(match err {
+            Error::Config(_) | Error::Usage(_) | Error::Context(ContextError::Config(_)) => err,
+            other => Error::Failed(format!(
+                "boot failed at step {}: {other}; {policy}",
+                step.name()
+            )),
+        })
+    }
+}
+
+fn identity_detail(instance: &Instance, lifecycle: Option<&health::Lifecycle>) -> String {
+    let meta = &instance.identity.metadata;
+    format!(
+        "{} in {} ({}){}{}",
+        meta.instance_id,
+        meta.availability_zone,
+        meta.region,
+        instance
+            .group()
+            .map(|g| format!(", group {g}"))
+            .unwrap_or_else(|| ", no Auto Scaling group".into()),
+        lifecycle
+            .map(|l| format!(", launching hook {}", l.hook))
+            .unwrap_or_default()
+    )
+}
+
+fn plan_step_note() -> String {
+    if efs::this_kernel_has_nfs4() {
+        "run as --plan because --plan-step efs was given".into()
+    } else {
+        "run as --plan (--plan-step efs): this kernel has no NFSv4 client, so the mount itself cannot run here".into()
     }
 }
 
 /// Run a step within its limit; running out is the step's failure, saying which deadline it was.
-async fn bounded(
+async fn bounded<T>(
     limit: Duration,
     name: &str,
     deadline: Duration,
     left: Duration,
-    step: impl Future<Output = StepResult>,
-) -> StepResult {
+    step: impl Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
     if left.is_zero() {
         return Err(Error::Failed(format!(
             "the boot's deadline of {} passed before the {name} step",
@@ -281,27 +436,6 @@ fn indent(text: &str) -> String {
     text.lines().map(|l| format!("  {l}\n")).collect()
 }
 
-fn fail_early(
-    report: &mut Report,
-    state_dir: &std::path::Path,
-    plan: bool,
-    t: Instant,
-    err: Error,
-) -> Result<(), Error> {
-    report.steps[0].outcome = Outcome::Failed;
-    report.steps[0].duration_ms = millis(t.elapsed());
-    report.steps[0].detail = err.to_string();
-    report.status = "error".into();
-    report.finished = Some(now());
-    report.error = Some(format!(
-        "step identity failed: {err}; without an identity no lifecycle action can be completed"
-    ));
-    if !plan {
-        write_status(report, state_dir);
-    }
-    Err(err)
-}
-
 fn write_status(report: &Report, state_dir: &std::path::Path) {
     if let Err(why) = report.write(state_dir) {
         tracing::warn!("{why}");
@@ -320,184 +454,71 @@ async fn send(instance: &Instance, topic: &str, outcome: &str, report: &Report) 
     }
 }
 
-/// ABANDON in a group with a hook, SetInstanceHealth Unhealthy in one without, nothing with
-/// `on_failure = "keep"` or outside a group. Returns what was done, for the report.
-pub async fn apply_failure_policy(
-    asg: &aws_sdk_autoscaling::Client,
-    instance: &Instance,
-    lifecycle: Option<&Lifecycle>,
-) -> String {
-    if instance.config.health.on_failure == OnFailure::Keep {
-        return "on_failure = \"keep\": the instance is kept for debugging".into();
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn sleep_then(d: Duration) -> Result<&'static str, Error> {
+        tokio::time::sleep(d).await;
+        Ok("done")
     }
-    let id = &instance.identity.metadata.instance_id;
-    let done = match (lifecycle, &instance.identity.auto_scaling_group) {
-        (Some(l), _) => health::complete(asg, l, "ABANDON")
+
+    #[tokio::test(start_paused = true)]
+    async fn a_step_runs_out_of_its_own_deadline_or_the_boots() {
+        let s = Duration::from_secs;
+        let ok = bounded(s(5), "eip", s(600), s(600), sleep_then(s(1))).await;
+        assert_eq!(ok.unwrap(), "done");
+        let own = bounded(s(5), "eip", s(600), s(600), sleep_then(s(10)))
             .await
-            .map(|_| format!("lifecycle action ABANDON sent (hook {})", l.hook)),
-        (None, Some(group)) => health::set_unhealthy(asg, id)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            own,
+            "the eip step did not finish within its own deadline of 5s"
+        );
+        let boots = bounded(s(5), "release", s(600), s(5), sleep_then(s(10)))
             .await
-            .map(|()| format!("instance marked Unhealthy in group {group}")),
-        (None, None) => Ok("not in an Auto Scaling group: nothing marked unhealthy".into()),
-    };
-    done.unwrap_or_else(|err| {
-        tracing::error!("{err}");
-        err.to_string()
-    })
-}
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            boots,
+            "the boot's deadline of 10m passed during the release step"
+        );
+        let before = bounded(s(5), "health", s(600), Duration::ZERO, sleep_then(s(0)))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            before,
+            "the boot's deadline of 10m passed before the health step"
+        );
+    }
 
-async fn eip_step(boot: &Boot<'_>, plan: bool) -> StepResult {
-    if boot.instance.config.eip.pool.is_none() {
-        return Ok((
-            Outcome::Skipped,
-            "no pool configured (embark:eip-pool tag or [eip] pool)".into(),
-        ));
+    #[test]
+    fn each_step_has_its_own_limit_from_the_config() {
+        let mut config = Config::default();
+        config.eip.wait = Duration::from_secs(30);
+        config.health.timeout = Duration::from_secs(10);
+        let limits: Vec<(&str, u64)> = Step::ALL
+            .iter()
+            .map(|s| (s.name(), s.own_limit(&config).as_secs()))
+            .collect();
+        assert_eq!(
+            limits,
+            vec![
+                ("identity", 180),
+                ("eip", 150),
+                ("efs", 360),
+                ("release", 600),
+                ("health", 70)
+            ]
+        );
     }
-    let text = eip_bind(boot.instance, None, plan).await?;
-    Ok((if plan { Outcome::Planned } else { Outcome::Ok }, text))
-}
 
-async fn efs_step(boot: &Boot<'_>, plan: bool, asked: bool) -> StepResult {
-    if boot.instance.config.efs.is_empty() {
-        return Ok((
-            Outcome::Skipped,
-            "no file systems configured ([[efs]] or the embark:efs tag)".into(),
-        ));
-    }
-    let text = efs_mount(boot.ctx, boot.instance, plan).await?;
-    if asked {
-        let why = if crate::efs::this_kernel_has_nfs4() {
-            "run as --plan because --plan-step efs was given"
-        } else {
-            "run as --plan (--plan-step efs): this kernel has no NFSv4 client, so the mount itself cannot run here"
-        };
-        return Ok((Outcome::Planned, format!("{why}\n{text}")));
-    }
-    Ok((if plan { Outcome::Planned } else { Outcome::Ok }, text))
-}
-
-async fn release_step(boot: &Boot<'_>, plan: bool) -> StepResult {
-    let config = &boot.instance.config;
-    if config.release.source.is_none() {
-        return Ok((
-            Outcome::Skipped,
-            "no release source configured (embark:release tag or [release] source)".into(),
-        ));
-    }
-    let source = crate::release::cli::source_of(config)?;
-    let settings = crate::release::cli::settings(config)?;
-    let store = crate::release::store::Store::new(&boot.instance.aws, source);
-    let http = crate::net::http_client(&boot.ctx.resolver).map_err(Error::Setup)?;
-    let pulled = crate::release::pull::pull(&store, &settings, &http, plan).await?;
-    match pulled.plan {
-        Some(text) => Ok((Outcome::Planned, text)),
-        None => Ok((Outcome::Ok, pulled.human(&settings.layout.link))),
-    }
-}
-
-async fn health_step(boot: &Boot<'_>, completed: &mut bool) -> StepResult {
-    let config = &boot.instance.config;
-    let id = &boot.instance.identity.metadata.instance_id;
-    let mut lines = Vec::new();
-    let http = crate::net::http_client(&boot.ctx.resolver).map_err(Error::Setup)?;
-    match &config.health.url {
-        Some(url) if boot.plan => lines.push(format!(
-            "would GET {url} until it answers 2xx (within {})",
-            humantime::format_duration(config.health.timeout)
-        )),
-        Some(url) => lines.push(health::probe(&http, url, config.health.timeout).await?),
-        None => lines.push("no health URL configured: no local probe".into()),
-    }
-    let asg = aws_sdk_autoscaling::Client::new(&boot.instance.aws.config);
-    match (&boot.lifecycle, &boot.instance.identity.auto_scaling_group) {
-        (Some(l), _) if boot.plan => lines.push(format!(
-            "would complete the lifecycle action of hook {} (group {}) with CONTINUE",
-            l.hook, l.group
-        )),
-        (Some(l), _) => {
-            let waiting = health::complete(&asg, l, "CONTINUE").await?;
-            *completed = true;
-            lines.push(if waiting {
-                format!(
-                    "lifecycle action completed: CONTINUE (hook {}, group {})",
-                    l.hook, l.group
-                )
-            } else {
-                format!(
-                    "no lifecycle action of hook {} waiting for this instance (completed earlier)",
-                    l.hook
-                )
-            });
-        }
-        (None, Some(_)) if boot.completed_before => {
-            *completed = true;
-            lines.push(
-                "lifecycle action already completed by an earlier boot of this instance".into(),
-            );
-        }
-        (None, Some(group)) => lines.push(match config.health.lifecycle_hook.as_str() {
-            "none" => "lifecycle_hook = \"none\": no lifecycle action".to_string(),
-            _ => format!("group {group} has no launching lifecycle hook"),
-        }),
-        (None, None) => lines.push("not in an Auto Scaling group: no lifecycle action".into()),
-    }
-    let groups = &config.health.target_groups;
-    if !groups.is_empty() {
-        if boot.plan {
-            lines.push(format!("would register {id} in {}", groups.join(", ")));
-        } else {
-            let done = health::register_targets(&boot.instance.aws, groups, id).await?;
-            lines.push(format!(
-                "target groups: registered in {} of {} ({} already)",
-                done.len(),
-                groups.len(),
-                groups.len() - done.len()
-            ));
-        }
-    }
-    Ok((
-        if boot.plan {
-            Outcome::Planned
-        } else {
-            Outcome::Ok
-        },
-        lines.join("\n"),
-    ))
-}
-
-/// `embark health` on its own: the health step, then the failure policy if it failed.
-pub async fn health_only(ctx: &Context) -> Result<(), Error> {
-    let instance = ctx.instance().await?;
-    let meta = &instance.identity.metadata;
-    let asg = aws_sdk_autoscaling::Client::new(&instance.aws.config);
-    let lifecycle = match &instance.identity.auto_scaling_group {
-        Some(group) => {
-            health::find_hook(
-                &asg,
-                group,
-                &meta.instance_id,
-                &instance.config.health.lifecycle_hook,
-            )
-            .await?
-        }
-        _ => None,
-    };
-    let boot = Boot {
-        ctx,
-        instance: &instance,
-        lifecycle: lifecycle.clone(),
-        completed_before: false,
-        plan: false,
-    };
-    let mut completed = false;
-    match health_step(&boot, &mut completed).await {
-        Ok((_, text)) => {
-            println!("{text}");
-            Ok(())
-        }
-        Err(err) => {
-            let policy = apply_failure_policy(&asg, &instance, lifecycle.as_ref()).await;
-            Err(Error::Failed(format!("{err}; {policy}")))
-        }
+    #[test]
+    fn plan_steps_parse_by_name_and_identity_is_not_one() {
+        assert_eq!(Step::from_str("efs", false), Ok(Step::Efs));
+        assert!(Step::from_str("identity", false).is_err());
+        assert_eq!(indent("a\nb"), "  a\n  b\n");
     }
 }

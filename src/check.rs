@@ -4,8 +4,10 @@
 
 use std::path::Path;
 
-use crate::cli::{Cli, Context, Instance};
+use std::path::PathBuf;
+
 use crate::config::{Config, Source};
+use crate::context::{Context, ContextError, Instance};
 use crate::efs;
 use crate::eip;
 use crate::error::Error;
@@ -51,9 +53,9 @@ impl std::fmt::Display for CheckLine {
     }
 }
 
-pub async fn run(cli: &Cli, image: bool) -> Result<(), Error> {
+pub async fn run(config: &Path, state_dir: Option<&PathBuf>, image: bool) -> Result<(), Error> {
     let mut lines = Vec::new();
-    let ctx = match Context::load(cli) {
+    let ctx = match Context::load(config, state_dir) {
         Ok(ctx) => {
             lines.push(CheckLine::ok(
                 "config",
@@ -64,7 +66,7 @@ pub async fn run(cli: &Cli, image: bool) -> Result<(), Error> {
             ));
             Some(ctx)
         }
-        Err(err @ Error::Config(_)) => {
+        Err(err @ ContextError::Config(_)) => {
             lines.push(CheckLine::usage("config", err.to_string()));
             None
         }
@@ -82,7 +84,7 @@ pub async fn run(cli: &Cli, image: bool) -> Result<(), Error> {
         None => {}
     }
     for line in &lines {
-        println!("{line}");
+        crate::output::say_line(&line.to_string());
     }
     let failed = lines.iter().filter(|l| !l.ok).count();
     if failed == 0 {
@@ -142,7 +144,7 @@ async fn eip_check(instance: &Instance) -> CheckLine {
     {
         return CheckLine::usage("eip", err.to_string());
     }
-    let place = instance.place();
+    let place = eip::place(instance);
     match eip::describe_pool(&instance.aws.ec2(), &pool).await {
         Ok(found) => {
             let status = eip::Status::new(found, &place, instance.config.eip.reserve);
@@ -182,7 +184,7 @@ async fn release_check(instance: &Instance) -> CheckLine {
     if instance.config.release.source.is_none() {
         return CheckLine::ok("release", "no release source configured: no release step");
     }
-    let source = match release::cli::source_of(&instance.config) {
+    let source = match release::source_of(&instance.config) {
         Ok(source) => source,
         Err(err) => return CheckLine::usage("release", err.to_string()),
     };
@@ -240,16 +242,7 @@ const CA_BUNDLES: [&str; 4] = [
 /// `check --image`: what a boot from this image needs, and that nothing of an instance was baked in.
 /// IMDS is not asked (the builder is not the fleet).
 fn image_checks(config: &Config) -> Vec<CheckLine> {
-    let mut lines = vec![CheckLine::ok(
-        "binary",
-        format!(
-            "embark {} at {}",
-            env!("CARGO_PKG_VERSION"),
-            std::env::current_exe()
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|_| "?".into())
-        ),
-    )];
+    let mut lines = Vec::new();
     lines.push(if efs::this_kernel_has_nfs4() {
         CheckLine::ok("nfs", "kernel NFSv4 client present")
     } else if config.efs.is_empty() {

@@ -1,18 +1,18 @@
-//! The command line (the contract in DESIGN.md) and the context every command starts from.
+//! The command line (the contract in DESIGN.md): parsing and dispatch, nothing else. Each command
+//! calls into the module that owns it; nothing imports this module but `main`.
 
 use std::path::PathBuf;
 
-use aws_smithy_runtime_api::client::http::SharedHttpClient;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
-use crate::aws::Aws;
-use crate::config::{self, Config, Source};
-use crate::efs;
-use crate::eip::{self, Outcome};
+use crate::boot;
+use crate::config::{self, Config};
+use crate::context::Context;
 use crate::error::Error;
-use crate::identity::{self, Identity, Imds, TagsSource};
-use crate::net::{self, Resolver};
-use crate::report::LogFormat;
+use crate::identity::Identity;
+use crate::output::{print_either, say_line, LogFormat};
+use crate::status::Reported;
+use crate::{efs, eip, health};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -80,31 +80,15 @@ pub enum Command {
         image: bool,
     },
     /// The least-privilege IAM policy (JSON) for the configured features (docs/iam.md)
-    IamPolicy {
-        /// An Elastic IP pool the group's embark:eip-pool tag names (repeatable)
-        #[arg(long = "pool")]
-        pools: Vec<String>,
-        /// An EFS file system the group's embark:efs tag names (repeatable)
-        #[arg(long = "efs")]
-        file_systems: Vec<String>,
-        /// The release source the group's embark:release tag names
-        #[arg(long)]
-        release: Option<String>,
-        /// Narrow the lifecycle actions to this Auto Scaling group
-        #[arg(long)]
-        group: Option<String>,
-        /// The policy for the CI role that runs `release push` / `rollback` instead of the instance's
-        #[arg(long)]
-        publisher: bool,
-    },
+    IamPolicy(IamPolicyArgs),
     /// Every configured step in order: identity, EIP, EFS, release, health (docs/cli.md)
     Boot {
         /// Run every read-only look-up and print what each step would do; change nothing
         #[arg(long)]
         plan: bool,
         /// Run only this step as --plan (repeatable; e.g. efs on a machine without an NFS client)
-        #[arg(long = "plan-step", value_parser = ["eip", "efs", "release", "health"])]
-        plan_steps: Vec<String>,
+        #[arg(long = "plan-step", value_enum)]
+        plan_steps: Vec<boot::Step>,
     },
     /// Local health probe, then the lifecycle action (CONTINUE) and extra target groups
     Health,
@@ -129,6 +113,25 @@ pub enum Command {
         #[command(subcommand)]
         command: ReleaseCommand,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct IamPolicyArgs {
+    /// An Elastic IP pool the group's embark:eip-pool tag names (repeatable)
+    #[arg(long = "pool")]
+    pub pools: Vec<String>,
+    /// An EFS file system the group's embark:efs tag names (repeatable)
+    #[arg(long = "efs")]
+    pub file_systems: Vec<String>,
+    /// The release source the group's embark:release tag names
+    #[arg(long)]
+    pub release: Option<String>,
+    /// Narrow the lifecycle actions to this Auto Scaling group
+    #[arg(long)]
+    pub group: Option<String>,
+    /// The policy for the CI role that runs `release push` / `rollback` instead of the instance's
+    #[arg(long)]
+    pub publisher: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -207,374 +210,110 @@ pub enum EipCommand {
     },
 }
 
+/// Runs the parsed command. Nothing imports this module: it only dispatches.
 pub async fn run(cli: Cli) -> Result<(), Error> {
-    match cli.command {
+    let load = || Context::load(&cli.config, cli.state_dir.as_ref());
+    match &cli.command {
         Command::Identity { json } => {
-            let ctx = Context::load(&cli)?;
-            let (identity, _) = ctx.identify().await?;
-            print_either(&identity, json, Identity::human)
+            let (identity, _) = load()?.identify().await?;
+            print_either(&identity, *json, Identity::human);
         }
-        Command::Check { image } => crate::check::run(&cli, image).await,
-        Command::IamPolicy {
-            ref pools,
-            ref file_systems,
-            ref release,
-            ref group,
-            publisher,
-        } => {
-            let (config, _) = Config::load(&cli.config)?;
-            let mut features = crate::iam::Features::from_config(&config).map_err(Error::Usage)?;
-            features.pools.extend(pools.iter().cloned());
-            features
-                .file_systems
-                .extend(file_systems.iter().map(|fs| (fs.clone(), false)));
-            if let Some(url) = release {
-                features.release =
-                    Some(crate::release::format::SourceUrl::parse(url).map_err(Error::Usage)?);
-            }
-            features.group = group.clone();
-            let policy = if publisher {
-                let source = features.release.as_ref().ok_or_else(|| {
-                    Error::Usage(
-                        "--publisher needs the release source: --release s3://bucket/prefix or [release] source".into(),
-                    )
-                })?;
-                crate::iam::publisher_policy(source)
-            } else {
-                crate::iam::instance_policy(&features)
-            };
-            print_either(&policy, true, |_| String::new())
+        Command::Check { image } => {
+            crate::check::run(&cli.config, cli.state_dir.as_ref(), *image).await?
         }
-        Command::Boot {
-            plan,
-            ref plan_steps,
-        } => {
-            let ctx = Context::load(&cli)?;
-            let options = crate::boot::Options {
-                plan,
+        Command::IamPolicy(args) => iam_policy(&cli.config, args)?,
+        Command::Boot { plan, plan_steps } => {
+            let options = boot::Options {
+                plan: *plan,
                 plan_steps: plan_steps.clone(),
             };
-            crate::boot::run(&ctx, &options).await
+            boot::run(&load()?, &options).await?
         }
         Command::Health => {
-            let ctx = Context::load(&cli)?;
-            crate::boot::health_only(&ctx).await
+            let ctx = load()?;
+            let instance = ctx.instance().await?;
+            let done = health::run_alone(&instance, &ctx.http_client()?).await?;
+            say_line(&done.detail());
         }
         Command::Status { json } => {
             let (mut config, _) = Config::load(&cli.config)?;
             if let Some(dir) = &cli.state_dir {
                 config.state_dir = dir.clone();
             }
-            crate::status::show(&config.state_dir, json).map_err(Error::Failed)?;
-            Ok(())
+            crate::status::show(&config.state_dir, *json).map_err(Error::Failed)?;
         }
         Command::Efs {
             command: EfsCommand::Mount { plan },
         } => {
-            let ctx = Context::load(&cli)?;
+            let ctx = load()?;
             let instance = ctx.instance().await?;
-            print!("{}", efs_mount(&ctx, &instance, plan).await?);
-            Ok(())
+            let paths = efs::Paths::system();
+            match efs::step(&instance, &ctx.resolver, &paths, *plan).await? {
+                efs::StepOutcome::NotConfigured => say_line(
+                    "no file systems configured ([[efs]] or the group's embark:efs tag): nothing to do",
+                ),
+                done => say_line(&done.detail()),
+            }
         }
-        Command::Eip { ref command } => {
-            let ctx = Context::load(&cli)?;
-            let instance = ctx.instance().await?;
+        Command::Eip { command } => {
+            let instance = load()?.instance().await?;
             match command {
                 EipCommand::Bind { pool, plan } => {
-                    print!("{}", eip_bind(&instance, pool.as_deref(), *plan).await?);
-                    Ok(())
+                    match eip::step(&instance, pool.as_deref(), *plan).await? {
+                        eip::StepOutcome::NotConfigured => return Err(eip::EipError::NoPool.into()),
+                        done => say_line(&done.detail()),
+                    }
                 }
                 EipCommand::Status { pool, json } => {
-                    eip_status(&instance, pool.as_deref(), *json).await
+                    let status = eip::status(&instance, pool.as_deref()).await?;
+                    print_either(&status, *json, eip::Status::human);
                 }
             }
         }
-        Command::Release { ref command } => {
-            let ctx = Context::load(&cli)?;
-            crate::release::cli::run(&ctx, command).await
-        }
-    }
-}
-
-/// Bind (or plan) and say what happened, in one text for stdout or the boot report.
-pub async fn eip_bind(
-    instance: &Instance,
-    pool: Option<&str>,
-    plan: bool,
-) -> Result<String, Error> {
-    let settings = eip_settings(&instance.config, pool)?;
-    let place = instance.place();
-    eip::check_region(&instance.aws.region(), &instance.identity.metadata.region)?;
-    let ec2 = instance.aws.ec2();
-    if plan {
-        let plan = eip::plan(&ec2, &place, &settings).await?;
-        return Ok(plan.human(&place, &settings));
-    }
-    let text = match eip::bind(&ec2, &place, &settings).await? {
-        Outcome::Bound { address, free } => {
-            warn_reserve(&settings, free);
-            format!(
-                "bound {} ({}) from pool '{}' to {}; {free} of the pool's addresses free\n",
-                address.public_ip, address.allocation_id, settings.pool, place.instance_id
-            )
-        }
-        Outcome::AlreadyBound { address, free } => {
-            warn_reserve(&settings, free);
-            format!(
-                "already bound: {} ({}) from pool '{}'; nothing to do\n",
-                address.public_ip, address.allocation_id, settings.pool
-            )
-        }
-        Outcome::NoneFree { total, waited } => {
-            tracing::warn!(
-                pool = %settings.pool,
-                "no free address in pool '{}' ({total} addresses, waited {}); continuing without one because it is not required",
-                settings.pool,
-                humantime::format_duration(waited)
-            );
-            format!(
-                "no free address in pool '{}'; continuing without one (not required)\n",
-                settings.pool
-            )
-        }
-    };
-    Ok(text)
-}
-
-/// Where the step reads the mount table and writes fstab lines; overridable for tests and packaging.
-pub fn mountinfo_path() -> PathBuf {
-    std::env::var_os("EMBARK_MOUNTINFO")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/proc/self/mountinfo"))
-}
-
-pub fn fstab_path() -> PathBuf {
-    std::env::var_os("EMBARK_FSTAB")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/etc/fstab"))
-}
-
-/// Mount (or plan) every configured file system; the text says what happened to each.
-pub async fn efs_mount(ctx: &Context, instance: &Instance, plan: bool) -> Result<String, Error> {
-    let mut out = String::new();
-    macro_rules! say {
-        ($($arg:tt)*) => {{
-            out.push_str(&format!($($arg)*));
-            out.push('\n');
-        }};
-    }
-    let mounts = &instance.config.efs;
-    if mounts.is_empty() {
-        say!("no file systems configured ([[efs]] or the group's embark:efs tag): nothing to do");
-        return Ok(out);
-    }
-    let place = efs::Place {
-        region: instance.identity.metadata.region.clone(),
-        zone_id: instance.identity.metadata.availability_zone_id.clone(),
-        use_dns: !Aws::custom_endpoint("efs"),
-    };
-    let client = instance.aws.efs();
-    let mountinfo = std::fs::read_to_string(mountinfo_path()).unwrap_or_default();
-    let kernel_ok = efs::this_kernel_has_nfs4();
-    for mount in mounts {
-        let fs = &mount.file_system;
-        let target = mount.mount_point.display();
-        if efs::mounted(&mountinfo, &mount.mount_point, &mount.path) {
-            say!(
-                "{fs}:{} on {target}: already mounted; nothing to do",
-                mount.path
-            );
-            continue;
-        }
-        let helper_opts = efs::efs_utils_options(mount);
-        if !helper_opts.is_empty() {
-            if plan {
-                say!(
-                    "{fs}:{} on {target}: would run mount -t efs -o {} (amazon-efs-utils)",
-                    mount.path,
-                    helper_opts.join(",")
-                );
-            } else {
-                efs::mount_with_efs_utils(mount).await?;
-                say!(
-                    "{fs}:{} mounted on {target} with amazon-efs-utils",
-                    mount.path
-                );
-            }
-            continue;
-        }
-        if !kernel_ok && !plan {
-            return Err(efs::EfsError::NoNfs4.into());
-        }
-        let (ip, found) = efs::resolve(
-            &client,
-            &ctx.resolver,
-            &place,
-            fs,
-            instance.config.efs_deadline,
-        )
-        .await?;
-        let call = efs::MountCall::new(mount, ip);
-        if plan {
-            say!("{fs}:{} on {target}", mount.path);
-            say!("  address: {ip} (found by {found})");
-            say!("  call:    {call}");
-            if mount.fstab {
-                say!("  fstab:   {}", efs::fstab_line(&call));
-            }
-            if !kernel_ok {
-                say!(
-                    "  note:    this kernel has no NFSv4 client; the mount itself would fail here"
-                );
-            }
-            continue;
-        }
-        efs::probe(fs, ip).await?;
-        efs::create_mount_point(&mount.mount_point)?;
-        efs::mount(&call)?;
-        say!(
-            "{fs}:{} mounted on {target} from {ip} ({found})",
-            mount.path
-        );
-        if mount.fstab && efs::write_fstab(&fstab_path(), &efs::fstab_line(&call))? {
-            say!("  fstab line written to {}", fstab_path().display());
-        }
-    }
-    Ok(out)
-}
-
-fn warn_reserve(settings: &eip::Settings, free: usize) {
-    if (free as u64) < u64::from(settings.reserve) {
-        tracing::warn!(
-            pool = %settings.pool,
-            "pool '{}' has {free} free address(es) left, below its reserve of {}: add addresses tagged embark:pool={}",
-            settings.pool,
-            settings.reserve,
-            settings.pool
-        );
-    }
-}
-
-async fn eip_status(instance: &Instance, pool: Option<&str>, json: bool) -> Result<(), Error> {
-    let settings = eip_settings(&instance.config, pool)?;
-    eip::check_region(&instance.aws.region(), &instance.identity.metadata.region)?;
-    let pool = eip::describe_pool(&instance.aws.ec2(), &settings.pool).await?;
-    let status = eip::Status::new(pool, &instance.place(), settings.reserve);
-    print_either(&status, json, eip::Status::human)
-}
-
-/// The stable JSON form behind `--json`, the human one otherwise.
-pub fn print_either<T: serde::Serialize>(
-    value: &T,
-    json: bool,
-    human: impl FnOnce(&T) -> String,
-) -> Result<(), Error> {
-    if json {
-        let text = serde_json::to_string_pretty(value)
-            .map_err(|err| Error::Setup(format!("cannot encode the JSON output: {err}")))?;
-        println!("{text}");
-    } else {
-        print!("{}", human(value));
+        Command::Release { command } => release_command(&load()?, command).await?,
     }
     Ok(())
 }
 
-/// The pool from `--pool`, else the group's tag (already applied to the config), else the file.
-pub fn eip_settings(config: &Config, flag: Option<&str>) -> Result<eip::Settings, Error> {
-    let pool = flag
-        .map(str::to_string)
-        .or_else(|| config.eip.pool.clone())
-        .filter(|p| !p.trim().is_empty())
-        .ok_or_else(|| {
+async fn release_command(ctx: &Context, command: &ReleaseCommand) -> Result<(), Error> {
+    use crate::release::commands;
+    match command {
+        ReleaseCommand::Push { dir, to, message } => {
+            commands::push_release(ctx, dir, to, message).await
+        }
+        ReleaseCommand::Pull { plan, json } => commands::pull_release(ctx, *plan, *json).await,
+        ReleaseCommand::Watch => commands::run_agent(ctx).await,
+        ReleaseCommand::Rollback { to, from } => {
+            commands::rollback_release(ctx, to.as_deref(), from.as_deref()).await
+        }
+        ReleaseCommand::List { from, json } => {
+            commands::list_releases(ctx, from.as_deref(), *json).await
+        }
+    }
+}
+
+fn iam_policy(config_path: &std::path::Path, args: &IamPolicyArgs) -> Result<(), Error> {
+    let (config, _) = Config::load(config_path)?;
+    let mut features = crate::iam::Features::from_config(&config).map_err(Error::Usage)?;
+    features.pools.extend(args.pools.iter().cloned());
+    features
+        .file_systems
+        .extend(args.file_systems.iter().map(|fs| (fs.clone(), false)));
+    if let Some(url) = &args.release {
+        features.release =
+            Some(crate::release::format::SourceUrl::parse(url).map_err(Error::Usage)?);
+    }
+    features.group = args.group.clone();
+    let policy = if args.publisher {
+        let source = features.release.as_ref().ok_or_else(|| {
             Error::Usage(
-                "no Elastic IP pool configured: set the group's embark:eip-pool tag, [eip] pool in the config file, or --pool".to_string(),
+                "--publisher needs the release source: --release s3://bucket/prefix or [release] source".into(),
             )
         })?;
-    Ok(eip::Settings {
-        pool,
-        required: config.eip.required,
-        wait: config.eip.wait,
-        reserve: config.eip.reserve,
-    })
-}
-
-/// This instance: its identity, the AWS configuration for its region, and the configuration with its
-/// group's tags applied.
-pub struct Instance {
-    pub identity: Identity,
-    pub aws: Aws,
-    pub config: Config,
-}
-
-impl Instance {
-    pub fn place(&self) -> eip::Place<'_> {
-        eip::Place {
-            instance_id: &self.identity.metadata.instance_id,
-            az_name: &self.identity.metadata.availability_zone,
-            az_id: self.identity.metadata.availability_zone_id.as_deref(),
-        }
-    }
-}
-
-/// What every command starts from: the configuration file and the network clients.
-pub struct Context {
-    pub config: Config,
-    pub source: Source,
-    pub resolver: Resolver,
-    pub http: SharedHttpClient,
-}
-
-impl Context {
-    pub fn load(cli: &Cli) -> Result<Context, Error> {
-        let (mut config, source) = Config::load(&cli.config)?;
-        if let Some(dir) = &cli.state_dir {
-            config.state_dir = dir.clone();
-        }
-        Context::with_config(config, source)
-    }
-
-    pub fn with_config(config: Config, source: Source) -> Result<Context, Error> {
-        let resolver = Resolver::from_system().map_err(Error::Setup)?;
-        let http = net::aws_http_client(&resolver);
-        Ok(Context {
-            config,
-            source,
-            resolver,
-            http,
-        })
-    }
-
-    pub fn imds(&self) -> Imds {
-        Imds::new(self.http.clone(), self.config.imds_deadline)
-    }
-
-    /// The identity, and the AWS configuration for the instance's region.
-    pub async fn identify(&self) -> Result<(Identity, Aws), Error> {
-        let imds = self.imds();
-        let meta = identity::metadata(&imds).await?;
-        let aws = Aws::load(self.http.clone(), &meta.region).await;
-        let (tags, source) = match imds.tags().await? {
-            Some(tags) => (tags, TagsSource::Imds),
-            None => {
-                tracing::debug!(
-                    "instance metadata tags are off; reading tags with ec2:DescribeTags"
-                );
-                let tags = identity::tags_from_ec2(&aws.ec2(), &meta.instance_id).await?;
-                (tags, TagsSource::DescribeTags)
-            }
-        };
-        Ok((Identity::from_parts(meta, tags, source), aws))
-    }
-
-    /// The identity plus the configuration with the group's tags on top (bad tags: exit 2).
-    pub async fn instance(&self) -> Result<Instance, Error> {
-        let (identity, aws) = self.identify().await?;
-        let mut config = self.config.clone();
-        config.apply_tags(&identity.tags)?;
-        Ok(Instance {
-            identity,
-            aws,
-            config,
-        })
-    }
+        crate::iam::publisher_policy(source)
+    } else {
+        crate::iam::instance_policy(&features)
+    };
+    print_either(&policy, true, |_| String::new());
+    Ok(())
 }

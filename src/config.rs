@@ -203,7 +203,7 @@ pub struct HealthConfig {
     #[serde(with = "duration")]
     pub timeout: Duration,
     /// "auto" (find the group's launching hook), "none", or a hook name.
-    pub lifecycle_hook: String,
+    pub lifecycle_hook: LifecycleHook,
     pub target_groups: Vec<String>,
     pub on_failure: OnFailure,
 }
@@ -213,9 +213,41 @@ impl Default for HealthConfig {
         HealthConfig {
             url: None,
             timeout: Duration::from_secs(300),
-            lifecycle_hook: "auto".to_string(),
+            lifecycle_hook: LifecycleHook::Auto,
             target_groups: Vec::new(),
             on_failure: OnFailure::Abandon,
+        }
+    }
+}
+
+/// Which launching lifecycle hook the boot completes.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(from = "String", into = "String")]
+pub enum LifecycleHook {
+    /// The group's launching hook, if it has one.
+    Auto,
+    /// None: the boot completes no lifecycle action.
+    None,
+    /// This hook, which must exist.
+    Named(String),
+}
+
+impl From<String> for LifecycleHook {
+    fn from(text: String) -> Self {
+        match text.as_str() {
+            "auto" => LifecycleHook::Auto,
+            "none" => LifecycleHook::None,
+            _ => LifecycleHook::Named(text),
+        }
+    }
+}
+
+impl From<LifecycleHook> for String {
+    fn from(hook: LifecycleHook) -> Self {
+        match hook {
+            LifecycleHook::Auto => "auto".to_string(),
+            LifecycleHook::None => "none".to_string(),
+            LifecycleHook::Named(name) => name,
         }
     }
 }
@@ -436,13 +468,9 @@ fn parse_bool(text: &str) -> Result<bool, String> {
     }
 }
 
+/// One rule for release sources everywhere: the file, the tag, `--to` and `--from`.
 fn check_s3_url(url: &str) -> Result<(), String> {
-    match url.trim().strip_prefix("s3://") {
-        Some(rest) if !rest.is_empty() && !rest.starts_with('/') => Ok(()),
-        _ => Err(format!(
-            "{url:?} is not an S3 location; write s3://bucket/prefix"
-        )),
-    }
+    crate::release::format::SourceUrl::parse(url).map(|_| ())
 }
 
 fn check_efs_mount(mount: &EfsMount) -> Result<(), String> {

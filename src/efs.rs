@@ -8,12 +8,14 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::aws::{describe, error_code};
+use crate::aws::{Aws, AwsError};
 use crate::config::EfsMount;
-use crate::identity::Fibonacci;
+use crate::context::Instance;
 use crate::net::Resolver;
+use crate::retry::{retry, Failure, Policy, Verdict};
+use crate::status::{self, Reported};
 
 /// The options AWS recommends for EFS over NFSv4.1.
 pub const AWS_OPTIONS: &str =
@@ -62,16 +64,8 @@ pub enum EfsError {
     MountPoint { path: PathBuf, detail: String },
     #[error("cannot update {path}: {detail}")]
     Fstab { path: PathBuf, detail: String },
-    #[error("not allowed to call {action}: {detail}. Grant {action} to the instance profile")]
-    Denied {
-        action: &'static str,
-        detail: String,
-    },
-    #[error("{action} failed: {detail}")]
-    Aws {
-        action: &'static str,
-        detail: String,
-    },
+    #[error(transparent)]
+    Aws(#[from] AwsError),
 }
 
 impl EfsError {
@@ -267,80 +261,99 @@ pub async fn resolve(
         tracing::debug!(%name, "no DNS answer; asking DescribeMountTargets");
     }
     let zone_id = place.zone_id.clone().unwrap_or_default();
-    let started = Instant::now();
-    let mut backoff = Fibonacci::new(Duration::from_secs(1), Duration::from_secs(10));
-    loop {
+    let policy = Policy::new(Duration::from_secs(1), Duration::from_secs(10), deadline);
+    let action = "elasticfilesystem:DescribeMountTargets";
+    let attempt = |_| async {
         let targets = match efs.describe_mount_targets().file_system_id(fs).send().await {
             Ok(out) => out.mount_targets().to_vec(),
             Err(err) => {
-                let detail = describe(&err);
-                return Err(match error_code(&err) {
+                let err = AwsError::new(action, &err).on(format!("for {fs}"));
+                return Verdict::Stop(match err.code() {
                     Some("FileSystemNotFound") => EfsError::NoFileSystem {
                         fs: fs.to_string(),
                         region: place.region.clone(),
                     },
-                    Some("AccessDeniedException") | Some("AccessDenied") => EfsError::Denied {
-                        action: "elasticfilesystem:DescribeMountTargets",
-                        detail,
-                    },
-                    _ => EfsError::Aws {
-                        action: "elasticfilesystem:DescribeMountTargets",
-                        detail,
-                    },
+                    _ => err.into(),
                 });
             }
         };
-        let here = targets
-            .iter()
-            .find(|t| t.availability_zone_id() == Some(zone_id.as_str()));
-        let last = match here {
-            Some(t) if t.life_cycle_state().as_str() == "available" => {
-                if let Some(ip) = t.ip_address().and_then(|ip| ip.parse::<IpAddr>().ok()) {
-                    return Ok((
-                        ip,
-                        Found::MountTarget {
-                            id: t.mount_target_id().to_string(),
-                            zone_id: zone_id.clone(),
-                        },
-                    ));
-                }
-                "the mount target has no IPv4 address".to_string()
-            }
-            Some(t) => format!(
-                "mount target {} is {}",
-                t.mount_target_id(),
-                t.life_cycle_state().as_str()
-            ),
-            None => "no mount target in this zone yet".to_string(),
-        };
-        let delay = backoff.next_delay();
-        if started.elapsed() + delay > deadline {
-            if here.is_none() {
-                let mut others: Vec<&str> = targets
-                    .iter()
-                    .filter_map(|t| t.availability_zone_id())
-                    .collect();
-                others.sort_unstable();
-                return Err(EfsError::NoMountTarget {
-                    fs: fs.to_string(),
-                    zone_id,
-                    others: if others.is_empty() {
-                        "none".to_string()
-                    } else {
-                        others.join(", ")
-                    },
-                });
-            }
-            return Err(EfsError::NotAvailable {
+        match pick_target(&targets, &zone_id) {
+            Ok(found) => Verdict::Done(found),
+            Err(waiting) => Verdict::Retry(waiting),
+        }
+    };
+    let result = retry(policy, attempt, |w| {
+        tracing::info!(fs, "{}; looking again in {:?}", w.last.why, w.delay);
+    })
+    .await;
+    match result {
+        Ok(found) => Ok(found),
+        Err(Failure::Stopped(err)) => Err(err),
+        Err(Failure::GaveUp { last: waiting, .. }) => Err(match waiting.others {
+            Some(others) => EfsError::NoMountTarget {
+                fs: fs.to_string(),
+                zone_id,
+                others,
+            },
+            None => EfsError::NotAvailable {
                 fs: fs.to_string(),
                 zone_id,
                 deadline,
-                last,
-            });
-        }
-        tracing::info!(fs, "{last}; looking again in {delay:?}");
-        tokio::time::sleep(delay).await;
+                last: waiting.why,
+            },
+        }),
     }
+}
+
+/// Why no mount target can be used yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct NotYet {
+    why: String,
+    /// No target in this zone at all: the zones that have one (or "none").
+    others: Option<String>,
+}
+
+/// The available target in this zone, or why there is none yet.
+fn pick_target(
+    targets: &[aws_sdk_efs::types::MountTargetDescription],
+    zone_id: &str,
+) -> Result<(IpAddr, Found), NotYet> {
+    let here = targets
+        .iter()
+        .find(|t| t.availability_zone_id() == Some(zone_id));
+    let why = match here {
+        Some(t) if t.life_cycle_state().as_str() == "available" => {
+            if let Some(ip) = t.ip_address().and_then(|ip| ip.parse::<IpAddr>().ok()) {
+                return Ok((
+                    ip,
+                    Found::MountTarget {
+                        id: t.mount_target_id().to_string(),
+                        zone_id: zone_id.to_string(),
+                    },
+                ));
+            }
+            "the mount target has no IPv4 address".to_string()
+        }
+        Some(t) => format!(
+            "mount target {} is {}",
+            t.mount_target_id(),
+            t.life_cycle_state().as_str()
+        ),
+        None => "no mount target in this zone yet".to_string(),
+    };
+    let others = here.is_none().then(|| {
+        let mut zones: Vec<&str> = targets
+            .iter()
+            .filter_map(|t| t.availability_zone_id())
+            .collect();
+        zones.sort_unstable();
+        if zones.is_empty() {
+            "none".to_string()
+        } else {
+            zones.join(", ")
+        }
+    });
+    Err(NotYet { why, others })
 }
 
 /// A short TCP connect to the mount target: a blocked security group is a clear sentence, not a mount
@@ -504,18 +517,272 @@ pub fn write_fstab(path: &Path, line: &str) -> Result<bool, EfsError> {
     let Some(next) = fstab_with(&current, line) else {
         return Ok(false);
     };
-    let tmp = path.with_extension("embark-tmp");
     let mode = std::fs::metadata(path)
         .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()))
         .unwrap_or(0o644);
-    std::fs::write(&tmp, next.as_bytes()).map_err(|e| fail(e.to_string()))?;
-    std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(mode))
-        .map_err(|e| fail(e.to_string()))?;
-    std::fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| fail(e.to_string()))?;
-    std::fs::rename(&tmp, path).map_err(|e| fail(e.to_string()))?;
+    crate::fsutil::atomic_write(path, next.as_bytes(), mode).map_err(|e| fail(e.to_string()))?;
     Ok(true)
+}
+
+/// Where the step reads the mount table and writes fstab lines.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub mountinfo: PathBuf,
+    pub fstab: PathBuf,
+}
+
+impl Paths {
+    /// The system's, unless `EMBARK_MOUNTINFO` / `EMBARK_FSTAB` name others: the integration tests of
+    /// the real binary (and image builds that prepare another root) need that; unit tests pass paths.
+    pub fn system() -> Paths {
+        let var = |name: &str, default: &str| {
+            std::env::var_os(name)
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(default))
+        };
+        Paths {
+            mountinfo: var("EMBARK_MOUNTINFO", "/proc/self/mountinfo"),
+            fstab: var("EMBARK_FSTAB", "/etc/fstab"),
+        }
+    }
+}
+
+/// What happened to one configured mount.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MountResult {
+    Already,
+    /// TLS / IAM / access point: amazon-efs-utils did (or would do) the mount.
+    EfsUtils {
+        options: Vec<String>,
+        planned: bool,
+    },
+    Planned {
+        ip: IpAddr,
+        found: Found,
+        call: MountCall,
+        fstab: Option<String>,
+        kernel_ok: bool,
+    },
+    Mounted {
+        ip: IpAddr,
+        found: Found,
+        fstab_written: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountReport {
+    pub file_system: String,
+    pub path: String,
+    pub mount_point: PathBuf,
+    pub result: MountResult,
+}
+
+impl MountReport {
+    fn human(&self) -> String {
+        let (fs, path, target) = (&self.file_system, &self.path, self.mount_point.display());
+        match &self.result {
+            MountResult::Already => {
+                format!("{fs}:{path} on {target}: already mounted; nothing to do")
+            }
+            MountResult::EfsUtils {
+                options,
+                planned: true,
+            } => format!(
+                "{fs}:{path} on {target}: would run mount -t efs -o {} (amazon-efs-utils)",
+                options.join(",")
+            ),
+            MountResult::EfsUtils { .. } => {
+                format!("{fs}:{path} mounted on {target} with amazon-efs-utils")
+            }
+            MountResult::Planned {
+                ip,
+                found,
+                call,
+                fstab,
+                kernel_ok,
+            } => {
+                let mut out = format!(
+                    "{fs}:{path} on {target}\n  address: {ip} (found by {found})\n  call:    {call}"
+                );
+                if let Some(line) = fstab {
+                    out.push_str(&format!("\n  fstab:   {line}"));
+                }
+                if !kernel_ok {
+                    out.push_str(
+                        "\n  note:    this kernel has no NFSv4 client; the mount itself would fail here",
+                    );
+                }
+                out
+            }
+            MountResult::Mounted {
+                ip,
+                found,
+                fstab_written,
+            } => {
+                let mut out = format!("{fs}:{path} mounted on {target} from {ip} ({found})");
+                if let Some(file) = fstab_written {
+                    out.push_str(&format!("\n  fstab line written to {}", file.display()));
+                }
+                out
+            }
+        }
+    }
+}
+
+/// What the step did, for the report and stdout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepOutcome {
+    NotConfigured,
+    Done {
+        mounts: Vec<MountReport>,
+        planned: bool,
+        /// Why the step ran as a plan (boot's `--plan-step efs`).
+        note: Option<String>,
+    },
+}
+
+impl StepOutcome {
+    /// The same outcome, with a line saying why it ran as it did.
+    pub fn with_note(self, why: String) -> StepOutcome {
+        match self {
+            StepOutcome::Done {
+                mounts, planned, ..
+            } => StepOutcome::Done {
+                mounts,
+                planned,
+                note: Some(why),
+            },
+            other => other,
+        }
+    }
+}
+
+impl Reported for StepOutcome {
+    fn status(&self) -> status::Outcome {
+        match self {
+            StepOutcome::NotConfigured => status::Outcome::Skipped,
+            StepOutcome::Done { planned: true, .. } => status::Outcome::Planned,
+            StepOutcome::Done { .. } => status::Outcome::Ok,
+        }
+    }
+
+    fn detail(&self) -> String {
+        match self {
+            StepOutcome::NotConfigured => {
+                "no file systems configured ([[efs]] or the embark:efs tag)".to_string()
+            }
+            StepOutcome::Done { mounts, note, .. } => note
+                .iter()
+                .cloned()
+                .chain(mounts.iter().map(MountReport::human))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        }
+    }
+}
+
+/// The step: mount (or plan) every configured file system, in order.
+pub async fn step(
+    instance: &Instance,
+    resolver: &Resolver,
+    paths: &Paths,
+    plan: bool,
+) -> Result<StepOutcome, EfsError> {
+    let mounts = &instance.config.efs;
+    if mounts.is_empty() {
+        return Ok(StepOutcome::NotConfigured);
+    }
+    let place = Place {
+        region: instance.identity.metadata.region.clone(),
+        zone_id: instance.identity.metadata.availability_zone_id.clone(),
+        use_dns: !Aws::custom_endpoint("efs"),
+    };
+    let client = instance.aws.efs();
+    let mountinfo = std::fs::read_to_string(&paths.mountinfo).unwrap_or_default();
+    let kernel_ok = this_kernel_has_nfs4();
+    let mut done = Vec::new();
+    for mount in mounts {
+        let result = if mounted(&mountinfo, &mount.mount_point, &mount.path) {
+            MountResult::Already
+        } else {
+            mount_one(MountOne {
+                mount,
+                client: &client,
+                resolver,
+                place: &place,
+                deadline: instance.config.efs_deadline,
+                fstab: &paths.fstab,
+                kernel_ok,
+                plan,
+            })
+            .await?
+        };
+        done.push(MountReport {
+            file_system: mount.file_system.clone(),
+            path: mount.path.clone(),
+            mount_point: mount.mount_point.clone(),
+            result,
+        });
+    }
+    Ok(StepOutcome::Done {
+        mounts: done,
+        planned: plan,
+        note: None,
+    })
+}
+
+struct MountOne<'a> {
+    mount: &'a EfsMount,
+    client: &'a aws_sdk_efs::Client,
+    resolver: &'a Resolver,
+    place: &'a Place,
+    deadline: Duration,
+    fstab: &'a Path,
+    kernel_ok: bool,
+    plan: bool,
+}
+
+async fn mount_one(one: MountOne<'_>) -> Result<MountResult, EfsError> {
+    let mount = one.mount;
+    let helper_opts = efs_utils_options(mount);
+    if !helper_opts.is_empty() {
+        if !one.plan {
+            mount_with_efs_utils(mount).await?;
+        }
+        return Ok(MountResult::EfsUtils {
+            options: helper_opts,
+            planned: one.plan,
+        });
+    }
+    if !one.kernel_ok && !one.plan {
+        return Err(EfsError::NoNfs4);
+    }
+    let fs = &mount.file_system;
+    let (ip, found) = resolve(one.client, one.resolver, one.place, fs, one.deadline).await?;
+    let call = MountCall::new(mount, ip);
+    if one.plan {
+        return Ok(MountResult::Planned {
+            ip,
+            found,
+            fstab: mount.fstab.then(|| fstab_line(&call)),
+            call,
+            kernel_ok: one.kernel_ok,
+        });
+    }
+    probe(fs, ip).await?;
+    create_mount_point(&mount.mount_point)?;
+    self::mount(&call)?;
+    let fstab_written = if mount.fstab && write_fstab(one.fstab, &fstab_line(&call))? {
+        Some(one.fstab.to_path_buf())
+    } else {
+        None
+    };
+    Ok(MountResult::Mounted {
+        ip,
+        found,
+        fstab_written,
+    })
 }
 
 #[cfg(test)]

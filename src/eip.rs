@@ -6,14 +6,16 @@
 //! when another instance won, and then the next candidate is tried. An address associated with anything
 //! else is never taken.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_sdk_ec2::types::{Address, Filter};
 use rand::seq::SliceRandom;
 use serde::Serialize;
 
-use crate::aws::{describe, error_code};
-use crate::identity::Fibonacci;
+use crate::aws::{error_code, AwsError};
+use crate::context::Instance;
+use crate::retry::{retry, Failure, Policy, Verdict};
+use crate::status::{self, Reported};
 
 pub const POOL_TAG: &str = "embark:pool";
 pub const AZ_TAG: &str = "embark:az";
@@ -125,11 +127,6 @@ pub enum Outcome {
 pub enum EipError {
     #[error("pool '{pool}' has no addresses: tag Elastic IPs with {POOL_TAG}={pool}")]
     NoAddresses { pool: String },
-    #[error("not allowed to call {action}: {detail}. Grant {action} to the instance profile")]
-    Denied {
-        action: &'static str,
-        detail: String,
-    },
     #[error("the AWS region is {configured} but this instance runs in {instance}: Elastic IPs can only be bound in the instance's own region (unset AWS_REGION or set it to {instance})")]
     WrongRegion {
         configured: String,
@@ -144,11 +141,10 @@ pub enum EipError {
         free: usize,
         waited: String,
     },
-    #[error("{action} failed: {detail}")]
-    Aws {
-        action: &'static str,
-        detail: String,
-    },
+    #[error("no Elastic IP pool configured: set the group's embark:eip-pool tag, [eip] pool in the config file, or --pool")]
+    NoPool,
+    #[error(transparent)]
+    Aws(#[from] AwsError),
 }
 
 impl EipError {
@@ -156,25 +152,8 @@ impl EipError {
     pub fn is_usage(&self) -> bool {
         matches!(
             self,
-            EipError::NoAddresses { .. } | EipError::WrongRegion { .. }
+            EipError::NoAddresses { .. } | EipError::WrongRegion { .. } | EipError::NoPool
         )
-    }
-}
-
-fn aws_error<E, R>(
-    action: &'static str,
-    err: &aws_smithy_runtime_api::client::result::SdkError<E, R>,
-) -> EipError
-where
-    E: aws_smithy_types::error::metadata::ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
-{
-    let detail = describe(err);
-    match error_code(err) {
-        Some("UnauthorizedOperation") | Some("AccessDenied") | Some("AccessDeniedException") => {
-            EipError::Denied { action, detail }
-        }
-        _ => EipError::Aws { action, detail },
     }
 }
 
@@ -200,7 +179,7 @@ pub async fn describe_pool(ec2: &aws_sdk_ec2::Client, pool: &str) -> Result<Pool
         )
         .send()
         .await
-        .map_err(|e| aws_error("ec2:DescribeAddresses", &e))?;
+        .map_err(|e| AwsError::new("ec2:DescribeAddresses", &e))?;
     let mut addresses: Vec<PoolAddress> = out
         .addresses()
         .iter()
@@ -228,7 +207,7 @@ async fn describe_one(
         .allocation_ids(allocation_id)
         .send()
         .await
-        .map_err(|e| aws_error("ec2:DescribeAddresses", &e))?;
+        .map_err(|e| AwsError::new("ec2:DescribeAddresses", &e))?;
     Ok(out.addresses().iter().find_map(PoolAddress::from_sdk))
 }
 
@@ -252,7 +231,9 @@ async fn try_associate(
         .await;
     if let Err(err) = result {
         if error_code(&err) != Some("Resource.AlreadyAssociated") {
-            return Err(aws_error("ec2:AssociateAddress", &err));
+            return Err(AwsError::new("ec2:AssociateAddress", &err)
+                .on(format!("for {}", candidate.public_ip))
+                .into());
         }
         // Either another instance won, or an earlier attempt of this very call succeeded before its
         // answer was lost and the SDK retried: look, rather than guess.
@@ -265,18 +246,25 @@ async fn try_associate(
     }
 }
 
-/// Binds a free address of the pool to this instance (see the module comment).
+/// Binds a free address of the pool to this instance (see the module comment). Nothing free: wait
+/// with backoff up to `settings.wait` for one to free up (a rolling replacement).
 pub async fn bind(
     ec2: &aws_sdk_ec2::Client,
     place: &Place<'_>,
     settings: &Settings,
 ) -> Result<Outcome, EipError> {
-    let started = Instant::now();
-    let mut backoff = Fibonacci::new(Duration::from_secs(1), Duration::from_secs(10));
-    loop {
-        let pool = describe_pool(ec2, &settings.pool).await?;
+    let policy = Policy::new(
+        Duration::from_secs(1),
+        Duration::from_secs(10),
+        settings.wait,
+    );
+    let attempt = |_| async {
+        let pool = match describe_pool(ec2, &settings.pool).await {
+            Ok(pool) => pool,
+            Err(err) => return Verdict::Stop(err),
+        };
         if let Some(address) = pool.held_by(place.instance_id) {
-            return Ok(Outcome::AlreadyBound {
+            return Verdict::Done(Outcome::AlreadyBound {
                 address: address.clone(),
                 free: pool.free(),
             });
@@ -284,49 +272,63 @@ pub async fn bind(
         let mut candidates = pool.candidates(place);
         candidates.shuffle(&mut rand::rng());
         for candidate in &candidates {
-            match try_associate(ec2, candidate, place.instance_id).await? {
-                Attempt::Won(address) => {
-                    let free = describe_pool(ec2, &settings.pool).await?.free();
-                    return Ok(Outcome::Bound { address, free });
+            match try_associate(ec2, candidate, place.instance_id).await {
+                Ok(Attempt::Won(address)) => {
+                    return match describe_pool(ec2, &settings.pool).await {
+                        Ok(now) => Verdict::Done(Outcome::Bound {
+                            address,
+                            free: now.free(),
+                        }),
+                        Err(err) => Verdict::Stop(err),
+                    };
                 }
-                Attempt::Lost => {
+                Ok(Attempt::Lost) => {
                     tracing::debug!(address = %candidate.public_ip, "taken by another instance; next candidate");
                 }
+                Err(err) => return Verdict::Stop(err),
             }
         }
-        let delay = backoff.next_delay();
-        let waited = started.elapsed();
-        if waited + delay > settings.wait {
-            if settings.required {
-                return Err(EipError::Exhausted {
-                    pool: settings.pool.clone(),
-                    instance_id: place.instance_id.to_string(),
-                    zone: place.az_name.to_string(),
-                    total: pool.addresses.len(),
-                    free: pool.free(),
-                    waited: if settings.wait.is_zero() {
-                        String::new()
-                    } else {
-                        format!(
-                            ", after waiting {}",
-                            humantime::format_duration(round(waited))
-                        )
-                    },
-                });
-            }
-            return Ok(Outcome::NoneFree {
-                total: pool.addresses.len(),
-                waited: round(waited),
-            });
-        }
+        Verdict::Retry(pool)
+    };
+    let waiting = |w: &crate::retry::Waiting<'_, Pool>| {
         tracing::info!(
             pool = %settings.pool,
             "no free address ({} of {} free, none for this zone); waiting {:?} for one to free up",
-            pool.free(),
-            pool.addresses.len(),
-            delay
+            w.last.free(),
+            w.last.addresses.len(),
+            w.delay
         );
-        tokio::time::sleep(delay).await;
+    };
+    match retry(policy, attempt, waiting).await {
+        Ok(outcome) => Ok(outcome),
+        Err(Failure::Stopped(err)) => Err(err),
+        Err(Failure::GaveUp {
+            last: pool,
+            elapsed,
+            ..
+        }) if settings.required => Err(EipError::Exhausted {
+            pool: settings.pool.clone(),
+            instance_id: place.instance_id.to_string(),
+            zone: place.az_name.to_string(),
+            total: pool.addresses.len(),
+            free: pool.free(),
+            waited: if settings.wait.is_zero() {
+                String::new()
+            } else {
+                format!(
+                    ", after waiting {}",
+                    humantime::format_duration(round(elapsed))
+                )
+            },
+        }),
+        Err(Failure::GaveUp {
+            last: pool,
+            elapsed,
+            ..
+        }) => Ok(Outcome::NoneFree {
+            total: pool.addresses.len(),
+            waited: round(elapsed),
+        }),
     }
 }
 
@@ -449,7 +451,7 @@ impl Status {
             free_here: pool.candidates(place).len(),
             bound_here: pool.held_by(place.instance_id).cloned(),
             reserve,
-            below_reserve: (free as u64) < u64::from(reserve),
+            below_reserve: below_reserve(free, reserve),
             pool: pool.name,
             addresses: pool.addresses,
         }
@@ -475,6 +477,145 @@ impl Status {
         }
         out
     }
+}
+
+/// The step's settings: the pool from `--pool`, else the group's tag (already applied to the
+/// config), else the file. `None`: no pool is configured, so there is no EIP step.
+pub fn settings(config: &crate::config::Config, flag: Option<&str>) -> Option<Settings> {
+    let pool = flag
+        .map(str::to_string)
+        .or_else(|| config.eip.pool.clone())
+        .filter(|p| !p.trim().is_empty())?;
+    Some(Settings {
+        pool,
+        required: config.eip.required,
+        wait: config.eip.wait,
+        reserve: config.eip.reserve,
+    })
+}
+
+/// What the step did, for the report and stdout.
+#[derive(Debug, Clone)]
+pub enum StepOutcome {
+    /// No pool configured for this instance.
+    NotConfigured,
+    /// `--plan`: what it would do.
+    Planned { plan: Plan, text: String },
+    Done {
+        outcome: Outcome,
+        settings: Settings,
+    },
+}
+
+impl Reported for StepOutcome {
+    fn status(&self) -> status::Outcome {
+        match self {
+            StepOutcome::NotConfigured => status::Outcome::Skipped,
+            StepOutcome::Planned { .. } => status::Outcome::Planned,
+            StepOutcome::Done { .. } => status::Outcome::Ok,
+        }
+    }
+
+    fn detail(&self) -> String {
+        match self {
+            StepOutcome::NotConfigured => {
+                "no pool configured (embark:eip-pool tag or [eip] pool)".to_string()
+            }
+            StepOutcome::Planned { text, .. } => text.clone(),
+            StepOutcome::Done { outcome, settings } => outcome.human(settings),
+        }
+    }
+}
+
+impl Outcome {
+    pub fn human(&self, settings: &Settings) -> String {
+        match self {
+            Outcome::Bound { address, free } => format!(
+                "bound {} ({}) from pool '{}'; {free} of the pool's addresses free",
+                address.public_ip, address.allocation_id, settings.pool
+            ),
+            Outcome::AlreadyBound { address, .. } => format!(
+                "already bound: {} ({}) from pool '{}'; nothing to do",
+                address.public_ip, address.allocation_id, settings.pool
+            ),
+            Outcome::NoneFree { .. } => format!(
+                "no free address in pool '{}'; continuing without one (not required)",
+                settings.pool
+            ),
+        }
+    }
+
+    fn free(&self) -> Option<usize> {
+        match self {
+            Outcome::Bound { free, .. } | Outcome::AlreadyBound { free, .. } => Some(*free),
+            Outcome::NoneFree { .. } => None,
+        }
+    }
+}
+
+/// The step: bind (or plan) an address of the instance's pool. `pool` is `--pool`, if given.
+pub async fn step(
+    instance: &Instance,
+    pool: Option<&str>,
+    plan: bool,
+) -> Result<StepOutcome, EipError> {
+    let Some(settings) = settings(&instance.config, pool) else {
+        return Ok(StepOutcome::NotConfigured);
+    };
+    let place = place(instance);
+    check_region(&instance.aws.region(), &instance.identity.metadata.region)?;
+    let ec2 = instance.aws.ec2();
+    if plan {
+        let plan = self::plan(&ec2, &place, &settings).await?;
+        let text = plan.human(&place, &settings);
+        return Ok(StepOutcome::Planned { plan, text });
+    }
+    let outcome = bind(&ec2, &place, &settings).await?;
+    match &outcome {
+        Outcome::NoneFree { total, waited } => tracing::warn!(
+            pool = %settings.pool,
+            "no free address in pool '{}' ({total} addresses, waited {}); continuing without one because it is not required",
+            settings.pool,
+            humantime::format_duration(*waited)
+        ),
+        _ => {
+            if let Some(free) = outcome
+                .free()
+                .filter(|free| below_reserve(*free, settings.reserve))
+            {
+                tracing::warn!(
+                    pool = %settings.pool,
+                    "pool '{}' has {free} free address(es) left, below its reserve of {}: add addresses tagged {POOL_TAG}={}",
+                    settings.pool,
+                    settings.reserve,
+                    settings.pool
+                );
+            }
+        }
+    }
+    Ok(StepOutcome::Done { outcome, settings })
+}
+
+fn below_reserve(free: usize, reserve: u32) -> bool {
+    (free as u64) < u64::from(reserve)
+}
+
+/// Where this instance is, for the pool's zone rules.
+pub fn place(instance: &Instance) -> Place<'_> {
+    let meta = &instance.identity.metadata;
+    Place {
+        instance_id: &meta.instance_id,
+        az_name: &meta.availability_zone,
+        az_id: meta.availability_zone_id.as_deref(),
+    }
+}
+
+/// `embark eip status`: the pool as it is now, seen from this instance.
+pub async fn status(instance: &Instance, pool: Option<&str>) -> Result<Status, EipError> {
+    let settings = settings(&instance.config, pool).ok_or(EipError::NoPool)?;
+    check_region(&instance.aws.region(), &instance.identity.metadata.region)?;
+    let found = describe_pool(&instance.aws.ec2(), &settings.pool).await?;
+    Ok(Status::new(found, &place(instance), settings.reserve))
 }
 
 #[cfg(test)]

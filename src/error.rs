@@ -1,6 +1,7 @@
 //! The error `main` prints (its Display, never Debug) and the exit code it maps to.
 
 use crate::config::ConfigError;
+use crate::context::ContextError;
 use crate::efs::EfsError;
 use crate::eip::EipError;
 use crate::health::HealthError;
@@ -12,6 +13,8 @@ pub enum Error {
     /// Bad configuration or tags: exit 2, detected before anything changed.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    Context(#[from] ContextError),
     #[error(transparent)]
     Identity(#[from] IdentityError),
     #[error(transparent)]
@@ -43,7 +46,10 @@ pub enum Error {
 impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Config(_) | Error::Usage(_) | Error::ChecksFailed { usage: true, .. } => 2,
+            Error::Config(_)
+            | Error::Context(ContextError::Config(_))
+            | Error::Usage(_)
+            | Error::ChecksFailed { usage: true, .. } => 2,
             Error::Eip(err) if err.is_usage() => 2,
             Error::Efs(err) if err.is_usage() => 2,
             Error::Release(err) if err.is_usage() => 2,

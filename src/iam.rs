@@ -33,7 +33,7 @@ impl Features {
                 .map(SourceUrl::parse)
                 .transpose()?,
             group: None,
-            lifecycle: config.health.lifecycle_hook != "none",
+            lifecycle: config.health.lifecycle_hook != crate::config::LifecycleHook::None,
             target_groups: config.health.target_groups.clone(),
             topics: Vec::new(),
         };

@@ -5,7 +5,7 @@
 //! `None`, not an error; IMDS disabled on the instance (403) is an immediate, clear error.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_config::imds::client::error::{ImdsError, TokenError};
 use aws_config::imds::Client as ImdsClient;
@@ -14,6 +14,10 @@ use aws_smithy_runtime_api::client::http::SharedHttpClient;
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
 use serde::Serialize;
+
+use crate::aws::{Aws, AwsError};
+use crate::output::error_chain;
+use crate::retry::{retry, Failure, Policy, Verdict};
 
 pub const GROUP_TAG: &str = "aws:autoscaling:groupName";
 
@@ -32,8 +36,11 @@ pub enum IdentityError {
     Failed { path: String, detail: String },
     #[error("IMDS has no {what} for this instance ({path} is missing)")]
     Missing { what: &'static str, path: String },
-    #[error("cannot read this instance's tags: instance metadata tags are off and ec2:DescribeTags failed: {detail}. Enable InstanceMetadataTags in the launch template or allow ec2:DescribeTags")]
-    Tags { detail: String },
+    #[error("cannot read this instance's tags: instance metadata tags are off and {source}; or enable InstanceMetadataTags in the launch template")]
+    Tags {
+        #[source]
+        source: AwsError,
+    },
 }
 
 /// Where the instance's tags were read from.
@@ -85,32 +92,53 @@ impl Imds {
     /// GET a metadata path (relative to `/latest/`); `None` when IMDS says it does not exist.
     pub async fn get(&self, path: &str) -> Result<Option<String>, IdentityError> {
         let full = format!("/latest/{path}");
-        let started = Instant::now();
-        let mut backoff = Fibonacci::new(Duration::from_millis(250), Duration::from_secs(10));
-        loop {
-            let last = match self.client.get(full.clone()).await {
-                Ok(value) => return Ok(Some(value.as_ref().to_string())),
-                Err(err) => match classify(&err) {
-                    Class::Absent => return Ok(None),
-                    Class::Forbidden => return Err(IdentityError::Disabled),
-                    Class::Fatal(detail) => {
-                        return Err(IdentityError::Failed { path: full, detail })
-                    }
-                    Class::Retry(detail) => detail,
-                },
-            };
-            let wait = backoff.next_delay();
-            if started.elapsed() + wait > self.deadline {
-                return Err(IdentityError::Unreachable {
-                    endpoint: self.endpoint.clone(),
-                    path: full,
-                    deadline: self.deadline,
-                    last,
-                });
-            }
-            tracing::debug!(path = %full, "IMDS not ready ({last}); retrying in {wait:?}");
-            tokio::time::sleep(wait).await;
-        }
+        let policy = Policy::new(
+            Duration::from_millis(250),
+            Duration::from_secs(10),
+            self.deadline,
+        );
+        let result = retry(
+            policy,
+            |_| async {
+                match self.client.get(full.clone()).await {
+                    Ok(value) => Verdict::Done(Some(value.as_ref().to_string())),
+                    Err(err) => match classify(&err) {
+                        Class::Absent => Verdict::Done(None),
+                        Class::Forbidden => Verdict::Stop(IdentityError::Disabled),
+                        Class::Fatal(detail) => Verdict::Stop(IdentityError::Failed {
+                            path: full.clone(),
+                            detail,
+                        }),
+                        Class::Retry(detail) => Verdict::Retry(detail),
+                    },
+                }
+            },
+            |w| {
+                // The first failures are normal while the network comes up; after that, say so.
+                if w.elapsed >= Duration::from_secs(2) {
+                    tracing::info!(
+                        path = %full,
+                        "waiting for IMDS at {} (attempt {}, {} left): {}",
+                        self.endpoint,
+                        w.attempt,
+                        humantime::format_duration(Duration::from_secs(w.left.as_secs())),
+                        w.last
+                    );
+                } else {
+                    tracing::debug!(path = %full, "IMDS not ready ({}); retrying in {:?}", w.last, w.delay);
+                }
+            },
+        )
+        .await;
+        result.map_err(|failure| match failure {
+            Failure::Stopped(err) => err,
+            Failure::GaveUp { last, .. } => IdentityError::Unreachable {
+                endpoint: self.endpoint.clone(),
+                path: full.clone(),
+                deadline: self.deadline,
+                last,
+            },
+        })
     }
 
     async fn require(&self, path: &str, what: &'static str) -> Result<String, IdentityError> {
@@ -136,6 +164,8 @@ impl Imds {
     }
 }
 
+/// What an IMDS answer means for the caller.
+#[derive(Debug, PartialEq, Eq)]
 enum Class {
     Absent,
     Forbidden,
@@ -143,15 +173,29 @@ enum Class {
     Fatal(String),
 }
 
+/// An IMDS answer's status: 404 is "no such path", 403 "IMDS is off", 401 (a token that expired
+/// between fetch and use), 429 and 5xx are worth another try, anything else is final.
+fn classify_status(status: u16) -> Class {
+    match status {
+        404 => Class::Absent,
+        403 => Class::Forbidden,
+        401 | 429 | 500..=599 => Class::Retry(format!("HTTP {status}")),
+        other => Class::Fatal(format!("HTTP {other}")),
+    }
+}
+
+/// The token request's status: 403 is IMDS off, 400 a refused TTL, anything else worth another try.
+fn classify_token_status(status: u16) -> Class {
+    match status {
+        403 => Class::Forbidden,
+        400 => Class::Fatal("the token request was refused (400)".to_string()),
+        other => Class::Retry(format!("token request answered HTTP {other}")),
+    }
+}
+
 fn classify(err: &ImdsError) -> Class {
     match err {
-        ImdsError::ErrorResponse(resp) => match resp.response().status().as_u16() {
-            404 => Class::Absent,
-            403 => Class::Forbidden,
-            // 401: the token expired between fetch and use; the client fetches a new one.
-            status @ (401 | 429 | 500..=599) => Class::Retry(format!("HTTP {status}")),
-            status => Class::Fatal(format!("HTTP {status}")),
-        },
+        ImdsError::ErrorResponse(resp) => classify_status(resp.response().status().as_u16()),
         ImdsError::FailedToLoadToken(token) => {
             let source = std::error::Error::source(err)
                 .and_then(|s| s.downcast_ref::<SdkError<TokenError, HttpResponse>>());
@@ -159,57 +203,15 @@ fn classify(err: &ImdsError) -> Class {
                 .and_then(|s| s.raw_response())
                 .map(|r| r.status().as_u16());
             match status {
-                Some(403) => Class::Forbidden,
-                Some(400) => Class::Fatal("the token request was refused (400)".to_string()),
-                Some(s) => Class::Retry(format!("token request answered HTTP {s}")),
+                Some(status) => classify_token_status(status),
                 None if token.is_dispatch_failure() => {
                     Class::Retry(format!("cannot connect: {}", error_chain(err)))
                 }
                 None => Class::Retry(error_chain(err)),
             }
         }
-        ImdsError::IoError(_) => Class::Retry(error_chain(err)),
+        // Timeouts, refused connections, a body cut short: the network may not be up yet.
         _ => Class::Retry(error_chain(err)),
-    }
-}
-
-/// The error and its sources, as one line (never Debug).
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
-}
-
-/// The retry strategy for boot-time calls: Fibonacci delays between `first` and `max`.
-pub struct Fibonacci {
-    a: Duration,
-    b: Duration,
-    max: Duration,
-}
-
-impl Fibonacci {
-    pub fn new(first: Duration, max: Duration) -> Fibonacci {
-        Fibonacci {
-            a: first,
-            b: first,
-            max,
-        }
-    }
-
-    pub fn next_delay(&mut self) -> Duration {
-        let delay = self.a.min(self.max);
-        let next = self.a + self.b;
-        self.a = self.b;
-        self.b = next;
-        delay
     }
 }
 
@@ -330,7 +332,7 @@ pub async fn tags_from_ec2(
         .send();
     while let Some(page) = pages.next().await {
         let page = page.map_err(|err| IdentityError::Tags {
-            detail: crate::aws::describe(&err),
+            source: AwsError::new("ec2:DescribeTags", &err).on(format!("for {instance_id}")),
         })?;
         for tag in page.tags() {
             if let (Some(k), Some(v)) = (tag.key(), tag.value()) {
@@ -341,17 +343,66 @@ pub async fn tags_from_ec2(
     Ok(tags)
 }
 
+/// Who this instance is: metadata, the AWS configuration for its region, and its tags (from IMDS
+/// when instance metadata tags are on, else from `ec2:DescribeTags`).
+pub async fn identify(
+    imds: &Imds,
+    http: SharedHttpClient,
+) -> Result<(Identity, Aws), IdentityError> {
+    let meta = metadata(imds).await?;
+    let aws = Aws::load(http, &meta.region).await;
+    let (tags, source) = match imds.tags().await? {
+        Some(tags) => (tags, TagsSource::Imds),
+        None => {
+            tracing::debug!("instance metadata tags are off; reading tags with ec2:DescribeTags");
+            let tags = tags_from_ec2(&aws.ec2(), &meta.instance_id).await?;
+            (tags, TagsSource::DescribeTags)
+        }
+    };
+    Ok((Identity::from_parts(meta, tags, source), aws))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn fibonacci_backoff_is_bounded() {
-        let mut f = Fibonacci::new(Duration::from_millis(250), Duration::from_secs(10));
-        let delays: Vec<u64> = (0..10).map(|_| f.next_delay().as_millis() as u64).collect();
-        assert_eq!(
-            delays,
-            vec![250, 250, 500, 750, 1250, 2000, 3250, 5250, 8500, 10000]
-        );
+    fn imds_statuses_are_classified() {
+        assert_eq!(classify_status(404), Class::Absent);
+        assert_eq!(classify_status(403), Class::Forbidden);
+        for retried in [401, 429, 500, 503, 599] {
+            assert!(
+                matches!(classify_status(retried), Class::Retry(_)),
+                "{retried}"
+            );
+        }
+        for fatal in [400, 405, 302] {
+            assert!(matches!(classify_status(fatal), Class::Fatal(_)), "{fatal}");
+        }
+        assert_eq!(classify_token_status(403), Class::Forbidden);
+        assert!(matches!(classify_token_status(400), Class::Fatal(_)));
+        assert!(matches!(classify_token_status(503), Class::Retry(_)));
+    }
+
+    #[test]
+    fn the_group_comes_from_its_tag() {
+        let meta = Metadata {
+            instance_id: "i-1".into(),
+            region: "eu-west-1".into(),
+            availability_zone: "eu-west-1a".into(),
+            availability_zone_id: None,
+            instance_type: None,
+            private_ipv4: None,
+            public_ipv4: None,
+            mac: None,
+            target_lifecycle_state: None,
+        };
+        let mut tags = BTreeMap::new();
+        let alone = Identity::from_parts(meta.clone(), tags.clone(), TagsSource::Imds);
+        assert_eq!(alone.auto_scaling_group, None);
+        tags.insert(GROUP_TAG.to_string(), "web".to_string());
+        let grouped = Identity::from_parts(meta, tags, TagsSource::DescribeTags);
+        assert_eq!(grouped.auto_scaling_group.as_deref(), Some("web"));
+        assert!(grouped.human().contains("from ec2:DescribeTags"));
     }
 }

@@ -1,20 +1,31 @@
 //! embark: turns a freshly launched EC2 instance into a healthy member of its Auto Scaling fleet.
 //!
-//! `cli` parses and dispatches; each concern has its own module.
+//! The layers, each using only those below it:
+//! - `cli` parses the command line and dispatches (only `main` uses it);
+//! - `boot`, `check`: orchestration (the boot's diagram, the preflight);
+//! - the steps, one module each, none importing another: `eip`, `efs`, `release`, `health`;
+//! - `context` (configuration, clients, the identified instance) over `identity` (IMDSv2);
+//! - shared pieces, once each: `aws` (SDK setup, the AWS error adapter), `retry` (within a deadline),
+//!   `fsutil` (atomic writes, hashing), `net` (pure-Rust DNS), `config`, `status`, `notify`, `output`.
 
 pub mod aws;
 pub mod boot;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod context;
 pub mod efs;
 pub mod eip;
 pub mod error;
+pub mod fsutil;
 pub mod health;
 pub mod iam;
 pub mod identity;
 pub mod net;
 pub mod notify;
+pub mod output;
 pub mod release;
-pub mod report;
+pub mod retry;
 pub mod status;
+#[cfg(test)]
+mod testing;

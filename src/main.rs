@@ -4,7 +4,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = embark::cli::Cli::parse();
-    embark::report::init_logging(cli.log_format, cli.verbosity());
+    embark::output::init_logging(cli.log_format, cli.verbosity());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

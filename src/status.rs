@@ -31,6 +31,35 @@ impl Outcome {
     }
 }
 
+/// What a step reports about itself: its outcome and a line (or a few) saying what it did. Each step
+/// module's typed outcome implements this; the report renders it.
+pub trait Reported {
+    fn status(&self) -> Outcome;
+    fn detail(&self) -> String;
+}
+
+/// Where a boot (or deploy) stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Running,
+    Done,
+    /// A deploy whose barrier timed out with `on_barrier_timeout = "hold"`.
+    Held,
+    Error,
+}
+
+impl RunStatus {
+    pub fn word(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Done => "done",
+            RunStatus::Held => "held",
+            RunStatus::Error => "error",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Step {
     pub name: String,
@@ -42,8 +71,7 @@ pub struct Step {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     pub command: String,
-    /// "running", "done" or "error".
-    pub status: String,
+    pub status: RunStatus,
     pub instance_id: Option<String>,
     pub group: Option<String>,
     pub started: String,
@@ -54,6 +82,11 @@ pub struct Report {
     /// The lifecycle action was completed (CONTINUE) by this boot.
     #[serde(default)]
     pub lifecycle_completed: bool,
+}
+
+/// The time now, as the reports write it (RFC 3339, milliseconds).
+pub fn now() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
 }
 
 pub fn path(state_dir: &Path) -> PathBuf {
@@ -88,22 +121,15 @@ impl Report {
     }
 
     pub fn write_as(&self, state_dir: &Path, name: &str) -> Result<(), String> {
-        use std::io::Write;
         let file = state_dir.join(name);
-        let temp = state_dir.join(format!(".{name}.tmp"));
         let bytes = serde_json::to_vec_pretty(self).map_err(|e| e.to_string())?;
-        (|| {
-            std::fs::create_dir_all(state_dir)?;
-            let mut f = std::fs::File::create(&temp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            std::fs::rename(&temp, &file)
-        })()
-        .map_err(|e| format!("cannot write the status file {}: {e}", file.display()))
+        std::fs::create_dir_all(state_dir)
+            .and_then(|()| crate::fsutil::atomic_write(&file, &bytes, 0o644))
+            .map_err(|e| format!("cannot write the status file {}: {e}", file.display()))
     }
 
     pub fn human(&self) -> String {
-        let mut text = format!("status: {}\n", self.status);
+        let mut text = format!("status: {}\n", self.status.word());
         text += &format!("command: embark {}\n", self.command);
         if let Some(id) = &self.instance_id {
             text += &format!(
@@ -160,21 +186,25 @@ pub fn show(state_dir: &Path, json: bool) -> Result<(), String> {
         };
         value["last_deploy"] = serde_json::to_value(&deploy).map_err(|e| e.to_string())?;
         let text = serde_json::to_string_pretty(&value).map_err(|e| e.to_string())?;
-        println!("{text}");
+        crate::output::say_line(&text);
     } else {
         match &boot {
-            Some(report) => print!("{}", report.human()),
-            None => println!("status: not run (no report in {})", state_dir.display()),
+            Some(report) => crate::output::say(&report.human()),
+            None => crate::output::say_line(&format!(
+                "status: not run (no report in {})",
+                state_dir.display()
+            )),
         }
         if let Some(report) = &deploy {
-            println!("\nlast deploy:");
+            let mut text = "\nlast deploy:\n".to_string();
             for line in report.human().lines() {
-                println!("  {line}");
+                text += &format!("  {line}\n");
             }
+            crate::output::say(&text);
         }
     }
     match boot {
-        Some(report) if report.status == "error" => {
+        Some(report) if report.status == RunStatus::Error => {
             Err("the last boot failed (its report is above)".into())
         }
         _ => Ok(()),

@@ -36,9 +36,7 @@ pub async fn run(hook: &Hook, env: &HookEnv<'_>, http: &reqwest::Client) -> Resu
         (Some(argv), _) => run_command(hook, argv, env).await,
         (None, Some(url)) => {
             let request = http.get(url).timeout(hook.timeout).send();
-            let response = request
-                .await
-                .map_err(|e| crate::identity::error_chain(&e))?;
+            let response = request.await.map_err(|e| crate::output::error_chain(&e))?;
             if response.status().is_success() {
                 Ok(())
             } else {

@@ -9,7 +9,6 @@ use std::sync::Mutex;
 use futures_util::stream::{self, TryStreamExt};
 
 use super::format::{check_nodes, sha256_hex, Manifest, Node};
-use super::pull::{download, Pulled};
 use super::store::Store;
 use super::{Progress, ReleaseError};
 
@@ -104,8 +103,7 @@ pub async fn stage(
     store: &Store,
     latest: &Latest,
     partial: &std::path::Path,
-    pulled: &mut Pulled,
-) -> Result<Vec<u8>, ReleaseError> {
+) -> Result<(Vec<u8>, usize, u64), ReleaseError> {
     let prefix = store.source.key(&format!("{}/", latest.stamp));
     let keys: Vec<String> = store
         .list_keys(&prefix)
@@ -145,11 +143,11 @@ pub async fn stage(
     let progress = Mutex::new(Progress::new("fetching files", 0));
     let files: Mutex<Vec<Node>> = Mutex::new(Vec::new());
     stream::iter(keys.iter().zip(&paths).map(Ok))
-        .try_for_each_concurrent(16, |(key, rel)| {
+        .try_for_each_concurrent(super::store::FETCHES_AT_ONCE, |(key, rel)| {
             let (progress, files) = (&progress, &files);
             async move {
                 let target = partial.join(rel);
-                let (sha256, size) = download(store, key, &target, progress).await?;
+                let (sha256, size) = store.download(key, &target, progress).await?;
                 if let Ok(mut f) = files.lock() {
                     f.push(Node::File {
                         path: rel.clone(),
@@ -181,8 +179,7 @@ pub async fn stage(
                 .map_err(|e| super::io_failed("setting the mode of", &p, &e))?;
         }
     }
-    pulled.fetched_objects = paths.len();
-    pulled.fetched_bytes = nodes
+    let fetched_bytes = nodes
         .iter()
         .map(|n| match n {
             Node::File { size, .. } => *size,
@@ -196,8 +193,9 @@ pub async fn stage(
         String::new(),
         &nodes,
     );
-    serde_json::to_vec_pretty(&manifest)
-        .map_err(|e| ReleaseError::Failed(format!("cannot encode the local manifest: {e}")))
+    let bytes = serde_json::to_vec_pretty(&manifest)
+        .map_err(|e| ReleaseError::Failed(format!("cannot encode the local manifest: {e}")))?;
+    Ok((bytes, paths.len(), fetched_bytes))
 }
 
 #[cfg(test)]

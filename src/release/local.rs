@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
@@ -329,6 +329,27 @@ pub fn chown_tree(path: &Path, uid: u32, gid: u32) -> Result<(), ReleaseError> {
         }
     }
     Ok(())
+}
+
+/// Parents a hand-written manifest may leave implicit (never through a link: the manifest was checked).
+pub fn ensure_parent(path: &Path) -> Result<(), ReleaseError> {
+    match path.parent() {
+        Some(parent) if !parent.is_dir() => {
+            fs::create_dir_all(parent).map_err(|e| io_failed("creating", parent, &e))
+        }
+        _ => Ok(()),
+    }
+}
+
+pub fn open_new(path: &Path) -> Result<fs::File, ReleaseError> {
+    ensure_parent(path)?;
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| io_failed("writing", path, &e))
 }
 
 #[cfg(test)]

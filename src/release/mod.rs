@@ -1,9 +1,10 @@
 //! Releases in S3 (DESIGN.md "Releases in S3", docs/release-format.md): push, pull, verify, switch.
 
-pub mod cli;
+pub mod commands;
 pub mod format;
 pub mod hooks;
 pub mod legacy;
+pub mod listing;
 pub mod local;
 pub mod pull;
 pub mod push;
@@ -14,6 +15,14 @@ use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::config::Config;
+use crate::context::Instance;
+use crate::status::{self, Reported};
+use format::SourceUrl;
+use local::{resolve_owner, Layout};
+use pull::{Pulled, Settings};
+use store::Store;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReleaseError {
@@ -41,6 +50,92 @@ pub fn io_failed(action: &str, path: &std::path::Path, err: &std::io::Error) -> 
     } else {
         ReleaseError::Failed(format!("cannot {action} {}: {err}", path.display()))
     }
+}
+
+/// The source from the group's `embark:release` tag (already applied) or the file.
+pub fn source_of(config: &Config) -> Result<SourceUrl, ReleaseError> {
+    let text = config.release.source.as_deref().ok_or_else(|| {
+        ReleaseError::Usage(
+            "no release source configured: set the group's embark:release tag or [release] source"
+                .into(),
+        )
+    })?;
+    SourceUrl::parse(text).map_err(ReleaseError::Usage)
+}
+
+pub fn layout(config: &Config) -> Layout {
+    Layout {
+        root: config.release.root.clone(),
+        link: config.release.link.clone(),
+    }
+}
+
+/// Everything a pull needs from the configuration, checked before anything changes.
+pub fn settings(config: &Config) -> Result<Settings, ReleaseError> {
+    let owner = config
+        .release
+        .owner
+        .as_deref()
+        .map(resolve_owner)
+        .transpose()?;
+    Ok(Settings {
+        layout: layout(config),
+        format: config.release.format,
+        keep: config.release.keep as usize,
+        owner,
+        hooks: config.release.hooks.clone(),
+        role: config.role.clone(),
+    })
+}
+
+/// What the release step did, for the report and stdout.
+#[derive(Debug)]
+pub enum StepOutcome {
+    NotConfigured,
+    Planned(String),
+    Pulled { pulled: Pulled, link: String },
+}
+
+impl Reported for StepOutcome {
+    fn status(&self) -> status::Outcome {
+        match self {
+            StepOutcome::NotConfigured => status::Outcome::Skipped,
+            StepOutcome::Planned(_) => status::Outcome::Planned,
+            StepOutcome::Pulled { .. } => status::Outcome::Ok,
+        }
+    }
+
+    fn detail(&self) -> String {
+        match self {
+            StepOutcome::NotConfigured => {
+                "no release source configured (embark:release tag or [release] source)".to_string()
+            }
+            StepOutcome::Planned(text) => text.clone(),
+            StepOutcome::Pulled { pulled, link } => pulled.human(link),
+        }
+    }
+}
+
+/// The step: fetch, verify and switch to the source's current release (or plan it).
+pub async fn step(
+    instance: &Instance,
+    http: &reqwest::Client,
+    plan: bool,
+) -> Result<StepOutcome, ReleaseError> {
+    let config = &instance.config;
+    if config.release.source.is_none() {
+        return Ok(StepOutcome::NotConfigured);
+    }
+    let store = Store::new(&instance.aws, source_of(config)?);
+    let settings = settings(config)?;
+    let mut pulled = pull::pull(&store, &settings, http, plan).await?;
+    Ok(match pulled.plan.take() {
+        Some(text) => StepOutcome::Planned(text),
+        None => StepOutcome::Pulled {
+            pulled,
+            link: settings.layout.link,
+        },
+    })
 }
 
 /// Progress of a long transfer: a bar on a terminal, a plain line every few seconds otherwise.

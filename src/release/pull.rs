@@ -4,25 +4,24 @@
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 
 use futures_util::stream::{self, TryStreamExt};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
 
 use super::format::{check_id, sha256_hex, Manifest, Node, Pointer};
 use super::hooks::{self, HookEnv};
 use super::local::{chown_tree, remove_tree, Layout};
+use super::local::{ensure_parent, open_new};
 use super::store::Store;
 use super::{human_bytes, io_failed, Progress, ReleaseError};
 use crate::config::{Hook, ReleaseFormat};
 
-const FETCHES_AT_ONCE: usize = 16;
-const OBJECT_ATTEMPTS: u32 = 4;
-const MANIFEST_LIMIT: u64 = 256 << 20;
+use super::store::FETCHES_AT_ONCE;
+pub use super::store::MANIFEST_LIMIT;
 
 pub struct Settings {
     pub layout: Layout,
@@ -243,7 +242,10 @@ pub async fn stage_target(
             let _ = remove_tree(&partial);
             let result = async {
                 fs::create_dir(&partial).map_err(|e| io_failed("creating", &partial, &e))?;
-                let manifest = super::legacy::stage(store, latest, &partial, &mut pulled).await?;
+                let (manifest, files, bytes) =
+                    super::legacy::stage(store, latest, &partial).await?;
+                pulled.fetched_objects = files;
+                pulled.fetched_bytes = bytes;
                 finish_stage(settings, &[], &partial)?;
                 layout.commit(&id, &manifest)
             }
@@ -497,7 +499,7 @@ async fn fetch_bundle(
                 }
             }
             Err(err) => {
-                transport = Some(crate::identity::error_chain(&err));
+                transport = Some(crate::output::error_chain(&err));
                 break;
             }
         }
@@ -612,27 +614,6 @@ fn create_dir(path: &Path) -> Result<(), ReleaseError> {
 fn make_symlink(target: &str, path: &Path) -> Result<(), ReleaseError> {
     ensure_parent(path)?;
     std::os::unix::fs::symlink(target, path).map_err(|e| io_failed("creating the link", path, &e))
-}
-
-/// Parents a hand-written manifest may leave implicit (never through a link: the manifest was checked).
-fn ensure_parent(path: &Path) -> Result<(), ReleaseError> {
-    match path.parent() {
-        Some(parent) if !parent.is_dir() => {
-            fs::create_dir_all(parent).map_err(|e| io_failed("creating", parent, &e))
-        }
-        _ => Ok(()),
-    }
-}
-
-fn open_new(path: &Path) -> Result<fs::File, ReleaseError> {
-    ensure_parent(path)?;
-    fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(path)
-        .map_err(|e| io_failed("writing", path, &e))
 }
 
 /// Copy `reader` to a new file, hashing as it goes; the file is kept only if it matches the manifest.
@@ -799,7 +780,7 @@ async fn fetch_object(
         return Ok(0);
     };
     let key = store.source.object_key(sha256);
-    let (got, total) = download(store, &key, target, progress).await?;
+    let (got, total) = store.download(&key, target, progress).await?;
     if got != *sha256 || total != *size {
         return Err(ReleaseError::Failed(format!(
             "'{path}' of release {id} does not match its sha256 in the manifest ({} holds {got}): the source is corrupt; nothing was switched",
@@ -809,57 +790,4 @@ async fn fetch_object(
     fs::set_permissions(target, fs::Permissions::from_mode(*mode))
         .map_err(|e| io_failed("setting the mode of", target, &e))?;
     Ok(total)
-}
-
-/// GET `key` into a new file at `target`, hashing as it goes (a body that breaks off is fetched
-/// again); returns the sha256 and the size.
-pub async fn download(
-    store: &Store,
-    key: &str,
-    target: &Path,
-    progress: &Mutex<Progress>,
-) -> Result<(String, u64), ReleaseError> {
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let _ = fs::remove_file(target);
-        let file = open_new(target)?;
-        let mut file = tokio::fs::File::from_std(file);
-        let (mut body, _) = store.get_stream(key).await?;
-        let mut hash = Sha256::new();
-        let mut total = 0u64;
-        let mut broken = None;
-        while let Some(chunk) = body.next().await {
-            match chunk {
-                Ok(chunk) => {
-                    hash.update(&chunk);
-                    total += chunk.len() as u64;
-                    file.write_all(&chunk)
-                        .await
-                        .map_err(|e| io_failed("writing", target, &e))?;
-                    if let Ok(mut p) = progress.lock() {
-                        p.add(chunk.len() as u64);
-                    }
-                }
-                Err(err) => {
-                    broken = Some(crate::identity::error_chain(&err));
-                    break;
-                }
-            }
-        }
-        if let Some(why) = broken {
-            if attempt < OBJECT_ATTEMPTS {
-                tracing::debug!("reading {key} broke off ({why}); again");
-                continue;
-            }
-            return Err(ReleaseError::Failed(format!(
-                "reading {} failed {attempt} times: {why}",
-                store.url(key)
-            )));
-        }
-        file.flush()
-            .await
-            .map_err(|e| io_failed("writing", target, &e))?;
-        return Ok((hex::encode(hash.finalize()), total));
-    }
 }

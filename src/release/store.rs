@@ -13,11 +13,21 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::format::SourceUrl;
-use super::ReleaseError;
+use super::{Progress, ReleaseError};
 use crate::aws::Aws;
+use std::sync::Mutex;
+use tokio::io::AsyncWriteExt;
 
 /// Parts of a streamed upload. S3's minimum part size; a few of them are all the memory a push holds.
 pub const PART_SIZE: usize = 5 * 1024 * 1024;
+/// Objects fetched at once by a pull.
+pub const FETCHES_AT_ONCE: usize = 16;
+/// Tries of one object whose body breaks off.
+pub const OBJECT_ATTEMPTS: u32 = 4;
+/// The largest manifest embark reads (a million files of long names).
+pub const MANIFEST_LIMIT: u64 = 256 << 20;
+/// The largest pointer embark reads.
+pub const POINTER_LIMIT: u64 = 1 << 20;
 
 pub struct Store {
     client: aws_sdk_s3::Client,
@@ -127,7 +137,7 @@ impl Store {
                 ReleaseError::Failed(format!(
                     "reading {} failed: {}",
                     self.url(key),
-                    crate::identity::error_chain(&err)
+                    crate::output::error_chain(&err)
                 ))
             })?;
             if (bytes.len() + chunk.len()) as u64 > limit {
@@ -224,7 +234,7 @@ impl Store {
             ReleaseError::Failed(format!(
                 "cannot read {}: {}",
                 path.display(),
-                crate::identity::error_chain(&err)
+                crate::output::error_chain(&err)
             ))
         })?;
         let digest = hex::decode(sha256_hex).unwrap_or_default();
@@ -386,6 +396,57 @@ impl Store {
             .await
             .map_err(|err| self.failed("CompleteMultipartUpload", key, &err))?;
         Ok(total)
+    }
+
+    /// GET `key` into a new file at `target`, hashing as it goes (a body that breaks off is fetched
+    /// again); returns the sha256 and the size.
+    pub async fn download(
+        &self,
+        key: &str,
+        target: &Path,
+        progress: &Mutex<Progress>,
+    ) -> Result<(String, u64), ReleaseError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let _ = std::fs::remove_file(target);
+            let file = super::local::open_new(target)?;
+            let mut file = tokio::fs::File::from_std(file);
+            let (mut body, _) = self.get_stream(key).await?;
+            let mut hash = crate::fsutil::Hasher::new();
+            let mut broken = None;
+            while let Some(chunk) = body.next().await {
+                match chunk {
+                    Ok(chunk) => {
+                        hash.update(&chunk);
+                        file.write_all(&chunk)
+                            .await
+                            .map_err(|e| super::io_failed("writing", target, &e))?;
+                        if let Ok(mut p) = progress.lock() {
+                            p.add(chunk.len() as u64);
+                        }
+                    }
+                    Err(err) => {
+                        broken = Some(crate::output::error_chain(&err));
+                        break;
+                    }
+                }
+            }
+            if let Some(why) = broken {
+                if attempt < OBJECT_ATTEMPTS {
+                    tracing::debug!("reading {key} broke off ({why}); again");
+                    continue;
+                }
+                return Err(ReleaseError::Failed(format!(
+                    "reading {} failed {attempt} times: {why}",
+                    self.url(key)
+                )));
+            }
+            file.flush()
+                .await
+                .map_err(|e| super::io_failed("writing", target, &e))?;
+            return Ok(hash.finish());
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use super::store::{Condition, Polled, PutError, Store};
 use super::ReleaseError;
 use crate::aws::Aws;
 use crate::config::{BarrierTimeout, ReleaseFormat, WatchConfig};
-use crate::status::{Outcome, Report, Step};
+use crate::status::{Outcome, Report, RunStatus, Step};
 
 /// Everything the agent needs, resolved before its loop starts.
 pub struct Agent<'a> {
@@ -161,10 +161,10 @@ async fn deploy(
     let started = Instant::now();
     let mut report = Report {
         command: format!("release watch: deploy {}", target.id),
-        status: "running".into(),
+        status: RunStatus::Running,
         instance_id: Some(agent.instance_id.clone()),
         group: agent.group.clone(),
-        started: crate::boot::now(),
+        started: crate::status::now(),
         finished: None,
         duration_ms: 0,
         steps: Vec::new(),
@@ -175,13 +175,13 @@ async fn deploy(
     if matches!(result, Ok(Deployed::Current)) {
         return result; // nothing happened: keep the last real deploy's report
     }
-    report.finished = Some(crate::boot::now());
+    report.finished = Some(crate::status::now());
     report.duration_ms = started.elapsed().as_millis() as u64;
     match &result {
-        Ok(Deployed::Held) => report.status = "held".into(),
-        Ok(_) => report.status = "done".into(),
+        Ok(Deployed::Held) => report.status = RunStatus::Held,
+        Ok(_) => report.status = RunStatus::Done,
         Err(err) => {
-            report.status = "error".into();
+            report.status = RunStatus::Error;
             report.error = Some(err.to_string());
         }
     }
@@ -339,7 +339,7 @@ async fn write_marker(agent: &Agent<'_>, id: &str) -> Result<(), ReleaseError> {
         .store
         .source
         .key(&format!("ready/{id}/{}", agent.instance_id));
-    let body = format!("{{\"time\": \"{}\"}}", crate::boot::now());
+    let body = format!("{{\"time\": \"{}\"}}", crate::status::now());
     match agent
         .store
         .put_bytes(&marker, body.into_bytes(), Condition::None)
@@ -432,7 +432,7 @@ pub async fn rollback(store: &Store, to: Option<&str>) -> Result<(String, String
             id.to_string()
         }
         None => {
-            let mut releases = super::cli::remote_releases(store).await?;
+            let mut releases = super::listing::remote_releases(store).await?;
             releases.sort_by(|a, b| (&a.created, &a.release).cmp(&(&b.created, &b.release)));
             let position = releases.iter().position(|r| r.release == current.release);
             match position {
@@ -474,7 +474,7 @@ pub async fn rollback(store: &Store, to: Option<&str>) -> Result<(String, String
         format: POINTER_FORMAT.into(),
         release: target.clone(),
         manifest_sha256: sha256_hex(&manifest_bytes),
-        time: crate::boot::now(),
+        time: crate::status::now(),
         who: super::push::who(),
         message: format!("rollback from {}", current.release),
     };

@@ -1,0 +1,113 @@
+//! How embark speaks: log lines on stderr, results on stdout, errors as sentences.
+//!
+//! Logging: human lines on stderr (they land in cloud-init-output.log), or JSON lines for shippers.
+//!
+//! The SDK's own crates stay at `warn` unless asked for with `-vv`: their debug output describes requests,
+//! and embark's logs must never carry IMDS tokens or credentials.
+
+use clap::ValueEnum;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+/// `verbosity`: -1 quiet, 0 default, 1 `-v`, 2+ `-vv`.
+pub fn init_logging(format: LogFormat, verbosity: i8) {
+    let own = match verbosity {
+        i8::MIN..=-1 => "warn",
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let sdk = if verbosity >= 2 { "info" } else { "warn" };
+    let filter = EnvFilter::new(format!("{sdk},embark={own}"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    let result = match format {
+        LogFormat::Human => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .without_time()
+            .try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+    // A second initialisation (tests calling into the library) keeps the first subscriber.
+    drop(result);
+}
+
+/// The error and its sources, as one line (never Debug).
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+/// Writes `text` to stdout. A reader that went away (`embark status | head -1`) ends the program
+/// quietly with success, as ripgrep does: the output was not wanted any more.
+pub fn say(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let written = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+    match written {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(err) => tracing::warn!("cannot write to stdout: {err}"),
+    }
+}
+
+/// `text` and a newline on stdout (see [`say`]).
+pub fn say_line(text: &str) {
+    say(&format!("{text}\n"));
+}
+
+/// The stable JSON form behind `--json`, the human one otherwise.
+pub fn print_either<T: serde::Serialize>(value: &T, json: bool, human: impl FnOnce(&T) -> String) {
+    if json {
+        match serde_json::to_string_pretty(value) {
+            Ok(text) => say_line(&text),
+            // Only a map with non-string keys can fail to encode; none of embark's outputs has one.
+            Err(err) => tracing::error!("cannot encode the JSON output: {err}"),
+        }
+    } else {
+        say(&human(value));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Outer(std::io::Error);
+    impl std::fmt::Display for Outer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("reading the manifest failed")
+        }
+    }
+    impl std::error::Error for Outer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn chains_read_outside_in_without_repeats() {
+        let err = Outer(std::io::Error::other("connection reset"));
+        assert_eq!(
+            error_chain(&err),
+            "reading the manifest failed: connection reset"
+        );
+    }
+}

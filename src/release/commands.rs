@@ -1,0 +1,103 @@
+//! The `embark release` commands: configuration in, a report out. The command line (`cli.rs`) parses
+//! the arguments and calls one of these.
+
+use std::path::Path;
+
+use super::format::SourceUrl;
+use super::listing::{list, Listing};
+use super::store::Store;
+use super::{layout, pull, push, settings, source_of, ReleaseError};
+use crate::aws::Aws;
+use crate::context::Context;
+use crate::error::Error;
+use crate::output::{print_either, say, say_line};
+
+/// The store a command names with `--to` / `--from`, reached without asking IMDS (a laptop, CI).
+pub async fn standalone_store(ctx: &Context, url: &str) -> Result<Store, ReleaseError> {
+    let source = SourceUrl::parse(url).map_err(ReleaseError::Usage)?;
+    let aws = Aws::load_standalone(ctx.http.clone()).await;
+    Ok(Store::new(&aws, source))
+}
+
+/// `release push DIR --to URL`.
+pub async fn push_release(ctx: &Context, dir: &Path, to: &str, message: &str) -> Result<(), Error> {
+    let store = standalone_store(ctx, to).await?;
+    let pushed = push::push(&store, dir, message).await?;
+    say(&pushed.human(&store.source.to_string()));
+    Ok(())
+}
+
+/// `release pull [--plan] [--json]`.
+pub async fn pull_release(ctx: &Context, plan: bool, json: bool) -> Result<(), Error> {
+    let instance = ctx.instance().await?;
+    let store = Store::new(&instance.aws, source_of(&instance.config)?);
+    let settings = settings(&instance.config)?;
+    let http = ctx.http_client()?;
+    let pulled = pull::pull(&store, &settings, &http, plan).await?;
+    if let Some(text) = &pulled.plan {
+        say_line(text);
+        return Ok(());
+    }
+    print_either(&pulled, json, |p| p.human(&settings.layout.link));
+    Ok(())
+}
+
+/// `release watch`: the deploy agent, until SIGTERM or SIGINT.
+pub async fn run_agent(ctx: &Context) -> Result<(), Error> {
+    let instance = ctx.instance().await?;
+    let config = &instance.config;
+    let store = Store::new(&instance.aws, source_of(config)?);
+    let settings = settings(config)?;
+    let http = ctx.http_client()?;
+    let agent = super::watch::Agent {
+        store: &store,
+        settings: &settings,
+        http: &http,
+        aws: &instance.aws,
+        instance_id: instance.id().to_string(),
+        group: instance.group().map(str::to_string),
+        watch: config.watch.clone(),
+        success_topic: config.notify.success_topic.clone(),
+        error_topic: config.notify.error_topic.clone(),
+        barrier_noted: Default::default(),
+        state_dir: ctx.config.state_dir.clone(),
+    };
+    super::watch::run(&agent).await?;
+    Ok(())
+}
+
+/// `release rollback [--to ID] [--from URL]`.
+pub async fn rollback_release(
+    ctx: &Context,
+    to: Option<&str>,
+    from: Option<&str>,
+) -> Result<(), Error> {
+    let store = match from {
+        Some(url) => standalone_store(ctx, url).await?,
+        None => {
+            let instance = ctx.instance().await?;
+            Store::new(&instance.aws, source_of(&instance.config)?)
+        }
+    };
+    let (from_id, to_id) = super::watch::rollback(&store, to).await?;
+    say_line(&format!(
+        "{} now points at {to_id} (was {from_id}); the agents switch the fleet through the barrier",
+        store.source
+    ));
+    Ok(())
+}
+
+/// `release list [--from URL] [--json]`.
+pub async fn list_releases(ctx: &Context, from: Option<&str>, json: bool) -> Result<(), Error> {
+    let (store, config) = match from {
+        Some(url) => (standalone_store(ctx, url).await?, ctx.config.clone()),
+        None => {
+            let instance = ctx.instance().await?;
+            let source = source_of(&instance.config)?;
+            (Store::new(&instance.aws, source), instance.config)
+        }
+    };
+    let listing = list(&store, &layout(&config)).await?;
+    print_either(&listing, json, Listing::human);
+    Ok(())
+}

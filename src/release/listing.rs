@@ -1,0 +1,117 @@
+//! The releases at a source, newest first, marking the current one and those present on this machine.
+
+use serde::Serialize;
+
+use super::format::Manifest;
+use super::local::Layout;
+use super::store::Store;
+use super::{human_bytes, ReleaseError};
+
+#[derive(Debug, Serialize)]
+pub struct Listed {
+    pub release: String,
+    pub created: String,
+    pub who: String,
+    pub message: String,
+    pub files: u64,
+    pub bytes: u64,
+    pub current: bool,
+    pub local: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Listing {
+    pub source: String,
+    pub current: Option<String>,
+    pub releases: Vec<Listed>,
+}
+
+impl Listing {
+    pub fn human(&self) -> String {
+        if self.releases.is_empty() {
+            return format!("no releases at {}\n", self.source);
+        }
+        let mut text = format!("releases at {} (* current, L present here)\n", self.source);
+        for r in &self.releases {
+            text += &format!(
+                "{}{} {}  {}  {:>7} files {:>10}  {}  {}\n",
+                if r.current { '*' } else { ' ' },
+                if r.local { 'L' } else { ' ' },
+                r.release,
+                r.created,
+                r.files,
+                human_bytes(r.bytes),
+                r.who,
+                r.message
+            );
+        }
+        text
+    }
+}
+
+pub async fn list(store: &Store, layout: &Layout) -> Result<Listing, ReleaseError> {
+    let current = match store
+        .get_small(&store.source.pointer_key(), 1 << 20)
+        .await?
+    {
+        Some((bytes, _)) => serde_json::from_slice::<super::format::Pointer>(&bytes)
+            .ok()
+            .map(|p| p.release),
+        None => None,
+    };
+    let local = layout.local_releases();
+    let mut releases = remote_releases(store).await?;
+    for r in &mut releases {
+        r.current = current.as_deref() == Some(r.release.as_str());
+        r.local = local.contains(&r.release);
+    }
+    // Newest first; ids sort by the second, `created` by the millisecond.
+    releases.sort_by(|a, b| (&b.created, &b.release).cmp(&(&a.created, &a.release)));
+    Ok(Listing {
+        source: store.source.to_string(),
+        current,
+        releases,
+    })
+}
+
+/// Every release with a manifest at the source (`current` and `local` left false).
+pub async fn remote_releases(store: &Store) -> Result<Vec<Listed>, ReleaseError> {
+    use futures_util::stream::{self, StreamExt};
+    let dirs = store.list_dirs(&store.source.key("releases/")).await?;
+    let ids: Vec<String> = dirs
+        .iter()
+        .filter_map(|d| d.trim_end_matches('/').rsplit('/').next())
+        .filter(|id| super::format::check_id(id).is_ok())
+        .map(str::to_string)
+        .collect();
+    let manifests: Vec<Result<Option<Listed>, ReleaseError>> = stream::iter(ids)
+        .map(|id| async move {
+            let key = store.source.manifest_key(&id);
+            let Some((bytes, _)) = store.get_small(&key, 256 << 20).await? else {
+                return Ok(None); // an interrupted push: no manifest, never current
+            };
+            let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
+                ReleaseError::Failed(format!("{} is not a valid manifest: {e}", store.url(&key)))
+            })?;
+            Ok(Some(Listed {
+                current: false,
+                local: false,
+                release: id,
+                created: m.created,
+                who: m.who,
+                message: m.message,
+                files: m.files,
+                bytes: m.bytes,
+            }))
+        })
+        .buffered(8)
+        .collect()
+        .await;
+    let mut releases = Vec::new();
+    for m in manifests {
+        if let Some(listed) = m? {
+            releases.push(listed);
+        }
+    }
+    Ok(releases)
+}
