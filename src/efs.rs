@@ -359,7 +359,13 @@ fn pick_target(
 /// A short TCP connect to the mount target: a blocked security group is a clear sentence, not a mount
 /// that hangs for minutes.
 pub async fn probe(fs: &str, ip: IpAddr) -> Result<(), EfsError> {
-    let addr = SocketAddr::new(ip, 2049);
+    probe_addr(fs, SocketAddr::new(ip, NFS_PORT)).await
+}
+
+/// NFS: EFS mount targets answer on TCP 2049 only.
+pub const NFS_PORT: u16 = 2049;
+
+async fn probe_addr(fs: &str, addr: SocketAddr) -> Result<(), EfsError> {
     match tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(addr)).await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(err)) => Err(EfsError::Unreachable {
@@ -824,13 +830,19 @@ mod tests {
 
     #[tokio::test]
     async fn blocked_nfs_port_is_a_sentence_about_the_security_group() {
-        // Nothing listens on loopback's NFS port here: the probe answers at once.
-        let err = probe("fs-12ab", "127.0.0.1".parse().unwrap())
-            .await
-            .unwrap_err();
+        // A port that was free a moment ago: the connection is refused at once.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let err = probe_addr("fs-12ab", addr).await.unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("127.0.0.1:2049"), "{text}");
+        assert!(text.contains(&addr.to_string()), "{text}");
         assert!(text.contains("security group allows TCP 2049"), "{text}");
+        // And one that answers is reachable.
+        let open = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        probe_addr("fs-12ab", open.local_addr().unwrap())
+            .await
+            .unwrap();
     }
 
     #[test]

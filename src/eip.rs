@@ -302,34 +302,38 @@ pub async fn bind(
     match retry(policy, attempt, waiting).await {
         Ok(outcome) => Ok(outcome),
         Err(Failure::Stopped(err)) => Err(err),
-        Err(Failure::GaveUp {
-            last: pool,
-            elapsed,
-            ..
-        }) if settings.required => Err(EipError::Exhausted {
-            pool: settings.pool.clone(),
-            instance_id: place.instance_id.to_string(),
-            zone: place.az_name.to_string(),
-            total: pool.addresses.len(),
-            free: pool.free(),
-            waited: if settings.wait.is_zero() {
-                String::new()
-            } else {
-                format!(
-                    ", after waiting {}",
-                    humantime::format_duration(round(elapsed))
-                )
-            },
-        }),
-        Err(Failure::GaveUp {
-            last: pool,
-            elapsed,
-            ..
-        }) => Ok(Outcome::NoneFree {
+        Err(Failure::GaveUp { last, elapsed, .. }) => nothing_free(&last, elapsed, place, settings),
+    }
+}
+
+/// No free address within the wait: fail when the pool is required, else say so and continue.
+fn nothing_free(
+    pool: &Pool,
+    elapsed: Duration,
+    place: &Place<'_>,
+    settings: &Settings,
+) -> Result<Outcome, EipError> {
+    if !settings.required {
+        return Ok(Outcome::NoneFree {
             total: pool.addresses.len(),
             waited: round(elapsed),
-        }),
+        });
     }
+    Err(EipError::Exhausted {
+        pool: settings.pool.clone(),
+        instance_id: place.instance_id.to_string(),
+        zone: place.az_name.to_string(),
+        total: pool.addresses.len(),
+        free: pool.free(),
+        waited: if settings.wait.is_zero() {
+            String::new()
+        } else {
+            format!(
+                ", after waiting {}",
+                humantime::format_duration(round(elapsed))
+            )
+        },
+    })
 }
 
 fn round(d: Duration) -> Duration {

@@ -13,6 +13,8 @@ pub struct Features {
     pub release: Option<SourceUrl>,
     pub group: Option<String>,
     pub lifecycle: bool,
+    /// The failure policy may mark the instance Unhealthy (`on_failure = "abandon"`).
+    pub mark_unhealthy: bool,
     pub target_groups: Vec<String>,
     pub topics: Vec<String>,
 }
@@ -34,6 +36,7 @@ impl Features {
                 .transpose()?,
             group: None,
             lifecycle: config.health.lifecycle_hook != crate::config::LifecycleHook::None,
+            mark_unhealthy: config.health.on_failure == crate::config::OnFailure::Abandon,
             target_groups: config.health.target_groups.clone(),
             topics: Vec::new(),
         };
@@ -74,56 +77,8 @@ pub fn instance_policy(f: &Features) -> Value {
         &["ec2:DescribeTags"],
         json!("*"),
     )];
-    if !f.pools.is_empty() {
-        statements.push(statement(
-            "ElasticIpPoolRead",
-            &["ec2:DescribeAddresses"],
-            json!("*"),
-        ));
-        let mut bind = statement(
-            "ElasticIpBindFromPool",
-            &["ec2:AssociateAddress"],
-            json!("arn:aws:ec2:*:*:elastic-ip/*"),
-        );
-        bind["Condition"] = json!({"StringEquals": {"aws:ResourceTag/embark:pool": f.pools}});
-        statements.push(bind);
-        statements.push(statement(
-            "ElasticIpBindToInstance",
-            &["ec2:AssociateAddress"],
-            json!([
-                "arn:aws:ec2:*:*:instance/*",
-                "arn:aws:ec2:*:*:network-interface/*"
-            ]),
-        ));
-    }
-    if !f.file_systems.is_empty() {
-        let arns: Vec<String> = f
-            .file_systems
-            .iter()
-            .map(|(fs, _)| format!("arn:aws:elasticfilesystem:*:*:file-system/{fs}"))
-            .collect();
-        statements.push(statement(
-            "EfsMountTargets",
-            &["elasticfilesystem:DescribeMountTargets"],
-            json!(arns),
-        ));
-        let iam: Vec<String> = f
-            .file_systems
-            .iter()
-            .filter(|(_, iam)| *iam)
-            .map(|(fs, _)| format!("arn:aws:elasticfilesystem:*:*:file-system/{fs}"))
-            .collect();
-        if !iam.is_empty() {
-            statements.push(statement(
-                "EfsIamMount",
-                &[
-                    "elasticfilesystem:ClientMount",
-                    "elasticfilesystem:ClientWrite",
-                ],
-                json!(iam),
-            ));
-        }
-    }
+    statements.extend(eip_statements(f));
+    statements.extend(efs_statements(f));
     if let Some(source) = &f.release {
         let prefix = s3_prefix(source);
         statements.push(release_list(source));
@@ -138,31 +93,7 @@ pub fn instance_policy(f: &Features) -> Value {
             json!(format!("arn:aws:s3:::{}/{prefix}ready/*", source.bucket)),
         ));
     }
-    let group_arn = format!(
-        "arn:aws:autoscaling:*:*:autoScalingGroup:*:autoScalingGroupName/{}",
-        f.group.as_deref().unwrap_or("*")
-    );
-    if f.lifecycle || f.release.is_some() {
-        let mut read = vec![];
-        if f.lifecycle {
-            read.push("autoscaling:DescribeLifecycleHooks");
-        }
-        if f.release.is_some() {
-            read.push("autoscaling:DescribeAutoScalingGroups");
-        }
-        statements.push(statement("GroupRead", &read, json!("*")));
-    }
-    if f.lifecycle {
-        statements.push(statement(
-            "LaunchLifecycleAndHealth",
-            &[
-                "autoscaling:CompleteLifecycleAction",
-                "autoscaling:RecordLifecycleActionHeartbeat",
-                "autoscaling:SetInstanceHealth",
-            ],
-            json!(group_arn),
-        ));
-    }
+    statements.extend(group_statements(f));
     if !f.target_groups.is_empty() {
         statements.push(statement(
             "TargetGroupRead",
@@ -179,6 +110,100 @@ pub fn instance_policy(f: &Features) -> Value {
         statements.push(statement("Notify", &["sns:Publish"], json!(f.topics)));
     }
     json!({"Version": "2012-10-17", "Statement": statements})
+}
+
+/// Reading the pool; associating only addresses tagged with one of its pools.
+fn eip_statements(f: &Features) -> Vec<Value> {
+    if f.pools.is_empty() {
+        return Vec::new();
+    }
+    let mut bind = statement(
+        "ElasticIpBindFromPool",
+        &["ec2:AssociateAddress"],
+        json!("arn:aws:ec2:*:*:elastic-ip/*"),
+    );
+    bind["Condition"] = json!({"StringEquals": {"aws:ResourceTag/embark:pool": f.pools}});
+    vec![
+        statement("ElasticIpPoolRead", &["ec2:DescribeAddresses"], json!("*")),
+        bind,
+        statement(
+            "ElasticIpBindToInstance",
+            &["ec2:AssociateAddress"],
+            json!([
+                "arn:aws:ec2:*:*:instance/*",
+                "arn:aws:ec2:*:*:network-interface/*"
+            ]),
+        ),
+    ]
+}
+
+/// Finding mount targets; mounting with IAM authorisation where a mount asks for it.
+fn efs_statements(f: &Features) -> Vec<Value> {
+    let arn = |fs: &str| format!("arn:aws:elasticfilesystem:*:*:file-system/{fs}");
+    if f.file_systems.is_empty() {
+        return Vec::new();
+    }
+    let all: Vec<String> = f.file_systems.iter().map(|(fs, _)| arn(fs)).collect();
+    let mut out = vec![statement(
+        "EfsMountTargets",
+        &["elasticfilesystem:DescribeMountTargets"],
+        json!(all),
+    )];
+    let iam: Vec<String> = f
+        .file_systems
+        .iter()
+        .filter(|(_, iam)| *iam)
+        .map(|(fs, _)| arn(fs))
+        .collect();
+    if !iam.is_empty() {
+        out.push(statement(
+            "EfsIamMount",
+            &[
+                "elasticfilesystem:ClientMount",
+                "elasticfilesystem:ClientWrite",
+            ],
+            json!(iam),
+        ));
+    }
+    out
+}
+
+/// The group: reading its hooks and members, completing the launching action, and marking the
+/// instance Unhealthy (the failure policy of a group without a hook, `lifecycle_hook = "none"` too).
+fn group_statements(f: &Features) -> Vec<Value> {
+    let group_arn = format!(
+        "arn:aws:autoscaling:*:*:autoScalingGroup:*:autoScalingGroupName/{}",
+        f.group.as_deref().unwrap_or("*")
+    );
+    let mut read = vec![];
+    if f.lifecycle {
+        read.push("autoscaling:DescribeLifecycleHooks");
+    }
+    if f.release.is_some() {
+        read.push("autoscaling:DescribeAutoScalingGroups");
+    }
+    let mut out = Vec::new();
+    if !read.is_empty() {
+        out.push(statement("GroupRead", &read, json!("*")));
+    }
+    if f.lifecycle {
+        out.push(statement(
+            "LaunchLifecycleAndHealth",
+            &[
+                "autoscaling:CompleteLifecycleAction",
+                "autoscaling:RecordLifecycleActionHeartbeat",
+                "autoscaling:SetInstanceHealth",
+            ],
+            json!(group_arn),
+        ));
+    } else if f.mark_unhealthy {
+        out.push(statement(
+            "MarkUnhealthyOnFailure",
+            &["autoscaling:SetInstanceHealth"],
+            json!(group_arn),
+        ));
+    }
+    out
 }
 
 /// The policy for whoever publishes (`release push`, `release rollback`, `release list`): a CI role.
@@ -222,5 +247,55 @@ mod tests {
         }
         assert!(!text.contains("elasticfilesystem"));
         assert!(!text.contains("elasticloadbalancing"));
+    }
+
+    fn actions(policy: &Value) -> Vec<String> {
+        policy["Statement"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|s| s["Action"].as_array().unwrap().clone())
+            .map(|a| a.as_str().unwrap().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn without_a_hook_the_failure_policy_may_still_mark_unhealthy() {
+        let none = Features {
+            lifecycle: false,
+            mark_unhealthy: true,
+            ..Features::default()
+        };
+        let got = actions(&instance_policy(&none));
+        assert!(
+            got.contains(&"autoscaling:SetInstanceHealth".to_string()),
+            "{got:?}"
+        );
+        assert!(!got.contains(&"autoscaling:CompleteLifecycleAction".to_string()));
+        let keep = Features {
+            mark_unhealthy: false,
+            ..none
+        };
+        assert!(!actions(&instance_policy(&keep))
+            .contains(&"autoscaling:SetInstanceHealth".to_string()));
+    }
+
+    #[test]
+    fn iam_authorised_mounts_get_client_mount_on_their_file_system_only() {
+        let f = Features {
+            file_systems: vec![("fs-1".into(), false), ("fs-2".into(), true)],
+            ..Features::default()
+        };
+        let policy = instance_policy(&f);
+        let mount = policy["Statement"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["Sid"] == "EfsIamMount")
+            .expect("EfsIamMount");
+        assert_eq!(
+            mount["Resource"],
+            json!(["arn:aws:elasticfilesystem:*:*:file-system/fs-2"])
+        );
     }
 }

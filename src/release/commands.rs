@@ -3,10 +3,11 @@
 
 use std::path::Path;
 
+use super::error::ReleaseError;
 use super::format::SourceUrl;
 use super::listing::{list, Listing};
 use super::store::Store;
-use super::{layout, pull, push, settings, source_of, ReleaseError};
+use super::{layout, pull, push, settings, source_of};
 use crate::aws::Aws;
 use crate::context::Context;
 use crate::error::Error;

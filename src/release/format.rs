@@ -1,7 +1,7 @@
 //! The release format in S3 (docs/release-format.md): the manifest, the `current` pointer, release ids,
 //! and the rules that keep a release inside its directory.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -81,6 +81,24 @@ pub struct Pointer {
     pub who: String,
     #[serde(default)]
     pub message: String,
+}
+
+impl Pointer {
+    /// Parses and checks a pointer: JSON of this format, with a valid release id and sha256.
+    pub fn parse(bytes: &[u8]) -> Result<Pointer, String> {
+        let pointer: Pointer = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        if pointer.format != POINTER_FORMAT {
+            return Err(format!(
+                "its format is '{}', and this embark reads '{POINTER_FORMAT}' (upgrade embark to read newer releases)",
+                quote(&pointer.format)
+            ));
+        }
+        check_id(&pointer.release).map_err(|r| r.0)?;
+        if !is_sha256(&pointer.manifest_sha256) {
+            return Err("its manifest_sha256 is not a sha256".to_string());
+        }
+        Ok(pointer)
+    }
 }
 
 /// One entry of a manifest as stored (`type` is checked by [`Manifest::validate`]).
@@ -407,15 +425,17 @@ pub fn new_id(created: &str, nodes: &[Node], nonce: &[u8]) -> String {
     format!("{stamp}-{}", &digest[..6])
 }
 
-/// The hashes a set of nodes needs, each once.
-pub fn needed_objects(nodes: &[Node]) -> BTreeSet<&str> {
-    nodes
-        .iter()
-        .filter_map(|n| match n {
-            Node::File { sha256, .. } => Some(sha256.as_str()),
-            _ => None,
-        })
-        .collect()
+/// At most ~200 characters of a string that came from a release: enough to recognise, never megabytes.
+pub fn quote(text: &str) -> String {
+    const MAX: usize = 200;
+    if text.len() <= MAX {
+        return text.to_string();
+    }
+    let mut end = MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &text[..end], text.len())
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {

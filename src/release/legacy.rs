@@ -8,9 +8,10 @@ use std::sync::Mutex;
 
 use futures_util::stream::{self, TryStreamExt};
 
+use super::error::ReleaseError;
 use super::format::{check_nodes, sha256_hex, Manifest, Node};
+use super::progress::Progress;
 use super::store::Store;
-use super::{Progress, ReleaseError};
 
 pub const POINTER: &str = "latest-deploy";
 
@@ -97,13 +98,11 @@ pub async fn read_latest(store: &Store) -> Result<Latest, ReleaseError> {
     })
 }
 
-/// Fetch every file of the release into `partial` (hashing each), after checking the file count;
-/// returns the manifest embark keeps for it locally.
-pub async fn stage(
+/// The release's keys and their paths in the tree, after checking the count and every path.
+async fn listed_files(
     store: &Store,
     latest: &Latest,
-    partial: &std::path::Path,
-) -> Result<(Vec<u8>, usize, u64), ReleaseError> {
+) -> Result<(Vec<String>, Vec<String>), ReleaseError> {
     let prefix = store.source.key(&format!("{}/", latest.stamp));
     let keys: Vec<String> = store
         .list_keys(&prefix)
@@ -131,6 +130,17 @@ pub async fn stage(
         })?;
         paths.push(rel);
     }
+    Ok((keys, paths))
+}
+
+/// Fetch every file of the release into `partial` (hashing each), after checking the file count;
+/// returns the manifest embark keeps for it locally.
+pub async fn stage(
+    store: &Store,
+    latest: &Latest,
+    partial: &std::path::Path,
+) -> Result<(Vec<u8>, usize, u64), ReleaseError> {
+    let (keys, paths) = listed_files(store, latest).await?;
     // Directories are implied by the keys.
     let mut dirs = BTreeSet::new();
     for p in &paths {
@@ -176,7 +186,7 @@ pub async fn stage(
         if let Node::File { path, mode, .. } = node {
             let p = partial.join(path);
             std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(*mode))
-                .map_err(|e| super::io_failed("setting the mode of", &p, &e))?;
+                .map_err(|e| super::error::io_failed("setting the mode of", &p, &e))?;
         }
     }
     let fetched_bytes = nodes

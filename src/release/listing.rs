@@ -2,10 +2,11 @@
 
 use serde::Serialize;
 
+use super::error::ReleaseError;
 use super::format::Manifest;
 use super::local::Layout;
+use super::progress::human_bytes;
 use super::store::Store;
-use super::{human_bytes, ReleaseError};
 
 #[derive(Debug, Serialize)]
 pub struct Listed {
@@ -50,15 +51,7 @@ impl Listing {
 }
 
 pub async fn list(store: &Store, layout: &Layout) -> Result<Listing, ReleaseError> {
-    let current = match store
-        .get_small(&store.source.pointer_key(), 1 << 20)
-        .await?
-    {
-        Some((bytes, _)) => serde_json::from_slice::<super::format::Pointer>(&bytes)
-            .ok()
-            .map(|p| p.release),
-        None => None,
-    };
+    let current = store.read_pointer().await?.map(|(p, _)| p.release);
     let local = layout.local_releases();
     let mut releases = remote_releases(store).await?;
     for r in &mut releases {

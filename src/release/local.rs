@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
+use super::error::{io_failed, ReleaseError};
 use super::format::{check_id, Manifest, Node};
-use super::{io_failed, ReleaseError};
 
 pub const PARTIAL_PREFIX: &str = ".partial-";
 
@@ -68,6 +68,15 @@ impl Layout {
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default()
+    }
+
+    /// [`Layout::prepare`] on a blocking thread: waiting for another pull's lock must not hold up
+    /// the async runtime (heartbeats, the agent's signal handling).
+    pub async fn lock(&self) -> Result<Lock, ReleaseError> {
+        let layout = self.clone();
+        tokio::task::spawn_blocking(move || layout.prepare())
+            .await
+            .map_err(|e| ReleaseError::Failed(format!("the lock task stopped: {e}")))?
     }
 
     /// Create the directories and take the lock (waiting for another pull to finish).
@@ -247,25 +256,13 @@ pub fn remove_tree(path: &Path) -> io::Result<()> {
     fs::remove_dir(path)
 }
 
+/// Atomically (temporary file, fsync, rename, directory fsync).
 pub fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), ReleaseError> {
-    use std::io::Write;
-    let temp = path.with_extension("tmp");
-    let result = (|| {
-        let mut file = fs::File::create(&temp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&temp, path)
-    })();
-    result.map_err(|e| {
-        let _ = fs::remove_file(&temp);
-        io_failed("writing", path, &e)
-    })
+    crate::fsutil::atomic_write(path, bytes, 0o644).map_err(|e| io_failed("writing", path, &e))
 }
 
 pub fn sync_dir(path: &Path) -> Result<(), ReleaseError> {
-    fs::File::open(path)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io_failed("syncing", path, &e))
+    crate::fsutil::sync_dir(path).map_err(|e| io_failed("syncing", path, &e))
 }
 
 /// `user`, `user:group`, or numeric ids, resolved from /etc/passwd and /etc/group (no NSS: the binary

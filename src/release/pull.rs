@@ -6,19 +6,20 @@ use std::fs;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc as std_mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 
 use futures_util::stream::{self, TryStreamExt};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
-use super::format::{check_id, sha256_hex, Manifest, Node, Pointer};
+use super::error::{io_failed, ReleaseError};
+use super::format::{quote, sha256_hex, Manifest, Node, Pointer};
 use super::hooks::{self, HookEnv};
 use super::local::{chown_tree, remove_tree, Layout};
 use super::local::{ensure_parent, open_new};
+use super::progress::{human_bytes, Progress};
 use super::store::Store;
-use super::{human_bytes, io_failed, Progress, ReleaseError};
 use crate::config::{Hook, ReleaseFormat};
+use crate::fsutil::HashingReader;
 
 use super::store::FETCHES_AT_ONCE;
 pub use super::store::MANIFEST_LIMIT;
@@ -87,22 +88,13 @@ impl Pulled {
 
 /// The pointer at the source; no pointer is its own clear error.
 pub async fn read_pointer(store: &Store) -> Result<Pointer, ReleaseError> {
-    let key = store.source.pointer_key();
-    let (bytes, _) = store.get_small(&key, 1 << 20).await?.ok_or_else(|| {
-        ReleaseError::Failed(format!(
+    match store.read_pointer().await? {
+        Some((pointer, _)) => Ok(pointer),
+        None => Err(ReleaseError::Failed(format!(
             "no release has been published at {}: push one with `embark release push DIR --to {}`",
             store.source, store.source
-        ))
-    })?;
-    let pointer: Pointer = serde_json::from_slice(&bytes).map_err(|e| {
-        ReleaseError::Failed(format!(
-            "{} is not a valid embark pointer ({e}); push a release again",
-            store.url(&key)
-        ))
-    })?;
-    check_id(&pointer.release)
-        .map_err(|r| ReleaseError::Failed(format!("{} is invalid: {r}", store.url(&key))))?;
-    Ok(pointer)
+        ))),
+    }
 }
 
 /// The manifest of a release, checked against the pointer's sha256 and validated.
@@ -193,13 +185,54 @@ pub async fn pull(
     let _lock = if plan {
         None
     } else {
-        Some(settings.layout.prepare()?)
+        Some(settings.layout.lock().await?)
     };
     let mut pulled = stage_target(store, settings, &target, plan).await?;
     if pulled.already_current || pulled.plan.is_some() {
         return Ok(pulled);
     }
     switch_to(settings, &mut pulled, http).await?;
+    Ok(pulled)
+}
+
+/// The pull-deploy layout: every file fetched and hashed (it has no hashes to reuse anything by).
+async fn stage_legacy(
+    store: &Store,
+    settings: &Settings,
+    latest: &super::legacy::Latest,
+    mut pulled: Pulled,
+    staged: bool,
+    plan: bool,
+) -> Result<Pulled, ReleaseError> {
+    let layout = &settings.layout;
+    if plan {
+        pulled.plan = Some(format!(
+            "would switch {} from {} to the pull-deploy release {} ({} files): fetch every file",
+            layout.link,
+            pulled.previous.as_deref().unwrap_or("nothing"),
+            latest.stamp,
+            latest.count
+        ));
+        return Ok(pulled);
+    }
+    if staged {
+        return Ok(pulled);
+    }
+    let partial = layout.partial(&pulled.release);
+    let _ = remove_tree(&partial);
+    let result = async {
+        fs::create_dir(&partial).map_err(|e| io_failed("creating", &partial, &e))?;
+        let (manifest, files, bytes) = super::legacy::stage(store, latest, &partial).await?;
+        pulled.fetched_objects = files;
+        pulled.fetched_bytes = bytes;
+        finish_stage(settings, &[], &partial)?;
+        layout.commit(&pulled.release, &manifest)
+    }
+    .await;
+    if let Err(err) = result {
+        let _ = remove_tree(&partial);
+        return Err(err);
+    }
     Ok(pulled)
 }
 
@@ -223,39 +256,13 @@ pub async fn stage_target(
         });
     }
     if let Some(latest) = &target.legacy {
-        let mut pulled = Pulled {
-            release: id.clone(),
+        let pulled = Pulled {
+            release: id,
             previous: current,
             files: latest.count,
             ..Pulled::default()
         };
-        if plan {
-            pulled.plan = Some(format!(
-                "would switch {} from {} to the pull-deploy release {} ({} files): fetch every file",
-                layout.link,
-                pulled.previous.as_deref().unwrap_or("nothing"),
-                latest.stamp,
-                latest.count
-            ));
-        } else if !staged {
-            let partial = layout.partial(&id);
-            let _ = remove_tree(&partial);
-            let result = async {
-                fs::create_dir(&partial).map_err(|e| io_failed("creating", &partial, &e))?;
-                let (manifest, files, bytes) =
-                    super::legacy::stage(store, latest, &partial).await?;
-                pulled.fetched_objects = files;
-                pulled.fetched_bytes = bytes;
-                finish_stage(settings, &[], &partial)?;
-                layout.commit(&id, &manifest)
-            }
-            .await;
-            if let Err(err) = result {
-                let _ = remove_tree(&partial);
-                return Err(err);
-            }
-        }
-        return Ok(pulled);
+        return stage_legacy(store, settings, latest, pulled, staged, plan).await;
     }
     let pointer = target
         .pointer
@@ -439,16 +446,17 @@ enum Fetch {
 
 /// Reads what the download task sends; an early end is reported by the task, not here.
 struct ChannelReader {
-    rx: std_mpsc::Receiver<bytes::Bytes>,
+    rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
     chunk: bytes::Bytes,
 }
 
 impl Read for ChannelReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while self.chunk.is_empty() {
-            match self.rx.recv() {
-                Ok(chunk) => self.chunk = chunk,
-                Err(_) => return Ok(0),
+            // This reader runs on a blocking thread (spawn_blocking): waiting here is allowed.
+            match self.rx.blocking_recv() {
+                Some(chunk) => self.chunk = chunk,
+                None => return Ok(0),
             }
         }
         let n = buf.len().min(self.chunk.len());
@@ -468,7 +476,7 @@ async fn fetch_bundle(
         .get_stream(&key)
         .await
         .map_err(|e| Fetch::Transport(e.to_string()))?;
-    let (tx, rx) = std_mpsc::sync_channel::<bytes::Bytes>(8);
+    let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(8);
     let by_path: HashMap<String, Node> = nodes
         .iter()
         .map(|n| (n.path().to_string(), n.clone()))
@@ -494,7 +502,7 @@ async fn fetch_bundle(
             Ok(chunk) => {
                 received += chunk.len() as u64;
                 progress.add(chunk.len() as u64);
-                if tx.send(chunk).is_err() {
+                if tx.send(chunk).await.is_err() {
                     break; // the unpacker stopped; its error says why
                 }
             }
@@ -616,6 +624,32 @@ fn make_symlink(target: &str, path: &Path) -> Result<(), ReleaseError> {
     std::os::unix::fs::symlink(target, path).map_err(|e| io_failed("creating the link", path, &e))
 }
 
+/// The content read for `name` is what the manifest promises: its size first (a different size says
+/// more than two different hashes would), then its sha256.
+fn check_content(
+    name: &str,
+    id: &str,
+    size: u64,
+    sha256: &str,
+    got_size: u64,
+    got_sha256: &str,
+) -> Result<(), ReleaseError> {
+    if got_size != size {
+        return Err(ReleaseError::Failed(format!(
+            "'{}' of release {id} holds {}{got_size} bytes where the manifest promises {size}: the source is corrupt; nothing was switched",
+            quote(name),
+            if got_size > size { "more than " } else { "" }
+        )));
+    }
+    if got_sha256 != sha256 {
+        return Err(ReleaseError::Failed(format!(
+            "'{}' of release {id} does not match its sha256 in the manifest (expected {sha256}, got {got_sha256}): the source is corrupt; nothing was switched",
+            quote(name)
+        )));
+    }
+    Ok(())
+}
+
 /// Copy `reader` to a new file, hashing as it goes; the file is kept only if it matches the manifest.
 fn write_verified(
     reader: &mut impl Read,
@@ -633,9 +667,10 @@ fn write_verified(
         return Ok(());
     };
     let mut file = open_new(path)?;
-    let mut hash = Sha256::new();
+    // Never more than the manifest promises (+1 byte, to notice a body that is too long): a header
+    // or an object that claims less than it holds cannot fill the disk.
+    let mut reader = HashingReader::new(reader.take(size.saturating_add(1)));
     let mut buf = vec![0u8; 64 * 1024];
-    let mut total = 0u64;
     loop {
         let n = reader.read(&mut buf).map_err(|e| {
             ReleaseError::Failed(format!("reading '{name}' of release {id} failed: {e}"))
@@ -643,19 +678,40 @@ fn write_verified(
         if n == 0 {
             break;
         }
-        hash.update(&buf[..n]);
-        total += n as u64;
         file.write_all(&buf[..n])
             .map_err(|e| io_failed("writing", path, &e))?;
     }
-    let got = hex::encode(hash.finalize());
-    if got != *sha256 || total != *size {
-        return Err(ReleaseError::Failed(format!(
-            "'{name}' of release {id} does not match its sha256 in the manifest (expected {sha256}, got {got}): the source is corrupt; nothing was switched"
-        )));
-    }
+    let (got, total) = reader.finish();
+    check_content(name, id, *size, sha256, total, &got)?;
     fs::set_permissions(path, fs::Permissions::from_mode(*mode))
         .map_err(|e| io_failed("setting the mode of", path, &e))
+}
+
+/// A file and where its content can be copied from (`None`: fetch it).
+type Fill<'a> = (&'a Node, Option<PathBuf>);
+
+/// Which files to fill first (from a local release, or fetched) and which afterwards (copies of a
+/// content another file of this release brings): each content is fetched once.
+fn fetch_order<'a>(
+    nodes: &'a [Node],
+    local: &HashMap<String, PathBuf>,
+    partial: &Path,
+) -> (Vec<Fill<'a>>, Vec<Fill<'a>>) {
+    let mut fetched_at: HashMap<&str, PathBuf> = HashMap::new();
+    let (mut first, mut again) = (Vec::new(), Vec::new());
+    for node in nodes {
+        if let Node::File { path, sha256, .. } = node {
+            if let Some(here) = local.get(sha256) {
+                first.push((node, Some(here.clone())));
+            } else if let Some(earlier) = fetched_at.get(sha256.as_str()) {
+                again.push((node, Some(earlier.clone())));
+            } else {
+                fetched_at.insert(sha256, partial.join(path));
+                first.push((node, None));
+            }
+        }
+    }
+    (first, again)
 }
 
 /// The incremental path: directories and links first, then each file from a local release whose copy
@@ -674,22 +730,7 @@ async fn fetch_objects(
             Node::File { .. } => {}
         }
     }
-    // Each content is fetched once: a file whose content another file of this release brings is
-    // copied from it afterwards.
-    let mut fetched_at: HashMap<&str, PathBuf> = HashMap::new();
-    let (mut first, mut again) = (Vec::new(), Vec::new());
-    for node in nodes {
-        if let Node::File { path, sha256, .. } = node {
-            if local.contains_key(sha256) {
-                first.push((node, local.get(sha256).cloned()));
-            } else if let Some(earlier) = fetched_at.get(sha256.as_str()) {
-                again.push((node, Some(earlier.clone())));
-            } else {
-                fetched_at.insert(sha256, partial.join(path));
-                first.push((node, None));
-            }
-        }
-    }
+    let (first, again) = fetch_order(nodes, local, partial);
     let to_fetch: u64 = first
         .iter()
         .filter_map(|(n, from)| match n {
@@ -751,7 +792,7 @@ fn copy_local(source: &Path, target: &Path, node: &Node, id: &str) -> Result<boo
     let Node::File { sha256, size, .. } = node else {
         return Ok(false);
     };
-    match super::push::hash_file(source) {
+    match crate::fsutil::hash_file(source) {
         Ok((got, bytes)) if got == *sha256 && bytes == *size => {}
         _ => {
             tracing::debug!("{} changed locally; fetching it", source.display());

@@ -9,15 +9,16 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
+use crate::fsutil::HashingReader;
 use bytes::Bytes;
 use futures_util::stream::{self, TryStreamExt};
 use ignore::gitignore::{Gitignore, GitignoreBuilder};
-use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
+use super::error::{io_failed, ReleaseError};
 use super::format::{check_mode, check_nodes, new_id, Manifest, Node, Pointer, POINTER_FORMAT};
+use super::progress::{human_bytes, Progress};
 use super::store::{Condition, PutError, Store, PART_SIZE};
-use super::{human_bytes, io_failed, Progress, ReleaseError};
 
 pub const IGNORE_FILE: &str = ".embarkignore";
 const UPLOADS_AT_ONCE: usize = 8;
@@ -166,7 +167,7 @@ pub fn hash_all(root: &Path, nodes: &mut [Node]) -> Result<(), ReleaseError> {
                 } = &mut **node
                 {
                     let full = root.join(&*path);
-                    match hash_file(&full) {
+                    match crate::fsutil::hash_file(&full) {
                         Ok((digest, bytes)) => {
                             *sha256 = digest;
                             *size = bytes;
@@ -186,22 +187,6 @@ pub fn hash_all(root: &Path, nodes: &mut [Node]) -> Result<(), ReleaseError> {
         Ok(Some(err)) => Err(err),
         _ => Ok(()),
     }
-}
-
-pub fn hash_file(path: &Path) -> io::Result<(String, u64)> {
-    let mut file = fs::File::open(path)?;
-    let mut hash = Sha256::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut total = 0u64;
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hash.update(&buf[..n]);
-        total += n as u64;
-    }
-    Ok((hex::encode(hash.finalize()), total))
 }
 
 pub fn who() -> String {
@@ -227,10 +212,7 @@ pub async fn push(store: &Store, root: &Path, message: &str) -> Result<Pushed, R
     .map_err(|e| ReleaseError::Failed(format!("hashing the tree stopped: {e}")))??;
 
     // What `current` is now: the pointer is replaced only if nobody changed it meanwhile.
-    let base = match store
-        .get_small(&store.source.pointer_key(), 1 << 20)
-        .await?
-    {
+    let base = match store.read_pointer().await? {
         Some((_, etag)) => Condition::Unchanged(etag),
         None => Condition::Absent,
     };
@@ -276,35 +258,7 @@ pub async fn push(store: &Store, root: &Path, message: &str) -> Result<Pushed, R
         Err(PutError::Failed(err)) => return Err(err),
     }
 
-    let pointer = Pointer {
-        format: POINTER_FORMAT.to_string(),
-        release: id.clone(),
-        manifest_sha256,
-        time: created,
-        who: manifest.who.clone(),
-        message: message.to_string(),
-    };
-    let pointer_bytes = serde_json::to_vec_pretty(&pointer)
-        .map_err(|e| ReleaseError::Failed(format!("cannot encode the pointer: {e}")))?;
-    match store
-        .put_bytes(&store.source.pointer_key(), pointer_bytes, base)
-        .await
-    {
-        Ok(()) => {}
-        Err(PutError::Conflict) => {
-            let now = match store.get_small(&store.source.pointer_key(), 1 << 20).await {
-                Ok(Some((bytes, _))) => serde_json::from_slice::<Pointer>(&bytes)
-                    .map(|p| format!("{} (pushed by {})", p.release, p.who))
-                    .unwrap_or_else(|_| "another release".into()),
-                _ => "another release".into(),
-            };
-            return Err(ReleaseError::Failed(format!(
-                "another push changed {}/current while this one ran: {now} is current; this push's release {id} was uploaded but is NOT current (push again to make it current)",
-                store.source
-            )));
-        }
-        Err(PutError::Failed(err)) => return Err(err),
-    }
+    write_pointer(store, &manifest, manifest_sha256, base).await?;
     Ok(Pushed {
         release: id,
         files: manifest.files,
@@ -316,6 +270,43 @@ pub async fn push(store: &Store, root: &Path, message: &str) -> Result<Pushed, R
 }
 
 /// Upload the content-addressed objects the source does not have yet.
+/// `current`, last and conditionally: a push that raced another is told, not silently overwritten.
+async fn write_pointer(
+    store: &Store,
+    manifest: &Manifest,
+    manifest_sha256: String,
+    base: Condition,
+) -> Result<(), ReleaseError> {
+    let pointer = Pointer {
+        format: POINTER_FORMAT.to_string(),
+        release: manifest.release.clone(),
+        manifest_sha256,
+        time: manifest.created.clone(),
+        who: manifest.who.clone(),
+        message: manifest.message.clone(),
+    };
+    let pointer_bytes = serde_json::to_vec_pretty(&pointer)
+        .map_err(|e| ReleaseError::Failed(format!("cannot encode the pointer: {e}")))?;
+    match store
+        .put_bytes(&store.source.pointer_key(), pointer_bytes, base)
+        .await
+    {
+        Ok(()) => {}
+        Err(PutError::Conflict) => {
+            let now = match store.read_pointer().await {
+                Ok(Some((p, _))) => format!("{} (pushed by {})", p.release, p.who),
+                _ => "another release".into(),
+            };
+            return Err(ReleaseError::Conflict(format!(
+                "another push changed {}/current while this one ran: {now} is current; this push's release {} was uploaded but is NOT current (push again to make it current)",
+                store.source, manifest.release
+            )));
+        }
+        Err(PutError::Failed(err)) => return Err(err),
+    }
+    Ok(())
+}
+
 async fn upload_objects(
     store: &Store,
     root: &Path,
@@ -430,20 +421,6 @@ impl Write for PartWriter {
     }
 }
 
-/// Reads a file while hashing it, so the bundle is checked against the manifest as it is written.
-struct Hashing<R> {
-    inner: R,
-    hash: Sha256,
-}
-
-impl<R: Read> Read for Hashing<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hash.update(&buf[..n]);
-        Ok(n)
-    }
-}
-
 fn write_bundle(root: &Path, nodes: &[Node], tx: mpsc::Sender<Bytes>) -> Result<(), ReleaseError> {
     let fail = |e: io::Error| ReleaseError::Failed(format!("writing the bundle failed: {e}"));
     let part = PartWriter {
@@ -482,17 +459,15 @@ fn write_bundle(root: &Path, nodes: &[Node], tx: mpsc::Sender<Bytes>) -> Result<
                 header.set_entry_type(tar::EntryType::Regular);
                 header.set_mode(*mode);
                 header.set_size(*size);
-                let mut reader = Hashing {
-                    inner: file.take(*size),
-                    hash: Sha256::new(),
-                };
+                // Hashed as it is written: a file that changed since it was hashed fails the push.
+                let mut reader = HashingReader::new(file.take(*size));
                 tar.append_data(&mut header, path, &mut reader)
                     .map_err(|e| {
                         ReleaseError::Failed(format!(
                             "'{path}' changed while it was being pushed ({e}); push again"
                         ))
                     })?;
-                if hex::encode(reader.hash.finalize()) != *sha256 {
+                if reader.finish().0 != *sha256 {
                     return Err(ReleaseError::Failed(format!(
                         "'{path}' changed while it was being pushed; push again"
                     )));

@@ -12,9 +12,10 @@ use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use super::format::SourceUrl;
-use super::{Progress, ReleaseError};
-use crate::aws::Aws;
+use super::error::ReleaseError;
+use super::format::{Pointer, SourceUrl};
+use super::progress::Progress;
+use crate::aws::{Aws, AwsError};
 use std::sync::Mutex;
 use tokio::io::AsyncWriteExt;
 
@@ -75,24 +76,31 @@ impl Store {
         format!("s3://{}/{key}", self.source.bucket)
     }
 
-    fn failed<E>(&self, operation: &str, key: &str, err: &SdkError<E, HttpResponse>) -> ReleaseError
+    /// A failed S3 call as one sentence: the action, the object, and for a refusal the grant (on
+    /// this source's keys) that is missing.
+    fn failed<E>(
+        &self,
+        operation: &'static str,
+        key: &str,
+        err: &SdkError<E, HttpResponse>,
+    ) -> ReleaseError
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
     {
-        let detail = crate::aws::describe(err);
-        let hint = match crate::aws::error_code(err) {
-            Some("AccessDenied") => format!(
-                ": the instance role (or your credentials) needs s3:{operation} on arn:aws:s3:::{}/{}",
+        let err = AwsError::new(operation, err)
+            .on(self.url(key))
+            .resource(format!(
+                "arn:aws:s3:::{}/{}",
                 self.source.bucket,
                 self.source.key("*")
-            ),
-            Some("NoSuchBucket") => format!(": the bucket {} does not exist", self.source.bucket),
-            _ => String::new(),
-        };
-        ReleaseError::Failed(format!(
-            "{operation} {} failed: {detail}{hint}",
-            self.url(key)
-        ))
+            ));
+        match err.code() {
+            Some("NoSuchBucket") => ReleaseError::Failed(format!(
+                "{err}: the bucket {} does not exist (or is not reachable with these credentials)",
+                self.source.bucket
+            )),
+            _ => err.into(),
+        }
     }
 
     /// GetObject; `None` when there is no such key.
@@ -110,7 +118,7 @@ impl Store {
         {
             Ok(response) => Ok(Some(response)),
             Err(err) if is_not_found(&err) => Ok(None),
-            Err(err) => Err(self.failed("GetObject", key, &err)),
+            Err(err) => Err(self.failed("s3:GetObject", key, &err)),
         }
     }
 
@@ -151,6 +159,22 @@ impl Store {
         Ok(Some((bytes, etag)))
     }
 
+    /// The `current` pointer and its ETag; `None` when nothing was ever pushed. A pointer that is not
+    /// embark's (unknown format, invalid id, not JSON) is refused here, for every reader.
+    pub async fn read_pointer(&self) -> Result<Option<(Pointer, String)>, ReleaseError> {
+        let key = self.source.pointer_key();
+        let Some((bytes, etag)) = self.get_small(&key, POINTER_LIMIT).await? else {
+            return Ok(None);
+        };
+        let pointer = Pointer::parse(&bytes).map_err(|why| {
+            ReleaseError::Failed(format!(
+                "{} is not a valid embark pointer ({why}); push a release again",
+                self.url(&key)
+            ))
+        })?;
+        Ok(Some((pointer, etag)))
+    }
+
     /// Has `key` changed since `etag`? A conditional GET: cheap when it has not (304).
     pub async fn changed(&self, key: &str, etag: Option<&str>) -> Result<Polled, ReleaseError> {
         let mut request = self
@@ -167,7 +191,7 @@ impl Store {
             )),
             Err(err) if status(&err) == Some(304) => Ok(Polled::Unchanged),
             Err(err) if is_not_found(&err) => Ok(Polled::Absent),
-            Err(err) => Err(self.failed("GetObject", key, &err)),
+            Err(err) => Err(self.failed("s3:GetObject", key, &err)),
         }
     }
 
@@ -178,7 +202,7 @@ impl Store {
             .key(key)
             .send()
             .await
-            .map_err(|err| self.failed("DeleteObject", key, &err))?;
+            .map_err(|err| self.failed("s3:DeleteObject", key, &err))?;
         Ok(())
     }
 
@@ -219,7 +243,7 @@ impl Store {
         match request.send().await {
             Ok(_) => Ok(()),
             Err(err) if is_conflict(&err) => Err(PutError::Conflict),
-            Err(err) => Err(PutError::Failed(self.failed("PutObject", key, &err))),
+            Err(err) => Err(PutError::Failed(self.failed("s3:PutObject", key, &err))),
         }
     }
 
@@ -246,7 +270,7 @@ impl Store {
             .body(body)
             .send()
             .await
-            .map_err(|err| self.failed("PutObject", key, &err))?;
+            .map_err(|err| self.failed("s3:PutObject", key, &err))?;
         Ok(())
     }
 
@@ -273,7 +297,7 @@ impl Store {
         }
         let mut pages = request.into_paginator().send();
         while let Some(page) = pages.next().await {
-            let page = page.map_err(|err| self.failed("ListObjectsV2", prefix, &err))?;
+            let page = page.map_err(|err| self.failed("s3:ListObjectsV2", prefix, &err))?;
             if dirs {
                 found.extend(
                     page.common_prefixes()
@@ -311,7 +335,7 @@ impl Store {
                 .body(ByteStream::from(first))
                 .send()
                 .await
-                .map_err(|err| self.failed("PutObject", key, &err))?;
+                .map_err(|err| self.failed("s3:PutObject", key, &err))?;
             sent(size);
             return Ok(size);
         };
@@ -322,7 +346,7 @@ impl Store {
             .key(key)
             .send()
             .await
-            .map_err(|err| self.failed("CreateMultipartUpload", key, &err))?;
+            .map_err(|err| self.failed("s3:CreateMultipartUpload", key, &err))?;
         let upload_id = upload.upload_id().unwrap_or_default().to_string();
         let result = self
             .upload_parts(key, &upload_id, [first, second], &mut chunks, &mut sent)
@@ -372,7 +396,7 @@ impl Store {
                 .body(ByteStream::from(chunk))
                 .send()
                 .await
-                .map_err(|err| self.failed("UploadPart", key, &err))?;
+                .map_err(|err| self.failed("s3:UploadPart", key, &err))?;
             parts.push(
                 CompletedPart::builder()
                     .part_number(number)
@@ -394,7 +418,7 @@ impl Store {
             )
             .send()
             .await
-            .map_err(|err| self.failed("CompleteMultipartUpload", key, &err))?;
+            .map_err(|err| self.failed("s3:CompleteMultipartUpload", key, &err))?;
         Ok(total)
     }
 
@@ -421,7 +445,7 @@ impl Store {
                         hash.update(&chunk);
                         file.write_all(&chunk)
                             .await
-                            .map_err(|e| super::io_failed("writing", target, &e))?;
+                            .map_err(|e| super::error::io_failed("writing", target, &e))?;
                         if let Ok(mut p) = progress.lock() {
                             p.add(chunk.len() as u64);
                         }
@@ -444,24 +468,94 @@ impl Store {
             }
             file.flush()
                 .await
-                .map_err(|e| super::io_failed("writing", target, &e))?;
+                .map_err(|e| super::error::io_failed("writing", target, &e))?;
             return Ok(hash.finish());
         }
     }
 }
 
 fn status<E>(err: &SdkError<E, HttpResponse>) -> Option<u16> {
-    err.raw_response().map(|r| r.status().as_u16())
+    crate::aws::http_status(err)
 }
 
 fn is_not_found<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> bool {
-    matches!(crate::aws::error_code(err), Some("NoSuchKey" | "NotFound"))
-        || status(err) == Some(404)
+    not_found(crate::aws::error_code(err), status(err))
 }
 
 fn is_conflict<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> bool {
+    conflict(crate::aws::error_code(err), status(err))
+}
+
+/// No such key: S3 says `NoSuchKey` on GET, a bare 404 on HEAD.
+fn not_found(code: Option<&str>, status: Option<u16>) -> bool {
+    matches!(code, Some("NoSuchKey" | "NotFound")) || status == Some(404)
+}
+
+/// A conditional write that lost: 412 `PreconditionFailed` (If-Match / If-None-Match failed) or
+/// 409 `ConditionalRequestConflict` (a concurrent conditional write to the same key).
+fn conflict(code: Option<&str>, status: Option<u16>) -> bool {
     matches!(
-        crate::aws::error_code(err),
+        code,
         Some("PreconditionFailed" | "ConditionalRequestConflict")
-    ) || matches!(status(err), Some(412 | 409))
+    ) || matches!(status, Some(412 | 409))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conditional_write_conflicts_are_recognised() {
+        let cases = [
+            (Some("PreconditionFailed"), Some(412), true),
+            (Some("ConditionalRequestConflict"), Some(409), true),
+            (None, Some(412), true),
+            (None, Some(409), true),
+            (Some("AccessDenied"), Some(403), false),
+            (Some("SlowDown"), Some(503), false),
+            (None, None, false),
+        ];
+        for (code, status, expected) in cases {
+            assert_eq!(conflict(code, status), expected, "{code:?} {status:?}");
+        }
+    }
+
+    #[test]
+    fn missing_keys_are_recognised() {
+        assert!(not_found(Some("NoSuchKey"), Some(404)));
+        assert!(not_found(None, Some(404)));
+        assert!(!not_found(Some("NoSuchBucket"), Some(400)));
+        assert!(!not_found(Some("AccessDenied"), Some(403)));
+    }
+
+    #[tokio::test]
+    async fn a_denied_read_names_the_grant_on_the_source() {
+        use aws_sdk_s3::operation::get_object::GetObjectError;
+        use aws_smithy_mocks::mock;
+        let denied = mock!(aws_sdk_s3::Client::get_object).then_error(|| {
+            GetObjectError::generic(
+                aws_smithy_types::error::metadata::ErrorMetadata::builder()
+                    .code("AccessDenied")
+                    .message("Access Denied")
+                    .build(),
+            )
+        });
+        let store = Store {
+            client: aws_sdk_s3::Client::from_conf(crate::testing::mocked_config(
+                aws_sdk_s3::Config::builder(),
+                &[&denied],
+            )),
+            source: SourceUrl::parse("s3://deploy-bucket/app").unwrap(),
+        };
+        let err = store.get_small("app/current", 1024).await.unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("not allowed to call s3:GetObject s3://deploy-bucket/app/current"),
+            "{text}"
+        );
+        assert!(
+            text.contains("on arn:aws:s3:::deploy-bucket/app/*"),
+            "{text}"
+        );
+    }
 }

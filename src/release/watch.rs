@@ -6,10 +6,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch as signal_watch;
 
+use super::error::ReleaseError;
 use super::format::{sha256_hex, Manifest, Pointer, POINTER_FORMAT};
 use super::pull::{read_target, stage_target, switch_to, Settings, Target};
 use super::store::{Condition, Polled, PutError, Store};
-use super::ReleaseError;
 use crate::aws::Aws;
 use crate::config::{BarrierTimeout, ReleaseFormat, WatchConfig};
 use crate::status::{Outcome, Report, RunStatus, Step};
@@ -31,6 +31,9 @@ pub struct Agent<'a> {
     pub barrier_noted: std::sync::Mutex<BTreeSet<String>>,
 }
 
+/// Set to the signal's name when SIGTERM or SIGINT arrives.
+type Stop = signal_watch::Receiver<Option<&'static str>>;
+
 /// How one deploy attempt ended.
 enum Deployed {
     Current,
@@ -42,21 +45,7 @@ enum Deployed {
 /// Ends on SIGTERM or SIGINT, between steps (a deploy being staged is dropped: `current` is untouched
 /// and the next start resumes).
 pub async fn run(agent: &Agent<'_>) -> Result<(), ReleaseError> {
-    let (stop_tx, mut stop) = signal_watch::channel(false);
-    tokio::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            return;
-        };
-        tokio::select! {
-            _ = term.recv() => {},
-            _ = int.recv() => {},
-        }
-        let _ = stop_tx.send(true);
-    });
+    let mut stop = stop_on_signals();
     let key = match agent.settings.format {
         ReleaseFormat::Embark => agent.store.source.pointer_key(),
         ReleaseFormat::PullDeploy => agent.store.source.key(super::legacy::POINTER),
@@ -69,77 +58,109 @@ pub async fn run(agent: &Agent<'_>) -> Result<(), ReleaseError> {
         humantime::format_duration(agent.watch.barrier),
         agent.watch.on_barrier_timeout
     );
-    let mut seen_etag: Option<String> = None;
-    let mut notified_failure: Option<String> = None;
-    let mut said_absent = false;
-    loop {
-        if *stop.borrow() {
-            break;
-        }
+    let mut poll = Poll::default();
+    while stop.borrow().is_none() {
         let mut stop_deploy = stop.clone();
-        let attempt = async {
-            let polled = agent.store.changed(&key, seen_etag.as_deref()).await?;
-            match polled {
-                Polled::Unchanged => Ok::<_, ReleaseError>(None),
-                Polled::Absent => {
-                    if !said_absent {
-                        tracing::info!("no release published at {} yet", agent.store.source);
-                    }
-                    said_absent = true;
-                    Ok(None)
-                }
-                Polled::Changed(etag) => {
-                    let target = read_target(agent.store, agent.settings.format).await?;
-                    let outcome = deploy(agent, &target, &mut stop_deploy).await?;
-                    Ok(Some((etag, target.id, outcome)))
-                }
-            }
-        };
+        let attempt = poll_once(agent, &key, &mut poll, &mut stop_deploy);
         let result = tokio::select! {
             r = attempt => r,
             _ = stop.changed() => break,
         };
-        match result {
-            Ok(None) => {}
-            Ok(Some((etag, id, outcome))) => {
-                match &outcome {
-                    Deployed::Current => {}
-                    Deployed::Switched(previous) => {
-                        let text = format!("deployed release {id} (was {previous})");
-                        tracing::info!(release = %id, "{text}");
-                        notify(
-                            agent,
-                            agent.success_topic.as_deref(),
-                            &format!("deployed {id}"),
-                            &text,
-                        )
-                        .await;
-                    }
-                    Deployed::Held => {}
-                }
-                // Remembered only once the release is current: a hold or a failure is tried again.
-                if !matches!(outcome, Deployed::Held) {
-                    seen_etag = Some(etag);
-                    notified_failure = None;
-                }
-            }
-            Err(err) => {
-                tracing::error!("deploy failed: {err}; trying again at the next poll");
-                let text = err.to_string();
-                if notified_failure.as_deref() != Some(text.as_str()) {
-                    notify(agent, agent.error_topic.as_deref(), "deploy failed", &text).await;
-                    notified_failure = Some(text);
-                }
-            }
-        }
-        let pause = jittered(agent.watch.interval);
+        after_poll(agent, &mut poll, result).await;
         tokio::select! {
-            _ = tokio::time::sleep(pause) => {},
+            _ = tokio::time::sleep(jittered(agent.watch.interval)) => {},
             _ = stop.changed() => break,
         }
     }
-    tracing::info!("stopping: SIGTERM");
+    let signal = stop.borrow().unwrap_or("a signal");
+    tracing::info!("stopping: {signal}");
     Ok(())
+}
+
+/// A receiver that turns to the signal's name when SIGTERM or SIGINT arrives.
+fn stop_on_signals() -> Stop {
+    let (stop_tx, stop) = signal_watch::channel(None::<&'static str>);
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return;
+        };
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        let _ = stop_tx.send(Some(name));
+    });
+    stop
+}
+
+/// What the agent remembers between polls.
+#[derive(Default)]
+struct Poll {
+    /// The pointer's ETag once its release is current here: unchanged → a 304, nothing else.
+    seen_etag: Option<String>,
+    /// The failure last notified: the same failure is not sent again at every poll.
+    notified_failure: Option<String>,
+    said_absent: bool,
+}
+
+/// One conditional GET of the pointer and, when it changed, one deploy.
+async fn poll_once(
+    agent: &Agent<'_>,
+    key: &str,
+    poll: &mut Poll,
+    stop: &mut Stop,
+) -> Result<Option<(String, String, Deployed)>, ReleaseError> {
+    match agent.store.changed(key, poll.seen_etag.as_deref()).await? {
+        Polled::Unchanged => Ok(None),
+        Polled::Absent => {
+            if !poll.said_absent {
+                tracing::info!("no release published at {} yet", agent.store.source);
+            }
+            poll.said_absent = true;
+            Ok(None)
+        }
+        Polled::Changed(etag) => {
+            let target = read_target(agent.store, agent.settings.format).await?;
+            let outcome = deploy(agent, &target, stop).await?;
+            Ok(Some((etag, target.id, outcome)))
+        }
+    }
+}
+
+/// Notifies a switch or a (new) failure, and remembers the pointer once its release is current.
+async fn after_poll(
+    agent: &Agent<'_>,
+    poll: &mut Poll,
+    result: Result<Option<(String, String, Deployed)>, ReleaseError>,
+) {
+    match result {
+        Ok(None) => {}
+        Ok(Some((etag, id, outcome))) => {
+            if let Deployed::Switched(previous) = &outcome {
+                let text = format!("deployed release {id} (was {previous})");
+                tracing::info!(release = %id, "{text}");
+                let subject = format!("deployed {id}");
+                notify(agent, agent.success_topic.as_deref(), &subject, &text).await;
+            }
+            // Remembered only once the release is current: a hold or a failure is tried again.
+            if !matches!(outcome, Deployed::Held) {
+                poll.seen_etag = Some(etag);
+                poll.notified_failure = None;
+            }
+        }
+        Err(err) => {
+            tracing::error!("deploy failed: {err}; trying again at the next poll");
+            let text = err.to_string();
+            if poll.notified_failure.as_deref() != Some(text.as_str()) {
+                notify(agent, agent.error_topic.as_deref(), "deploy failed", &text).await;
+                poll.notified_failure = Some(text);
+            }
+        }
+    }
 }
 
 fn jittered(interval: Duration) -> Duration {
@@ -156,7 +177,7 @@ fn jittered(interval: Duration) -> Duration {
 async fn deploy(
     agent: &Agent<'_>,
     target: &Target,
-    stop: &mut signal_watch::Receiver<bool>,
+    stop: &mut Stop,
 ) -> Result<Deployed, ReleaseError> {
     let started = Instant::now();
     let mut report = Report {
@@ -204,120 +225,177 @@ fn record(steps: &mut Vec<Step>, name: &str, started: Instant, outcome: Outcome,
 async fn deploy_steps(
     agent: &Agent<'_>,
     target: &Target,
-    stop: &mut signal_watch::Receiver<bool>,
+    stop: &mut Stop,
     steps: &mut Vec<Step>,
 ) -> Result<Deployed, ReleaseError> {
-    let layout = &agent.settings.layout;
-    let id = &target.id;
-    let t = Instant::now();
-    {
-        let _lock = layout.prepare()?;
-        let staged = match stage_target(agent.store, agent.settings, target, false).await {
-            Ok(staged) => staged,
-            Err(err) => {
-                record(steps, "stage", t, Outcome::Failed, err.to_string());
-                return Err(err);
-            }
-        };
-        if staged.already_current {
-            // Already on it (a boot pulled it): still say so, or agents switching to it now would
-            // wait for this instance until their barrier deadline.
-            write_marker(agent, id).await?;
-            return Ok(Deployed::Current);
-        }
-        record(
-            steps,
-            "stage",
-            t,
-            Outcome::Ok,
-            format!(
-                "{} files verified; {} objects fetched, {} files reused{}",
-                staged.files,
-                staged.fetched_objects,
-                staged.reused_files,
-                if staged.bundle_bytes > 0 {
-                    ", bundle fetched"
-                } else {
-                    ""
-                }
-            ),
-        );
+    if !stage_step(agent, target, steps).await? {
+        return Ok(Deployed::Current);
     }
-    write_marker(agent, id).await?;
-    tracing::info!(release = %id, "release {id} staged and verified; ready marker written");
-
+    write_marker(agent, &target.id).await?;
+    tracing::info!(release = %target.id, "release {} staged and verified; ready marker written", target.id);
     let t = Instant::now();
-    if let Some(group) = &agent.group {
-        let started = Instant::now();
-        loop {
-            let missing = missing_markers(agent, group, id).await?;
-            if missing.is_empty() {
-                tracing::info!(release = %id, "every InService instance of {group} is ready");
-                record(
-                    steps,
-                    "barrier",
-                    t,
-                    Outcome::Ok,
-                    format!("every InService instance of {group} is ready"),
-                );
-                break;
-            }
-            if started.elapsed() >= agent.watch.barrier {
-                let list: Vec<&str> = missing.iter().map(String::as_str).collect();
-                let what = format!(
-                    "release {id}: the barrier deadline of {} passed; not ready: {}",
-                    humantime::format_duration(agent.watch.barrier),
-                    list.join(", ")
-                );
-                let first = agent
-                    .barrier_noted
-                    .lock()
-                    .map(|mut noted| noted.insert(id.clone()))
-                    .unwrap_or(true);
-                let (outcome, action) = match agent.watch.on_barrier_timeout {
-                    BarrierTimeout::Switch => ("barrier timeout, switched", "switching anyway (on_barrier_timeout = \"switch\")"),
-                    BarrierTimeout::Hold => ("barrier timeout, holding", "holding on the current release until they are (on_barrier_timeout = \"hold\")"),
-                };
-                if first {
-                    tracing::warn!("{what}; {action}");
-                    notify(
-                        agent,
-                        agent.error_topic.as_deref(),
-                        outcome,
-                        &format!("{what}; {action}"),
-                    )
-                    .await;
-                }
-                let failed = format!("{what}; {action}");
-                match agent.watch.on_barrier_timeout {
-                    BarrierTimeout::Switch => {
-                        record(steps, "barrier", t, Outcome::Ok, failed);
-                        break;
-                    }
-                    BarrierTimeout::Hold => {
-                        record(steps, "barrier", t, Outcome::Failed, failed);
-                        return Ok(Deployed::Held);
-                    }
-                }
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {},
-                _ = stop.changed() => return Err(ReleaseError::Failed("stopped while waiting at the barrier".into())),
+    match &agent.group {
+        Some(group) => {
+            if let Held::Yes = barrier_step(agent, group, &target.id, stop, steps).await? {
+                return Ok(Deployed::Held);
             }
         }
-    }
-
-    if agent.group.is_none() {
-        record(
+        None => record(
             steps,
             "barrier",
             t,
             Outcome::Skipped,
             "not in an Auto Scaling group: no barrier".into(),
-        );
+        ),
     }
+    switch_step(agent, target, steps).await
+}
+
+/// Stages the release under the lock; `false` when it is current here already (a boot pulled it):
+/// the marker is still written, or agents switching to it now would wait for this instance.
+async fn stage_step(
+    agent: &Agent<'_>,
+    target: &Target,
+    steps: &mut Vec<Step>,
+) -> Result<bool, ReleaseError> {
     let t = Instant::now();
-    let _lock = layout.prepare()?;
+    let _lock = agent.settings.layout.lock().await?;
+    let staged = match stage_target(agent.store, agent.settings, target, false).await {
+        Ok(staged) => staged,
+        Err(err) => {
+            record(steps, "stage", t, Outcome::Failed, err.to_string());
+            return Err(err);
+        }
+    };
+    if staged.already_current {
+        write_marker(agent, &target.id).await?;
+        return Ok(false);
+    }
+    let detail = format!(
+        "{} files verified; {} objects fetched, {} files reused{}",
+        staged.files,
+        staged.fetched_objects,
+        staged.reused_files,
+        if staged.bundle_bytes > 0 {
+            ", bundle fetched"
+        } else {
+            ""
+        }
+    );
+    record(steps, "stage", t, Outcome::Ok, detail);
+    Ok(true)
+}
+
+enum Held {
+    Yes,
+    No,
+}
+
+/// What the barrier says now.
+#[derive(Debug, PartialEq, Eq)]
+enum Barrier {
+    /// Every InService instance of the group has its ready marker.
+    Ready,
+    Wait,
+    /// The deadline passed; these are not ready.
+    TimedOut(Vec<String>),
+}
+
+/// Instances that left the group (or are not InService) are not waited for: a terminated instance
+/// can never block a deploy.
+fn barrier(
+    in_service: &BTreeSet<String>,
+    ready: &BTreeSet<String>,
+    waited: Duration,
+    deadline: Duration,
+) -> Barrier {
+    let missing: Vec<String> = in_service.difference(ready).cloned().collect();
+    if missing.is_empty() {
+        Barrier::Ready
+    } else if waited >= deadline {
+        Barrier::TimedOut(missing)
+    } else {
+        Barrier::Wait
+    }
+}
+
+/// Waits until every InService instance of the group is ready, or the barrier deadline passes
+/// (then switch or hold, per `on_barrier_timeout`, notified once per release).
+async fn barrier_step(
+    agent: &Agent<'_>,
+    group: &str,
+    id: &str,
+    stop: &mut Stop,
+    steps: &mut Vec<Step>,
+) -> Result<Held, ReleaseError> {
+    let t = Instant::now();
+    loop {
+        let (in_service, ready) = barrier_state(agent, group, id).await?;
+        match barrier(&in_service, &ready, t.elapsed(), agent.watch.barrier) {
+            Barrier::Ready => {
+                let done = format!("every InService instance of {group} is ready");
+                tracing::info!(release = %id, "{done}");
+                record(steps, "barrier", t, Outcome::Ok, done);
+                return Ok(Held::No);
+            }
+            Barrier::TimedOut(missing) => {
+                let held = barrier_timed_out(agent, id, &missing).await;
+                let outcome = match held {
+                    (Held::Yes, _) => Outcome::Failed,
+                    (Held::No, _) => Outcome::Ok,
+                };
+                record(steps, "barrier", t, outcome, held.1);
+                return Ok(held.0);
+            }
+            Barrier::Wait => {}
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {},
+            _ = stop.changed() => return Err(ReleaseError::Failed("stopped while waiting at the barrier".into())),
+        }
+    }
+}
+
+/// Switch or hold, per `on_barrier_timeout`; the error topic hears of it once per release.
+async fn barrier_timed_out(agent: &Agent<'_>, id: &str, missing: &[String]) -> (Held, String) {
+    let what = format!(
+        "release {id}: the barrier deadline of {} passed; not ready: {}",
+        humantime::format_duration(agent.watch.barrier),
+        missing.join(", ")
+    );
+    let (held, outcome, action) = match agent.watch.on_barrier_timeout {
+        BarrierTimeout::Switch => (
+            Held::No,
+            "barrier timeout, switched",
+            "switching anyway (on_barrier_timeout = \"switch\")",
+        ),
+        BarrierTimeout::Hold => (
+            Held::Yes,
+            "barrier timeout, holding",
+            "holding on the current release until they are (on_barrier_timeout = \"hold\")",
+        ),
+    };
+    let text = format!("{what}; {action}");
+    let first = agent
+        .barrier_noted
+        .lock()
+        .map(|mut noted| noted.insert(id.to_string()))
+        .unwrap_or(true);
+    if first {
+        tracing::warn!("{text}");
+        notify(agent, agent.error_topic.as_deref(), outcome, &text).await;
+    }
+    (held, text)
+}
+
+/// Switches under the lock (staging again is a no-op when nothing changed) and cleans old markers.
+async fn switch_step(
+    agent: &Agent<'_>,
+    target: &Target,
+    steps: &mut Vec<Step>,
+) -> Result<Deployed, ReleaseError> {
+    let t = Instant::now();
+    let _lock = agent.settings.layout.lock().await?;
     let mut pulled = stage_target(agent.store, agent.settings, target, false).await?;
     if pulled.already_current {
         return Ok(Deployed::Current);
@@ -326,8 +404,14 @@ async fn deploy_steps(
         record(steps, "switch", t, Outcome::Failed, err.to_string());
         return Err(err);
     }
-    record(steps, "switch", t, Outcome::Ok, pulled.human(&layout.link));
-    clean_markers(agent, id).await;
+    record(
+        steps,
+        "switch",
+        t,
+        Outcome::Ok,
+        pulled.human(&agent.settings.layout.link),
+    );
+    clean_markers(agent, &target.id).await;
     Ok(Deployed::Switched(
         pulled.previous.unwrap_or_else(|| "none".into()),
     ))
@@ -352,11 +436,12 @@ async fn write_marker(agent: &Agent<'_>, id: &str) -> Result<(), ReleaseError> {
 
 /// InService instances of the group without a ready marker for `id`. Instances that left the group
 /// (terminated, detached, unhealthy) are not waited for.
-async fn missing_markers(
+/// The group's InService instances and the instances with a ready marker for `id`.
+async fn barrier_state(
     agent: &Agent<'_>,
     group: &str,
     id: &str,
-) -> Result<BTreeSet<String>, ReleaseError> {
+) -> Result<(BTreeSet<String>, BTreeSet<String>), ReleaseError> {
     let asg = aws_sdk_autoscaling::Client::new(&agent.aws.config);
     let answer = asg
         .describe_auto_scaling_groups()
@@ -364,10 +449,8 @@ async fn missing_markers(
         .send()
         .await
         .map_err(|err| {
-            ReleaseError::Failed(format!(
-                "DescribeAutoScalingGroups {group} failed: {}",
-                crate::aws::describe(&err)
-            ))
+            crate::aws::AwsError::new("autoscaling:DescribeAutoScalingGroups", &err)
+                .on(format!("for {group}"))
         })?;
     let in_service: BTreeSet<String> = answer
         .auto_scaling_groups()
@@ -384,7 +467,7 @@ async fn missing_markers(
         .into_iter()
         .filter_map(|k| k.rsplit('/').next().map(str::to_string))
         .collect();
-    Ok(in_service.difference(&ready).cloned().collect())
+    Ok((in_service, ready))
 }
 
 /// This instance's markers for other releases than `current` (each agent cleans its own).
@@ -413,17 +496,10 @@ async fn notify(agent: &Agent<'_>, topic: Option<&str>, outcome: &str, body: &st
 
 /// Point the source's `current` at `to` (default: the release before the current one), conditionally.
 pub async fn rollback(store: &Store, to: Option<&str>) -> Result<(String, String), ReleaseError> {
-    let key = store.source.pointer_key();
-    let (bytes, etag) = store.get_small(&key, 1 << 20).await?.ok_or_else(|| {
+    let (current, etag) = store.read_pointer().await?.ok_or_else(|| {
         ReleaseError::Failed(format!(
             "no release has been published at {}: nothing to roll back",
             store.source
-        ))
-    })?;
-    let current: Pointer = serde_json::from_slice(&bytes).map_err(|e| {
-        ReleaseError::Failed(format!(
-            "{} is not a valid embark pointer ({e})",
-            store.url(&key)
         ))
     })?;
     let target = match to {
@@ -480,6 +556,7 @@ pub async fn rollback(store: &Store, to: Option<&str>) -> Result<(String, String
     };
     let body = serde_json::to_vec_pretty(&pointer)
         .map_err(|e| ReleaseError::Failed(format!("cannot encode the pointer: {e}")))?;
+    let key = store.source.pointer_key();
     match store.put_bytes(&key, body, Condition::Unchanged(etag)).await {
         Ok(()) => Ok((current.release, target)),
         Err(PutError::Conflict) => Err(ReleaseError::Failed(format!(
@@ -487,5 +564,47 @@ pub async fn rollback(store: &Store, to: Option<&str>) -> Result<(String, String
             store.url(&key)
         ))),
         Err(PutError::Failed(err)) => Err(err),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(ids: &[&str]) -> BTreeSet<String> {
+        ids.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn the_barrier_waits_for_in_service_instances_only() {
+        let s = Duration::from_secs;
+        let fleet = set(&["i-1", "i-2"]);
+        assert_eq!(
+            barrier(&fleet, &set(&["i-1", "i-2"]), s(0), s(120)),
+            Barrier::Ready
+        );
+        assert_eq!(
+            barrier(&fleet, &set(&["i-1", "i-2", "i-gone"]), s(0), s(120)),
+            Barrier::Ready,
+            "a marker of an instance that left the group changes nothing"
+        );
+        assert_eq!(barrier(&fleet, &set(&["i-1"]), s(5), s(120)), Barrier::Wait);
+        assert_eq!(
+            barrier(&fleet, &set(&["i-1"]), s(120), s(120)),
+            Barrier::TimedOut(vec!["i-2".into()])
+        );
+        assert_eq!(
+            barrier(&set(&[]), &set(&[]), s(0), s(120)),
+            Barrier::Ready,
+            "an empty group (every instance terminated) never blocks"
+        );
+    }
+
+    #[test]
+    fn polls_are_jittered_within_a_fifth() {
+        for _ in 0..100 {
+            let d = jittered(Duration::from_secs(10)).as_millis();
+            assert!((8000..=12000).contains(&d), "{d}");
+        }
     }
 }

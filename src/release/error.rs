@@ -1,0 +1,108 @@
+//! How a release command fails: a variant an operator can act on, the cause kept as the source.
+
+use std::path::PathBuf;
+
+use crate::aws::AwsError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReleaseError {
+    /// Bad configuration or arguments (exit 2), found before anything changed.
+    #[error("{0}")]
+    Usage(String),
+    /// An S3 call failed; the sentence names the action, the key and the grant that is missing.
+    #[error(transparent)]
+    Aws(#[from] AwsError),
+    /// This machine's disk is full.
+    #[error("no space left on the device while {action} {}: free some space (or lower [release] keep) and run `embark release pull` again", path.display())]
+    NoSpace { action: String, path: PathBuf },
+    /// Reading or writing a local file failed.
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io {
+        action: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Another push changed the pointer first (conditional write refused).
+    #[error("{0}")]
+    Conflict(String),
+    /// Any other failure; the sentence says what, why and what to do.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl ReleaseError {
+    pub fn is_usage(&self) -> bool {
+        matches!(self, ReleaseError::Usage(_))
+    }
+}
+
+/// An I/O failure on this machine; a full disk says so plainly. `action` reads "writing", "creating".
+pub fn io_failed(action: &str, path: &std::path::Path, err: &std::io::Error) -> ReleaseError {
+    if err.raw_os_error() == Some(nix::libc::ENOSPC) {
+        ReleaseError::NoSpace {
+            action: action.to_string(),
+            path: path.to_path_buf(),
+        }
+    } else {
+        ReleaseError::Io {
+            action: infinitive(action),
+            path: path.to_path_buf(),
+            source: std::io::Error::new(err.kind(), err.to_string()),
+        }
+    }
+}
+
+/// "writing" → "write", "creating the link" → "create the link": the sentence reads "cannot write …",
+/// never "cannot writing".
+fn infinitive(action: &str) -> String {
+    const VERBS: [(&str, &str); 9] = [
+        ("creating", "create"),
+        ("moving", "move"),
+        ("opening", "open"),
+        ("reading", "read"),
+        ("removing", "remove"),
+        ("setting", "set"),
+        ("switching", "switch"),
+        ("syncing", "sync"),
+        ("writing", "write"),
+    ];
+    let (verb, rest) = action.split_once(' ').unwrap_or((action, ""));
+    let base = VERBS
+        .iter()
+        .find(|(ing, _)| *ing == verb)
+        .map_or(verb, |(_, base)| base);
+    if rest.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base} {rest}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_sentences_read_as_english() {
+        let denied = std::io::Error::from_raw_os_error(nix::libc::EACCES);
+        let path = std::path::Path::new("/var/www/app");
+        for (action, expected) in [
+            ("writing", "cannot write /var/www/app"),
+            ("creating", "cannot create /var/www/app"),
+            ("reading", "cannot read /var/www/app"),
+            ("moving into place", "cannot move into place /var/www/app"),
+            ("setting the mode of", "cannot set the mode of /var/www/app"),
+            ("syncing", "cannot sync /var/www/app"),
+        ] {
+            let text = io_failed(action, path, &denied).to_string();
+            assert!(text.starts_with(expected), "{action}: {text}");
+        }
+        let full = std::io::Error::from_raw_os_error(nix::libc::ENOSPC);
+        let text = io_failed("writing", path, &full).to_string();
+        assert!(
+            text.starts_with("no space left on the device while writing /var/www/app"),
+            "{text}"
+        );
+    }
+}
