@@ -184,11 +184,23 @@ impl AwsError {
             ),
             Kind::NoCredentials => format!(
                 "no AWS credentials for {}{target}: none were found in the environment (AWS_ACCESS_KEY_ID), the profile (AWS_PROFILE, ~/.aws), or the instance profile; attach an instance profile to the instance, or set AWS_PROFILE or the AWS_* variables ({})",
-                self.action, self.detail
+                self.action,
+                credential_chain(&self.detail)
             ),
             Kind::Other => format!("{}{target} failed: {}", self.action, self.detail),
         }
     }
+}
+
+/// The SDK's account of the providers it tried, on one line, without its transport wording.
+fn credential_chain(detail: &str) -> String {
+    let start = detail.find("no credentials found").unwrap_or(0);
+    detail[start..]
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Denied, no credentials, or anything else, from the code, the status and the error chain.
@@ -239,6 +251,15 @@ mod tests {
             classify(Some("Throttling"), Some(400), "no credentials"),
             Kind::Other,
             "a service answered: credentials were there"
+        );
+    }
+
+    #[test]
+    fn the_credential_chain_is_one_line() {
+        let detail = "dispatch failure: other: the credential provider was not enabled: no credentials found in chain. Attempted:\n  Environment: not set\n  Profile: not enabled";
+        assert_eq!(
+            credential_chain(detail),
+            "no credentials found in chain. Attempted: Environment: not set Profile: not enabled"
         );
     }
 

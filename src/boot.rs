@@ -197,6 +197,13 @@ impl<'a> Boot<'a> {
             }
         };
         let detail = identity_detail(&instance, self.lifecycle.waiting.as_ref());
+        if let Some(gap) = instance.config.boot_gap() {
+            let hint = not_propagated_hint(&instance).await;
+            return Err(EarlyFailure {
+                err: Error::Usage(format!("{gap}{hint}")),
+                known: Some(Box::new(instance)),
+            });
+        }
         self.record(Step::Identity, t, Outcome::Ok, detail);
         Ok(instance)
     }
@@ -394,6 +401,30 @@ fn identity_detail(instance: &Instance, lifecycle: Option<&health::Lifecycle>) -
         lifecycle
             .map(|l| format!(", launching hook {}", l.hook))
             .unwrap_or_default()
+    )
+}
+
+/// When the instance carries no `embark:*` tag but its group has some that do not propagate, say so:
+/// that is the usual reason for a boot with nothing to do.
+async fn not_propagated_hint(instance: &Instance) -> String {
+    let Some(group) = instance.group() else {
+        return String::new();
+    };
+    if instance
+        .identity
+        .tags
+        .keys()
+        .any(|k| k.starts_with("embark:"))
+    {
+        return String::new();
+    }
+    let tags = crate::identity::unpropagated_group_tags(&instance.aws, group).await;
+    if tags.is_empty() {
+        return String::new();
+    }
+    format!(
+        ". Group {group} has {} with PropagateAtLaunch=false, so its instances do not get them: set PropagateAtLaunch=true",
+        tags.join(", ")
     )
 }
 

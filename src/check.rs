@@ -6,7 +6,7 @@ use std::path::Path;
 
 use std::path::PathBuf;
 
-use crate::config::{Config, Source};
+use crate::config::{Config, ConfigPath, Source};
 use crate::context::{Context, ContextError, Instance};
 use crate::efs;
 use crate::eip;
@@ -53,7 +53,11 @@ impl std::fmt::Display for CheckLine {
     }
 }
 
-pub async fn run(config: &Path, state_dir: Option<&PathBuf>, image: bool) -> Result<(), Error> {
+pub async fn run(
+    config: &ConfigPath,
+    state_dir: Option<&PathBuf>,
+    image: bool,
+) -> Result<(), Error> {
     let mut lines = Vec::new();
     let ctx = match Context::load(config, state_dir) {
         Ok(ctx) => {
@@ -123,6 +127,10 @@ async fn instance_checks(ctx: &Context) -> Vec<CheckLine> {
                         aws,
                         config,
                     };
+                    lines.push(match instance.config.boot_gap() {
+                        Some(gap) => CheckLine::usage("boot", gap),
+                        None => CheckLine::ok("boot", boot_summary(&instance.config)),
+                    });
                     lines.push(eip_check(&instance).await);
                     lines.push(efs_check(&instance.config));
                     lines.push(release_check(&instance).await);
@@ -133,6 +141,29 @@ async fn instance_checks(ctx: &Context) -> Vec<CheckLine> {
         Err(err) => lines.push(CheckLine::fail("imds", err.to_string())),
     }
     lines
+}
+
+/// What a boot would do here, in a few words.
+fn boot_summary(config: &Config) -> String {
+    use crate::config::Requirable;
+    let steps: Vec<&str> = [Requirable::Eip, Requirable::Efs, Requirable::Release]
+        .into_iter()
+        .filter(|s| config.configures(*s))
+        .map(Requirable::name)
+        .collect();
+    let required = match &config.boot.require {
+        Some(list) if list.is_empty() => "; nothing required".to_string(),
+        Some(list) => format!(
+            "; required: {}",
+            list.iter().map(|s| s.name()).collect::<Vec<_>>().join(", ")
+        ),
+        None => String::new(),
+    };
+    if steps.is_empty() {
+        format!("only the lifecycle action and health{required}")
+    } else {
+        format!("would run {}, then health{required}", steps.join(", "))
+    }
 }
 
 /// Whether a pool is configured, and whether it has an address for this instance.

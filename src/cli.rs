@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::boot;
-use crate::config::{self, Config};
+use crate::config::{Config, ConfigPath};
 use crate::context::Context;
 use crate::error::Error;
 use crate::identity::Identity;
@@ -25,9 +25,10 @@ use crate::{efs, eip, health};
         Exit codes: 0 success (including \"already done\"), 1 a step failed, 2 usage or configuration error."
 )]
 pub struct Cli {
-    /// Configuration file (absent file: every key has its default)
-    #[arg(long, global = true, env = "EMBARK_CONFIG", default_value = config::DEFAULT_PATH)]
-    pub config: PathBuf,
+    /// Configuration file [default: /etc/embark/embark.toml, which may be absent: every key has its
+    /// default; a file named here or in EMBARK_CONFIG must exist]
+    #[arg(long, global = true, env = "EMBARK_CONFIG")]
+    pub config: Option<PathBuf>,
 
     /// State directory (status file, locks); overrides `state_dir` in the file
     #[arg(long, global = true, env = "EMBARK_STATE_DIR")]
@@ -212,16 +213,17 @@ pub enum EipCommand {
 
 /// Runs the parsed command. Nothing imports this module: it only dispatches.
 pub async fn run(cli: Cli) -> Result<(), Error> {
-    let load = || Context::load(&cli.config, cli.state_dir.as_ref());
+    let config_path = ConfigPath::new(cli.config.as_deref());
+    let load = || Context::load(&config_path, cli.state_dir.as_ref());
     match &cli.command {
         Command::Identity { json } => {
             let (identity, _) = load()?.identify().await?;
             print_either(&identity, *json, Identity::human);
         }
         Command::Check { image } => {
-            crate::check::run(&cli.config, cli.state_dir.as_ref(), *image).await?
+            crate::check::run(&config_path, cli.state_dir.as_ref(), *image).await?
         }
-        Command::IamPolicy(args) => iam_policy(&cli.config, args)?,
+        Command::IamPolicy(args) => iam_policy(&config_path, args)?,
         Command::Boot { plan, plan_steps } => {
             let options = boot::Options {
                 plan: *plan,
@@ -236,7 +238,7 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
             say_line(&done.detail());
         }
         Command::Status { json } => {
-            let (mut config, _) = Config::load(&cli.config)?;
+            let (mut config, _) = Config::load(&config_path)?;
             if let Some(dir) = &cli.state_dir {
                 config.state_dir = dir.clone();
             }
@@ -292,7 +294,7 @@ async fn release_command(ctx: &Context, command: &ReleaseCommand) -> Result<(), 
     }
 }
 
-fn iam_policy(config_path: &std::path::Path, args: &IamPolicyArgs) -> Result<(), Error> {
+fn iam_policy(config_path: &ConfigPath, args: &IamPolicyArgs) -> Result<(), Error> {
     let (config, _) = Config::load(config_path)?;
     let mut features = crate::iam::Features::from_config(&config).map_err(Error::Usage)?;
     features.pools.extend(args.pools.iter().cloned());

@@ -34,6 +34,7 @@ pub struct Config {
     pub watch: WatchConfig,
     pub health: HealthConfig,
     pub notify: NotifyConfig,
+    pub boot: BootConfig,
 }
 
 impl Default for Config {
@@ -50,6 +51,7 @@ impl Default for Config {
             watch: WatchConfig::default(),
             health: HealthConfig::default(),
             notify: NotifyConfig::default(),
+            boot: BootConfig::default(),
         }
     }
 }
@@ -220,6 +222,80 @@ impl Default for HealthConfig {
     }
 }
 
+/// A step a group can require: skipped (not configured for this instance) means the boot fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Requirable {
+    Eip,
+    Efs,
+    Release,
+}
+
+impl Requirable {
+    pub fn name(self) -> &'static str {
+        match self {
+            Requirable::Eip => "eip",
+            Requirable::Efs => "efs",
+            Requirable::Release => "release",
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<Requirable, String> {
+        match text.trim() {
+            "eip" => Ok(Requirable::Eip),
+            "efs" => Ok(Requirable::Efs),
+            "release" => Ok(Requirable::Release),
+            other => Err(format!(
+                "'{other}' is not a step a group can require (eip, efs, release)"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BootConfig {
+    /// The steps this group must run (the `embark:require` tag wins). Unset: at least one of eip, efs
+    /// and release must be configured, or the boot fails (a typo in a path or tags that did not
+    /// propagate must not end in a healthy instance that does nothing). `[]`: nothing is required.
+    pub require: Option<Vec<Requirable>>,
+}
+
+impl Config {
+    /// Whether the step has what it needs to run on this instance.
+    pub fn configures(&self, step: Requirable) -> bool {
+        match step {
+            Requirable::Eip => self.eip.pool.is_some(),
+            Requirable::Efs => !self.efs.is_empty(),
+            Requirable::Release => self.release.source.is_some(),
+        }
+    }
+
+    /// Why a boot with this configuration must not report success, if it must not: a required step
+    /// that is not configured, or (with nothing required explicitly) no step configured at all.
+    pub fn boot_gap(&self) -> Option<String> {
+        const ALL: [Requirable; 3] = [Requirable::Eip, Requirable::Efs, Requirable::Release];
+        match &self.boot.require {
+            Some(required) => {
+                let missing: Vec<&str> = required
+                    .iter()
+                    .filter(|s| !self.configures(**s))
+                    .map(|s| s.name())
+                    .collect();
+                (!missing.is_empty()).then(|| format!(
+                    "this group requires {} ([boot] require or the embark:require tag), but {} not configured for this instance",
+                    missing.join(", "),
+                    if missing.len() == 1 { "it is" } else { "they are" }
+                ))
+            }
+            None if ALL.iter().all(|s| !self.configures(*s)) => Some(
+                "nothing to do: no Elastic IP pool, no EFS file system and no release source are configured (config file or the group's embark:* tags); a boot that does nothing is not a success. Configure the steps, or set [boot] require = [] (or the tag embark:require=none) if this group needs only its lifecycle action".to_string(),
+            ),
+            None => None,
+        }
+    }
+}
+
 /// Which launching lifecycle hook the boot completes.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(from = "String", into = "String")]
@@ -262,6 +338,8 @@ pub struct NotifyConfig {
 /// Why a configuration cannot be used. Always a usage error: exit 2, nothing changed.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    #[error("the config file {} does not exist (named by --config or EMBARK_CONFIG): create it, fix the path, or name no file to use {DEFAULT_PATH}", path.display())]
+    Missing { path: PathBuf },
     #[error("cannot read the config file {path}: {source}")]
     Read {
         path: PathBuf,
@@ -314,14 +392,43 @@ pub enum Source {
     Defaults(PathBuf),
 }
 
+/// The config file, and whether it was named explicitly (`--config` or `EMBARK_CONFIG`): only the
+/// built-in default path may be absent; a named file that is not there is a typo, not "all defaults".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigPath {
+    pub path: PathBuf,
+    pub explicit: bool,
+}
+
+impl ConfigPath {
+    pub fn new(named: Option<&Path>) -> ConfigPath {
+        match named {
+            Some(path) => ConfigPath {
+                path: path.to_path_buf(),
+                explicit: true,
+            },
+            None => ConfigPath {
+                path: PathBuf::from(DEFAULT_PATH),
+                explicit: false,
+            },
+        }
+    }
+}
+
 impl Config {
-    /// Reads `path`; an absent file is all defaults.
-    pub fn load(path: &Path) -> Result<(Config, Source), ConfigError> {
+    /// Reads the file; the built-in default path may be absent (all defaults), a named one may not.
+    pub fn load(at: &ConfigPath) -> Result<(Config, Source), ConfigError> {
+        let path = at.path.as_path();
         match std::fs::read_to_string(path) {
             Ok(text) => Ok((
                 Config::parse(path, &text)?,
                 Source::File(path.to_path_buf()),
             )),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound && at.explicit => {
+                Err(ConfigError::Missing {
+                    path: path.to_path_buf(),
+                })
+            }
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
                 Ok((Config::default(), Source::Defaults(path.to_path_buf())))
             }
@@ -430,6 +537,18 @@ impl Config {
                     }
                     self.role = Some(role.to_string());
                 }
+                "require" => {
+                    self.boot.require = Some(if value.trim() == "none" {
+                        Vec::new()
+                    } else {
+                        value
+                            .split(',')
+                            .filter(|s| !s.trim().is_empty())
+                            .map(Requirable::parse)
+                            .collect::<Result<Vec<_>, _>>()
+                            .map_err(bad)?
+                    })
+                }
                 // Set by embark itself on addresses, never on groups; harmless if propagated.
                 "pool" | "az" => {}
                 other => {
@@ -446,6 +565,7 @@ impl Config {
 
 /// The `embark:*` tags read from the group (see docs/tags.md).
 pub const TAG_NAMES: &[&str] = &[
+    "require",
     "eip-pool",
     "eip-required",
     "eip-wait",

@@ -2,12 +2,12 @@
 //! asked — the instance with its group's tags applied. Steps take what they need from here; nothing
 //! here knows about steps.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use aws_smithy_runtime_api::client::http::SharedHttpClient;
 
 use crate::aws::Aws;
-use crate::config::{Config, ConfigError, Source};
+use crate::config::{Config, ConfigError, ConfigPath, Source};
 use crate::identity::{self, Identity, IdentityError, Imds};
 use crate::net::{self, Resolver};
 
@@ -55,8 +55,8 @@ impl Instance {
 }
 
 impl Context {
-    /// The file at `path` (`state_dir` overriding the file's key), and the network clients.
-    pub fn load(path: &Path, state_dir: Option<&PathBuf>) -> Result<Context, ContextError> {
+    /// The file (`state_dir` overriding the file's key), and the network clients.
+    pub fn load(path: &ConfigPath, state_dir: Option<&PathBuf>) -> Result<Context, ContextError> {
         let (mut config, source) = Config::load(path)?;
         if let Some(dir) = state_dir {
             config.state_dir = dir.clone();

@@ -362,6 +362,29 @@ pub async fn identify(
     Ok((Identity::from_parts(meta, tags, source), aws))
 }
 
+/// The group's `embark:*` tags that are not propagated to its instances (`PropagateAtLaunch=false`):
+/// they configure nothing. Best effort: a refused or failed look-up gives none.
+pub async fn unpropagated_group_tags(aws: &Aws, group: &str) -> Vec<String> {
+    let asg = aws_sdk_autoscaling::Client::new(&aws.config);
+    let Ok(answer) = asg
+        .describe_auto_scaling_groups()
+        .auto_scaling_group_names(group)
+        .send()
+        .await
+    else {
+        return Vec::new();
+    };
+    answer
+        .auto_scaling_groups()
+        .iter()
+        .flat_map(|g| g.tags())
+        .filter(|t| t.propagate_at_launch() == Some(false))
+        .filter_map(|t| t.key())
+        .filter(|k| k.starts_with("embark:"))
+        .map(str::to_string)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -454,3 +454,106 @@ fn heartbeats_keep_a_slow_boot_alive_past_the_hook_timeout() {
     );
     assert_eq!(state_of(emu, &inst.id), "InService");
 }
+
+// Fail loud (issue 15): a boot that did nothing it was meant to do is a failure, never `done`.
+
+#[test]
+fn a_named_config_file_that_does_not_exist_is_a_usage_error() {
+    let emu = emulator();
+    let acct = account(emu, true, 300);
+    let inst = acct.launch(emu);
+    let state = tempfile::tempdir().expect("state");
+    let run = Embark::new(emu, &inst)
+        .env("EMBARK_CONFIG", state.path().join("embrak.toml"))
+        .env("EMBARK_STATE_DIR", state.path())
+        .run(&["boot"])
+        .expect_code(2);
+    assert_has(&run.stderr(), "embrak.toml does not exist");
+    assert_eq!(state_of(emu, &inst.id), "Pending:Wait");
+    assert!(lifecycle_of(emu, &inst.id).is_empty());
+}
+
+#[test]
+fn tags_that_do_not_propagate_fail_the_boot_and_abandon() {
+    let emu = emulator();
+    let name = unique("noprop");
+    emu.seed(json!({
+        "name": name, "pool_size": 1, "lifecycle_hook": true, "propagate_tags": false,
+        "group_tags": {"embark:release": format!("s3://{name}-deploy/app")},
+    }));
+    let inst = emu.launch_one(json!({"group": name}));
+    let state = tempfile::tempdir().expect("state");
+    let run = Embark::new(emu, &inst)
+        .env("EMBARK_STATE_DIR", state.path())
+        .run(&["boot"])
+        .expect_code(2);
+    let err = run.stderr();
+    assert_has(&err, "nothing to do");
+    assert_has(&err, "PropagateAtLaunch=false");
+    assert_has(&err, "embark:release");
+    assert_eq!(the_action(emu, &inst.id)["result"], "ABANDON");
+    let status = status_json(Embark::new(emu, &inst).env("EMBARK_STATE_DIR", state.path()));
+    assert_eq!(status["status"], "error");
+    assert_eq!(status["instance_id"], inst.id.as_str());
+}
+
+#[test]
+fn a_required_step_that_is_skipped_fails_the_boot() {
+    let emu = emulator();
+    let acct = account(emu, true, 300);
+    let inst = acct.launch(emu);
+    let root = tempfile::tempdir().expect("root");
+    let state = tempfile::tempdir().expect("state");
+    let config = acct.config(root.path(), "\n[boot]\nrequire = [\"release\", \"efs\"]\n");
+    let run = on(emu, &inst, state.path(), &config)
+        .run(&["boot"])
+        .expect_code(2);
+    assert_has(&run.stderr(), "this group requires efs");
+    assert_has(&run.stderr(), "it is not configured");
+    assert_eq!(the_action(emu, &inst.id)["result"], "ABANDON");
+    assert!(
+        !root.path().join("current").exists(),
+        "nothing was pulled before the check"
+    );
+}
+
+#[test]
+fn a_tag_typo_abandons_at_once_with_the_instance_in_the_report() {
+    let emu = emulator();
+    let name = unique("typo");
+    emu.seed(json!({
+        "name": name, "pool_size": 1, "lifecycle_hook": true,
+        "group_tags": {"embark:eip-reserv": "2"},
+    }));
+    let inst = emu.launch_one(json!({"group": name}));
+    let state = tempfile::tempdir().expect("state");
+    let run = Embark::new(emu, &inst)
+        .env("EMBARK_STATE_DIR", state.path())
+        .run(&["boot"])
+        .expect_code(2);
+    assert_has(&run.stderr(), "did you mean embark:eip-reserve?");
+    // The group replaces the instance now, not at the hook's timeout.
+    assert_eq!(the_action(emu, &inst.id)["result"], "ABANDON");
+    let status = status_json(Embark::new(emu, &inst).env("EMBARK_STATE_DIR", state.path()));
+    assert_eq!(status["instance_id"], inst.id.as_str());
+    assert!(status["duration_ms"].as_u64().unwrap_or(0) > 0, "{status}");
+    let error = status["error"].as_str().unwrap_or_default();
+    assert!(error.contains("ABANDON"), "{error}");
+    assert!(!error.contains("without an identity"), "{error}");
+}
+
+#[test]
+fn no_credentials_is_one_clear_sentence() {
+    let emu = emulator();
+    let acct = account(emu, false, 300);
+    let inst = acct.launch(emu);
+    let run = Embark::new(emu, &inst)
+        .without("AWS_ACCESS_KEY_ID")
+        .without("AWS_SECRET_ACCESS_KEY")
+        .env("HOME", tempfile::tempdir().expect("home").path())
+        .run(&["eip", "status"])
+        .expect_code(1);
+    let err = run.stderr();
+    assert_has(&err, "no AWS credentials for ec2:DescribeAddresses");
+    assert!(!err.contains("dispatch failure"), "{err}");
+}

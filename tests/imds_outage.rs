@@ -14,9 +14,15 @@ fn identity_survives_imds_unreachable_for_five_seconds() {
     // Prove the outage is real before embark starts.
     let refused = std::net::TcpStream::connect(emu.imds_base.trim_start_matches("http://"));
     assert!(refused.is_err(), "IMDS still accepting connections");
-    let id = Embark::new(&emu, &inst)
+    let run = Embark::new(&emu, &inst)
         .run(&["identity", "--json"])
-        .expect_code(0)
-        .json();
-    assert_eq!(id["instance_id"], inst.id.as_str());
+        .expect_code(0);
+    assert_eq!(run.json()["instance_id"], inst.id.as_str());
+    // Not two minutes of silence: after the first seconds, each wait says what it waits for.
+    let err = run.stderr();
+    assert!(
+        err.contains("waiting for IMDS at http://127.0.0.1:"),
+        "{err}"
+    );
+    assert!(err.contains(" left)"), "{err}");
 }

@@ -657,6 +657,28 @@ fn push_refuses_trees_it_could_not_recreate_safely() {
 }
 
 #[test]
+fn push_of_a_missing_directory_or_a_file_is_one_usage_error() {
+    let emu = emulator();
+    let src = source(emu);
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("build.tar");
+    fs::write(&file, "x").expect("write");
+    for (target, why) in [
+        (dir.path().join("biuld"), "does not exist"),
+        (file, "is not a directory"),
+    ] {
+        let run = emu
+            .workstation()
+            .run(&["release", "push", path(&target), "--to", &src.url])
+            .expect_code(2);
+        let err = run.stderr();
+        assert_has(&err, why);
+        assert_eq!(err.trim().lines().count(), 1, "one sentence: {err}");
+    }
+    assert_eq!(emu.s3_keys(&src.bucket), Vec::<String>::new());
+}
+
+#[test]
 fn plan_changes_nothing() {
     let emu = emulator();
     let src = source(emu);

@@ -49,7 +49,16 @@ impl Pushed {
 /// The tree as release nodes (files not yet hashed: empty sha256), in path order. Anything that could
 /// not be recreated safely on an instance is refused here, before anything is uploaded.
 pub fn walk(root: &Path) -> Result<Vec<Node>, ReleaseError> {
-    let meta = fs::metadata(root).map_err(|e| io_failed("reading", root, &e))?;
+    let meta = match fs::metadata(root) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(ReleaseError::Usage(format!(
+                "{} does not exist: name the directory to publish (the build output)",
+                root.display()
+            )))
+        }
+        Err(e) => return Err(io_failed("reading", root, &e)),
+    };
     if !meta.is_dir() {
         return Err(ReleaseError::Usage(format!(
             "{} is not a directory",

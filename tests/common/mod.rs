@@ -182,6 +182,13 @@ pub struct Instance {
     pub availability_zone: String,
 }
 
+/// An empty config file (every key its default): a named config file must exist.
+fn empty_config(dir: &tempfile::TempDir) -> PathBuf {
+    let path = dir.path().join("embark.toml");
+    std::fs::write(&path, "").expect("write the empty config");
+    path
+}
+
 /// A command line for the real binary, as `instance` would run it.
 pub struct Embark {
     cmd: Command,
@@ -198,7 +205,7 @@ impl Embark {
             .env("AWS_ENDPOINT_URL", &emu.endpoint)
             .env("AWS_ACCESS_KEY_ID", "AKIDEMBARKTEST")
             .env("AWS_SECRET_ACCESS_KEY", SECRET)
-            .env("EMBARK_CONFIG", state_dir.path().join("no-config.toml"))
+            .env("EMBARK_CONFIG", empty_config(&state_dir))
             .env("EMBARK_STATE_DIR", state_dir.path().join("state"));
         Embark { cmd, state_dir }
     }
@@ -210,7 +217,7 @@ impl Embark {
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://127.0.0.1:9")
-            .env("EMBARK_CONFIG", state_dir.path().join("no-config.toml"))
+            .env("EMBARK_CONFIG", empty_config(&state_dir))
             .env("EMBARK_STATE_DIR", state_dir.path().join("state"));
         Embark { cmd, state_dir }
     }
@@ -225,6 +232,12 @@ impl Embark {
 
     pub fn config_path(&self) -> PathBuf {
         self.state_dir.path().join("embark.toml")
+    }
+
+    /// Without this variable (e.g. no credentials at all).
+    pub fn without(mut self, key: &str) -> Embark {
+        self.cmd.env_remove(key);
+        self
     }
 
     pub fn env(mut self, key: &str, value: impl AsRef<std::ffi::OsStr>) -> Embark {

@@ -31,6 +31,8 @@ def seed(emulator, spec: dict) -> dict:
     hook_timeout = int(spec.get("heartbeat_timeout", 300))
     with_hook = bool(spec.get("lifecycle_hook", True))
     extra_tags = spec.get("group_tags", {})
+    # PropagateAtLaunch=false: the group has the tags, its instances do not (a common mistake).
+    propagate = bool(spec.get("propagate_tags", True))
     bucket = spec.get("bucket", f"{name}-deploy")
 
     ec2 = client(emulator, "ec2", region)
@@ -60,7 +62,7 @@ def seed(emulator, spec: dict) -> dict:
         AutoScalingGroupName=name, MinSize=0, MaxSize=256, DesiredCapacity=0,
         LaunchTemplate={"LaunchTemplateId": template["LaunchTemplateId"], "Version": "$Latest"},
         VPCZoneIdentifier=",".join(s["subnet_id"] for s in subnets),
-        Tags=[{"Key": k, "Value": v, "PropagateAtLaunch": True, "ResourceId": name,
+        Tags=[{"Key": k, "Value": v, "PropagateAtLaunch": propagate, "ResourceId": name,
                "ResourceType": "auto-scaling-group"} for k, v in tags.items()])
     hook = None
     if with_hook:
