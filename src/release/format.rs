@@ -1,7 +1,7 @@
 //! The release format in S3 (docs/release-format.md): the manifest, the `current` pointer, release ids,
 //! and the rules that keep a release inside its directory.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -207,47 +207,85 @@ fn refuse<T>(message: String) -> Result<T, Refusal> {
     Err(Refusal(message))
 }
 
-/// A relative path made of plain components only: no absolute path, no `.` or `..`, no empty component.
+/// Linux's PATH_MAX and NAME_MAX: a longer path or name could not be created anyway.
+pub const PATH_MAX: usize = 4096;
+pub const NAME_MAX: usize = 255;
+
+/// A relative path made of plain components only: no absolute path, no `.` or `..`, no empty component,
+/// within PATH_MAX and NAME_MAX (checked first: nothing below is quadratic in a hostile path).
 pub fn check_path(path: &str) -> Result<(), Refusal> {
     if path.is_empty() {
         return refuse("an entry has an empty path".into());
     }
+    if path.len() > PATH_MAX {
+        return refuse(format!("'{}' is longer than {PATH_MAX} bytes", quote(path)));
+    }
     if path.starts_with('/') {
-        return refuse(format!("'{path}' is an absolute path"));
+        return refuse(format!("'{}' is an absolute path", quote(path)));
     }
     if path.contains('\0') || path.contains('\\') {
-        return refuse(format!("'{path}' contains a NUL byte or a backslash"));
+        return refuse(format!(
+            "'{}' contains a NUL byte or a backslash",
+            quote(path)
+        ));
     }
     for part in path.split('/') {
         match part {
-            "" => return refuse(format!("'{path}' has an empty component")),
-            "." | ".." => return refuse(format!("'{path}' has a '{part}' component")),
+            "" => return refuse(format!("'{}' has an empty component", quote(path))),
+            "." | ".." => return refuse(format!("'{}' has a '{part}' component", quote(path))),
+            long if long.len() > NAME_MAX => {
+                return refuse(format!(
+                    "'{}' has a component longer than {NAME_MAX} bytes",
+                    quote(path)
+                ))
+            }
             _ => {}
         }
     }
     Ok(())
 }
 
-/// A symlink's target, resolved lexically from the link's directory, must stay inside the release.
-pub fn check_link(path: &str, target: &str) -> Result<(), Refusal> {
-    if target.is_empty() || target.starts_with('/') {
+/// A symlink's target, resolved lexically from the link's directory, must stay inside the release, and
+/// may not pass through another symlink of the release: the kernel follows a link in the middle of a
+/// path before it applies a following `..`, so `l -> .` plus `x -> l/../../etc` would escape although
+/// the text alone stays inside. (A link to a link, as the last component, is fine: that link's own
+/// target is checked the same way.) `links` are the release's symlink paths.
+pub fn check_link(path: &str, target: &str, links: &BTreeSet<&str>) -> Result<(), Refusal> {
+    let outside = || {
+        Refusal(format!(
+            "the symlink '{}' points to '{}', outside the release",
+            quote(path),
+            quote(target)
+        ))
+    };
+    if target.is_empty() || target.starts_with('/') || target.contains('\0') {
+        return Err(outside());
+    }
+    if target.len() > PATH_MAX {
         return refuse(format!(
-            "the symlink '{path}' points to '{target}', outside the release"
+            "the symlink '{}' has a target longer than {PATH_MAX} bytes",
+            quote(path)
         ));
     }
-    let mut depth: Vec<&str> = path.split('/').collect();
-    depth.pop();
-    for part in target.split('/') {
-        match part {
-            "" | "." => {}
+    let mut at: Vec<&str> = path.split('/').collect();
+    at.pop();
+    let parts: Vec<&str> = target.split('/').collect();
+    for (i, part) in parts.iter().enumerate() {
+        match *part {
+            "" | "." => continue,
             ".." => {
-                if depth.pop().is_none() {
-                    return refuse(format!(
-                        "the symlink '{path}' points to '{target}', outside the release"
-                    ));
-                }
+                at.pop().ok_or_else(outside)?;
             }
-            other => depth.push(other),
+            other => at.push(other),
+        }
+        let last = parts[i + 1..].iter().all(|p| p.is_empty() || *p == ".");
+        if !last && !at.is_empty() && links.contains(at.join("/").as_str()) {
+            return refuse(format!(
+                "the symlink '{}' points to '{}', through the release's own symlink '{}'; a release's links may not pass through its links",
+                quote(path),
+                quote(target),
+                quote(&at.join("/"))
+            ));
         }
     }
     Ok(())
@@ -281,10 +319,15 @@ pub fn is_sha256(text: &str) -> bool {
 /// and plain, no path lies below a file or a symlink (nothing is ever written through a link).
 pub fn check_nodes(nodes: &[Node]) -> Result<(), Refusal> {
     let mut kinds: BTreeMap<&str, bool> = BTreeMap::new(); // path -> is a directory
+    let links: BTreeSet<&str> = nodes
+        .iter()
+        .filter(|n| matches!(n, Node::Symlink { .. }))
+        .map(Node::path)
+        .collect();
     for node in nodes {
         check_path(node.path())?;
         if let Node::Symlink { path, target } = node {
-            check_link(path, target)?;
+            check_link(path, target, &links)?;
         }
         if kinds
             .insert(node.path(), matches!(node, Node::Dir { .. }))
@@ -317,10 +360,7 @@ impl Manifest {
         message: String,
         nodes: &[Node],
     ) -> Manifest {
-        let (files, bytes) = nodes.iter().fold((0, 0), |(n, b), node| match node {
-            Node::File { size, .. } => (n + 1, b + size),
-            _ => (n, b),
-        });
+        let (files, bytes) = summary(nodes);
         Manifest {
             format: MANIFEST_FORMAT.to_string(),
             release,
@@ -383,8 +423,23 @@ impl Manifest {
             nodes.push(node);
         }
         check_nodes(&nodes)?;
+        let (files, bytes) = summary(&nodes);
+        if (files, bytes) != (self.files, self.bytes) {
+            return refuse(format!(
+                "the manifest says {} files and {} bytes, but its entries hold {files} files and {bytes} bytes",
+                self.files, self.bytes
+            ));
+        }
         Ok(nodes)
     }
+}
+
+/// The number of files and their bytes.
+pub fn summary(nodes: &[Node]) -> (u64, u64) {
+    nodes.iter().fold((0, 0), |(n, b), node| match node {
+        Node::File { size, .. } => (n + 1, b.saturating_add(*size)),
+        _ => (n, b),
+    })
 }
 
 /// `20261126T130455Z-3fa9c1`: sortable by time, a short digest against collisions.
@@ -465,11 +520,86 @@ mod tests {
 
     #[test]
     fn links_stay_inside() {
-        check_link("a/b/link", "../c").unwrap();
-        check_link("a/link", "../top").unwrap();
-        assert!(check_link("a/link", "../../etc").is_err());
-        assert!(check_link("link", "/etc/passwd").is_err());
-        assert!(check_link("link", "..").is_err());
+        let none = BTreeSet::new();
+        check_link("a/b/link", "../c", &none).unwrap();
+        check_link("a/link", "../top", &none).unwrap();
+        assert!(check_link("a/link", "../../etc", &none).is_err());
+        assert!(check_link("link", "/etc/passwd", &none).is_err());
+        assert!(check_link("link", "..", &none).is_err());
+    }
+
+    #[test]
+    fn links_may_not_pass_through_links() {
+        let links: BTreeSet<&str> = ["l1", "a/up", "final"].into_iter().collect();
+        // The finding: `l1 -> .` and `zz-etc -> l1/../../../etc` (lexically inside after l1/..).
+        let err = check_link("zz-etc", "l1/../../../etc", &links).unwrap_err();
+        assert!(
+            err.0.contains("through the release's own symlink 'l1'"),
+            "{err}"
+        );
+        assert!(check_link("x", "l1/../public", &links).is_err());
+        assert!(check_link("a/b", "up/x", &links).is_err());
+        // A link to a link (as the last component) is fine: that link is checked on its own.
+        check_link("x", "final", &links).unwrap();
+        check_link("x", "final/", &links).unwrap();
+        check_link("a/x", "../final", &links).unwrap();
+        // Through a directory of the same name as nothing: fine.
+        check_link("x", "public/index.php", &links).unwrap();
+    }
+
+    #[test]
+    fn the_whole_node_list_refuses_a_chain_escape() {
+        let nodes = vec![
+            Node::Symlink {
+                path: "l1".into(),
+                target: ".".into(),
+            },
+            Node::Symlink {
+                path: "zz-etc".into(),
+                target: format!("l1/{}etc", "../".repeat(40)),
+            },
+        ];
+        assert!(check_nodes(&nodes).is_err());
+    }
+
+    #[test]
+    fn long_paths_are_refused_before_any_quadratic_work() {
+        let deep = "a/".repeat(1 << 20) + "x";
+        let started = std::time::Instant::now();
+        let err = check_path(&deep).unwrap_err();
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        assert!(err.0.contains("longer than 4096 bytes"), "{err}");
+        assert!(
+            err.0.len() < 400,
+            "the message quotes at most ~200 characters"
+        );
+        let long_name = "x".repeat(256);
+        assert!(check_path(&long_name)
+            .unwrap_err()
+            .0
+            .contains("longer than 255"));
+        check_path(&"x".repeat(255)).unwrap();
+    }
+
+    #[test]
+    fn pointers_of_another_format_are_refused() {
+        let good = serde_json::json!({
+            "format": POINTER_FORMAT, "release": "20261126T130455Z-3fa9c1",
+            "manifest_sha256": "a".repeat(64), "time": "t", "who": "w"
+        });
+        Pointer::parse(good.to_string().as_bytes()).unwrap();
+        let mut v2 = good.clone();
+        v2["format"] = "embark-pointer/2".into();
+        let err = Pointer::parse(v2.to_string().as_bytes()).unwrap_err();
+        assert!(err.contains("embark-pointer/2"), "{err}");
+        let mut garbage = good;
+        garbage["format"] = "x".repeat(10_000).into();
+        assert!(
+            Pointer::parse(garbage.to_string().as_bytes())
+                .unwrap_err()
+                .len()
+                < 500
+        );
     }
 
     #[test]

@@ -157,7 +157,7 @@ pub async fn stage(
             let (progress, files) = (&progress, &files);
             async move {
                 let target = partial.join(rel);
-                let (sha256, size) = store.download(key, &target, progress).await?;
+                let (sha256, size) = store.download(key, &target, progress, None).await?;
                 if let Ok(mut f) = files.lock() {
                     f.push(Node::File {
                         path: rel.clone(),

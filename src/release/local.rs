@@ -21,10 +21,15 @@ pub struct Layout {
     pub link: String,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+/// `<root>/.embark/state.json`: what the link points at, the release before it, and a switch whose
+/// hooks have not run yet. The switch is one recoverable transaction: `hooks_due` is written before
+/// the link moves and cleared after the hooks ran, so a crash in between re-runs them next time.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
     pub current: Option<String>,
     pub previous: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hooks_due: Option<String>,
 }
 
 /// The local lock: one pull (or deploy) at a time on this machine; released when the process dies.
@@ -190,8 +195,16 @@ impl Layout {
     }
 
     /// Point the link at `id` by renaming a fresh symlink over it; returns the release it left.
+    /// Before the link moves, the state records that `id`'s hooks are due; [`Layout::hooks_ran`]
+    /// clears that. After the link moved, a failure says the release is live.
     pub fn switch(&self, id: &str) -> Result<Option<String>, ReleaseError> {
         let previous = self.current();
+        let before = State {
+            current: previous.clone(),
+            previous: self.state().previous,
+            hooks_due: Some(id.to_string()),
+        };
+        self.write_state(&before)?;
         let temp = self
             .root
             .join(format!(".{}.tmp-{}", self.link, std::process::id()));
@@ -203,14 +216,78 @@ impl Layout {
             let _ = fs::remove_file(&temp);
             return Err(io_failed("switching", &link, &err));
         }
-        sync_dir(&self.root)?;
-        let state = State {
+        let after = State {
             current: Some(id.to_string()),
             previous: previous.clone().filter(|p| p != id),
+            hooks_due: Some(id.to_string()),
         };
-        let bytes = serde_json::to_vec_pretty(&state).unwrap_or_default();
-        write_synced(&self.state_path(), &bytes)?;
+        sync_dir(&self.root)
+            .and_then(|()| self.write_state(&after))
+            .map_err(|err| live_anyway(&self.link, id, err))?;
         Ok(previous)
+    }
+
+    /// The hooks of `id` ran (or failed, which is reported): nothing is due any more.
+    pub fn hooks_ran(&self, id: &str) -> Result<(), ReleaseError> {
+        let mut state = self.state();
+        if state.hooks_due.as_deref() == Some(id) {
+            state.hooks_due = None;
+            self.write_state(&state)
+                .map_err(|err| live_anyway(&self.link, id, err))?;
+        }
+        Ok(())
+    }
+
+    /// What an earlier switch left undone: hooks due for the release that is current now, and a
+    /// state that does not name the link's release (a write that failed after the link moved).
+    pub fn repair(&self) -> Result<Option<String>, ReleaseError> {
+        let Some(current) = self.current() else {
+            return Ok(None);
+        };
+        let mut state = self.state();
+        if state.current.as_deref() != Some(current.as_str()) {
+            tracing::warn!(
+                "{} points at {current} but the state says {}: repairing the state (an earlier switch was interrupted)",
+                self.link,
+                state.current.as_deref().unwrap_or("nothing")
+            );
+            state.previous = state.current.take().filter(|p| *p != current);
+            state.current = Some(current.clone());
+            self.write_state(&state)?;
+        }
+        Ok(state.hooks_due.filter(|due| *due == current))
+    }
+
+    fn write_state(&self, state: &State) -> Result<(), ReleaseError> {
+        let bytes = serde_json::to_vec_pretty(state)
+            .map_err(|e| ReleaseError::Failed(format!("cannot encode the state: {e}")))?;
+        write_synced(&self.state_path(), &bytes)
+    }
+
+    /// Whether the tree under `releases/<id>` is what `nodes` describe: every entry there, of its
+    /// kind, size, mode and link target (contents are checked when they are fetched or copied).
+    pub fn matches(&self, id: &str, nodes: &[Node]) -> Result<(), String> {
+        let base = self.release(id);
+        for node in nodes {
+            let path = base.join(node.path());
+            let meta = fs::symlink_metadata(&path)
+                .map_err(|e| format!("'{}' is missing ({e})", node.path()))?;
+            let mode = meta.permissions().mode() & 0o7777;
+            let ok = match node {
+                Node::Dir { .. } => meta.is_dir(),
+                Node::File { size, mode: m, .. } => {
+                    meta.is_file() && meta.len() == *size && mode == *m
+                }
+                Node::Symlink { target, .. } => {
+                    meta.file_type().is_symlink()
+                        && fs::read_link(&path).ok().as_deref() == Some(Path::new(target))
+                }
+            };
+            if !ok {
+                return Err(format!("'{}' is not what the manifest says", node.path()));
+            }
+        }
+        Ok(())
     }
 
     /// Remove all but the newest `keep`, never the current or the previous release.
@@ -225,11 +302,14 @@ impl Layout {
             if index < keep || protected {
                 continue;
             }
-            match remove_tree(&self.release(id)) {
-                Ok(()) => {
-                    let _ = fs::remove_file(self.manifest_copy(id));
-                    removed.push(id.clone());
-                }
+            // Unusable first: renamed out of `releases/<id>` (a crash leaves a partial directory that
+            // the next pull removes), then its manifest copy, then the files.
+            let doomed = self.partial(id);
+            let result = fs::rename(self.release(id), &doomed)
+                .and_then(|()| fs::remove_file(self.manifest_copy(id)))
+                .and_then(|()| remove_tree(&doomed));
+            match result {
+                Ok(()) => removed.push(id.clone()),
                 Err(err) => tracing::warn!("cannot remove the old release {id}: {err}"),
             }
         }
@@ -254,6 +334,13 @@ pub fn remove_tree(path: &Path) -> io::Result<()> {
         remove_tree(&entry?.path())?;
     }
     fs::remove_dir(path)
+}
+
+/// A failure after the link moved: the release is live, and the next run repairs the bookkeeping.
+fn live_anyway(link: &str, id: &str, err: ReleaseError) -> ReleaseError {
+    ReleaseError::Failed(format!(
+        "{link} now points at release {id} (it is live), but recording the switch failed: {err}; the next `embark release pull` repairs the record and runs the hooks that are due"
+    ))
 }
 
 /// Atomically (temporary file, fsync, rename, directory fsync).

@@ -11,6 +11,7 @@ pub mod progress;
 pub mod pull;
 pub mod push;
 pub mod store;
+pub mod unpack;
 pub mod watch;
 
 pub use error::{io_failed, ReleaseError};

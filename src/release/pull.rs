@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -12,14 +12,13 @@ use futures_util::stream::{self, TryStreamExt};
 use serde::Serialize;
 
 use super::error::{io_failed, ReleaseError};
-use super::format::{quote, sha256_hex, Manifest, Node, Pointer};
+use super::format::{sha256_hex, Manifest, Node, Pointer};
 use super::hooks::{self, HookEnv};
 use super::local::{chown_tree, remove_tree, Layout};
-use super::local::{ensure_parent, open_new};
 use super::progress::{human_bytes, Progress};
 use super::store::Store;
+use super::unpack::{create_dir, make_symlink, unpack, write_verified};
 use crate::config::{Hook, ReleaseFormat};
-use crate::fsutil::HashingReader;
 
 use super::store::FETCHES_AT_ONCE;
 pub use super::store::MANIFEST_LIMIT;
@@ -187,12 +186,56 @@ pub async fn pull(
     } else {
         Some(settings.layout.lock().await?)
     };
+    if !plan {
+        finish_interrupted(settings, http).await?;
+    }
     let mut pulled = stage_target(store, settings, &target, plan).await?;
     if pulled.already_current || pulled.plan.is_some() {
         return Ok(pulled);
     }
     switch_to(settings, &mut pulled, http).await?;
     Ok(pulled)
+}
+
+/// What an interrupted switch left undone (the caller holds the lock): the record repaired, and the
+/// hooks of the current release run if they never did.
+pub async fn finish_interrupted(
+    settings: &Settings,
+    http: &reqwest::Client,
+) -> Result<(), ReleaseError> {
+    let layout = &settings.layout;
+    let Some(due) = layout.repair()? else {
+        return Ok(());
+    };
+    tracing::warn!(
+        release = %due,
+        "the hooks of release {due} did not run after its switch (interrupted): running them now"
+    );
+    let previous = layout.state().previous;
+    let ran = run_hooks(settings, &due, previous.as_deref(), http).await;
+    layout.hooks_ran(&due)?;
+    ran.map(|_| ())
+}
+
+/// A release already under `releases/<id>` is used only when its manifest copy is the one the pointer
+/// names and its tree matches that manifest; otherwise it is fetched again.
+fn verified_local(layout: &Layout, id: &str, pointer: &Pointer) -> bool {
+    let check = || -> Result<(), String> {
+        let bytes = fs::read(layout.manifest_copy(id)).map_err(|e| e.to_string())?;
+        if sha256_hex(&bytes) != pointer.manifest_sha256 {
+            return Err("its manifest copy is not the one the pointer names".into());
+        }
+        let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+        let nodes = manifest.validate().map_err(|r| r.0)?;
+        layout.matches(id, &nodes)
+    };
+    match check() {
+        Ok(()) => true,
+        Err(why) => {
+            tracing::warn!(release = %id, "the local copy of release {id} cannot be used ({why}); fetching it again");
+            false
+        }
+    }
 }
 
 /// The pull-deploy layout: every file fetched and hashed (it has no hashes to reuse anything by).
@@ -247,7 +290,11 @@ pub async fn stage_target(
     let layout = &settings.layout;
     let id = target.id.clone();
     let current = layout.current();
-    let staged = layout.release(&id).is_dir() && layout.manifest_copy(&id).is_file();
+    let present = layout.release(&id).is_dir() && layout.manifest_copy(&id).is_file();
+    let staged = match &target.pointer {
+        Some(pointer) => present && verified_local(layout, &id, pointer),
+        None => present,
+    };
     if current.as_deref() == Some(id.as_str()) && staged {
         return Ok(Pulled {
             release: id,
@@ -316,6 +363,7 @@ pub async fn switch_to(
     pulled.previous = layout.switch(&id)?;
     tracing::info!(release = %id, "switched {} to release {id}", layout.link);
     let hook_result = run_hooks(settings, &id, pulled.previous.as_deref(), http).await;
+    layout.hooks_ran(&id)?;
     pulled.hooks_run = hook_result.as_ref().map_or(0, |n| *n);
     pulled.pruned = layout.prune(settings.keep);
     hook_result?;
@@ -524,169 +572,6 @@ async fn fetch_bundle(
     Ok(received)
 }
 
-fn unpack(
-    reader: ChannelReader,
-    nodes: &HashMap<String, Node>,
-    dest: &Path,
-    id: &str,
-) -> Result<(), ReleaseError> {
-    let corrupt = |why: String| {
-        ReleaseError::Failed(format!(
-            "the bundle of release {id} is corrupt: {why}; nothing was switched"
-        ))
-    };
-    let refused = |why: String| {
-        ReleaseError::Failed(format!(
-            "refusing release {id}: its bundle {why}; nothing was switched"
-        ))
-    };
-    let decoder = zstd::Decoder::new(reader).map_err(|e| corrupt(e.to_string()))?;
-    let mut archive = tar::Archive::new(decoder);
-    let mut seen = HashSet::new();
-    let entries = archive.entries().map_err(|e| corrupt(e.to_string()))?;
-    for entry in entries {
-        let mut entry = entry.map_err(|e| corrupt(e.to_string()))?;
-        let raw = entry.path_bytes();
-        let path = std::str::from_utf8(&raw)
-            .map_err(|_| refused("holds a name that is not UTF-8".into()))?
-            .trim_start_matches("./")
-            .trim_end_matches('/')
-            .to_string();
-        let kind = entry.header().entry_type();
-        let node = nodes
-            .get(&path)
-            .ok_or_else(|| refused(format!("holds '{path}', which the manifest does not list")))?;
-        let target = dest.join(&path);
-        match (kind, node) {
-            (tar::EntryType::Directory, Node::Dir { .. }) => {
-                create_dir(&target)?;
-            }
-            (tar::EntryType::Symlink, Node::Symlink { target: want, .. }) => {
-                let link = entry
-                    .link_name_bytes()
-                    .map(|b| b.into_owned())
-                    .unwrap_or_default();
-                if link != want.as_bytes() {
-                    return Err(refused(format!(
-                        "has the symlink '{path}' pointing elsewhere than the manifest says"
-                    )));
-                }
-                make_symlink(want, &target)?;
-            }
-            (tar::EntryType::Regular | tar::EntryType::Continuous, Node::File { size, .. }) => {
-                if entry.header().size().unwrap_or(u64::MAX) != *size {
-                    return Err(corrupt(format!(
-                        "'{path}' has another size than the manifest says"
-                    )));
-                }
-                write_verified(&mut entry, &target, node, id)?;
-            }
-            (kind, _) if !kind.is_file() && !kind.is_dir() && !kind.is_symlink() => {
-                return Err(refused(format!(
-                    "holds '{path}' as a {}; a release holds only files, directories and symlinks",
-                    kind_name(kind)
-                )));
-            }
-            _ => {
-                return Err(refused(format!(
-                    "holds '{path}' as another kind of entry than the manifest says"
-                )))
-            }
-        }
-        seen.insert(path);
-    }
-    if let Some(missing) = nodes.keys().find(|p| !seen.contains(*p)) {
-        return Err(corrupt(format!("it lacks '{missing}'")));
-    }
-    Ok(())
-}
-
-fn kind_name(kind: tar::EntryType) -> &'static str {
-    match kind {
-        tar::EntryType::Char => "character device",
-        tar::EntryType::Block => "block device",
-        tar::EntryType::Fifo => "FIFO",
-        tar::EntryType::Link => "hard link",
-        _ => "special entry",
-    }
-}
-
-fn create_dir(path: &Path) -> Result<(), ReleaseError> {
-    match fs::create_dir(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => Ok(()),
-        Err(e) => Err(io_failed("creating", path, &e)),
-    }
-}
-
-fn make_symlink(target: &str, path: &Path) -> Result<(), ReleaseError> {
-    ensure_parent(path)?;
-    std::os::unix::fs::symlink(target, path).map_err(|e| io_failed("creating the link", path, &e))
-}
-
-/// The content read for `name` is what the manifest promises: its size first (a different size says
-/// more than two different hashes would), then its sha256.
-fn check_content(
-    name: &str,
-    id: &str,
-    size: u64,
-    sha256: &str,
-    got_size: u64,
-    got_sha256: &str,
-) -> Result<(), ReleaseError> {
-    if got_size != size {
-        return Err(ReleaseError::Failed(format!(
-            "'{}' of release {id} holds {}{got_size} bytes where the manifest promises {size}: the source is corrupt; nothing was switched",
-            quote(name),
-            if got_size > size { "more than " } else { "" }
-        )));
-    }
-    if got_sha256 != sha256 {
-        return Err(ReleaseError::Failed(format!(
-            "'{}' of release {id} does not match its sha256 in the manifest (expected {sha256}, got {got_sha256}): the source is corrupt; nothing was switched",
-            quote(name)
-        )));
-    }
-    Ok(())
-}
-
-/// Copy `reader` to a new file, hashing as it goes; the file is kept only if it matches the manifest.
-fn write_verified(
-    reader: &mut impl Read,
-    path: &Path,
-    node: &Node,
-    id: &str,
-) -> Result<(), ReleaseError> {
-    let Node::File {
-        path: name,
-        size,
-        sha256,
-        mode,
-    } = node
-    else {
-        return Ok(());
-    };
-    let mut file = open_new(path)?;
-    // Never more than the manifest promises (+1 byte, to notice a body that is too long): a header
-    // or an object that claims less than it holds cannot fill the disk.
-    let mut reader = HashingReader::new(reader.take(size.saturating_add(1)));
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = reader.read(&mut buf).map_err(|e| {
-            ReleaseError::Failed(format!("reading '{name}' of release {id} failed: {e}"))
-        })?;
-        if n == 0 {
-            break;
-        }
-        file.write_all(&buf[..n])
-            .map_err(|e| io_failed("writing", path, &e))?;
-    }
-    let (got, total) = reader.finish();
-    check_content(name, id, *size, sha256, total, &got)?;
-    fs::set_permissions(path, fs::Permissions::from_mode(*mode))
-        .map_err(|e| io_failed("setting the mode of", path, &e))
-}
-
 /// A file and where its content can be copied from (`None`: fetch it).
 type Fill<'a> = (&'a Node, Option<PathBuf>);
 
@@ -821,7 +706,7 @@ async fn fetch_object(
         return Ok(0);
     };
     let key = store.source.object_key(sha256);
-    let (got, total) = store.download(&key, target, progress).await?;
+    let (got, total) = store.download(&key, target, progress, Some(*size)).await?;
     if got != *sha256 || total != *size {
         return Err(ReleaseError::Failed(format!(
             "'{path}' of release {id} does not match its sha256 in the manifest ({} holds {got}): the source is corrupt; nothing was switched",

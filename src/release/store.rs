@@ -429,6 +429,7 @@ impl Store {
         key: &str,
         target: &Path,
         progress: &Mutex<Progress>,
+        limit: Option<u64>,
     ) -> Result<(String, u64), ReleaseError> {
         let mut attempt = 0;
         loop {
@@ -443,6 +444,14 @@ impl Store {
                 match chunk {
                     Ok(chunk) => {
                         hash.update(&chunk);
+                        if let Some(limit) = limit.filter(|l| hash.bytes() > *l) {
+                            drop(file);
+                            let _ = std::fs::remove_file(target);
+                            return Err(ReleaseError::Failed(format!(
+                                "{} holds more than the {limit} bytes the manifest promises: the source is corrupt; nothing was switched",
+                                self.url(key)
+                            )));
+                        }
                         file.write_all(&chunk)
                             .await
                             .map_err(|e| super::error::io_failed("writing", target, &e))?;

@@ -260,6 +260,7 @@ async fn stage_step(
 ) -> Result<bool, ReleaseError> {
     let t = Instant::now();
     let _lock = agent.settings.layout.lock().await?;
+    super::pull::finish_interrupted(agent.settings, agent.http).await?;
     let staged = match stage_target(agent.store, agent.settings, target, false).await {
         Ok(staged) => staged,
         Err(err) => {
