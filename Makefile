@@ -5,7 +5,7 @@ STATIC := target/$(TARGET)/release/embark
 VENV := tests/emulator/.venv
 PYTHON ?= python3
 
-.PHONY: demo test static emulator-env lint lint-shipping clean-env
+.PHONY: demo test static dist emulator-env lint lint-shipping clean-env
 
 # The main job: the emulator, a simulated instance in a group, and embark run against it.
 demo: emulator-env static
@@ -26,6 +26,10 @@ static:
 	RUSTFLAGS='$(STATIC_RUSTFLAGS)' cargo build --locked --release --target $(TARGET)
 	@ls -l $(STATIC) | awk '{printf "static binary: %s (%.1f MB)\n", $$9, $$5/1048576}'
 
+# What a release publishes: dist/embark-<version>-x86_64.tar.gz and dist/SHA256SUMS.
+dist: static
+	scripts/dist.sh $(STATIC) dist x86_64
+
 # The emulator's Python environment, from pinned requirements; rebuilt when they change.
 emulator-env: $(VENV)/.installed
 $(VENV)/.installed: tests/emulator/requirements.txt
@@ -42,7 +46,8 @@ LINTVENV := .ci/.lintvenv
 lint-shipping: static $(LINTVENV)/.installed
 	shellcheck userdata/boot.sh packer/install.sh scripts/*.sh bench/*.sh .ci/run
 	cloud-init schema --config-file userdata/cloud-config.yaml
-	cd packer && packer validate embark.pkr.hcl
+	packer validate packer/
+	packer validate -var arch=arm64 packer/
 	@# The units name /usr/local/bin/embark; verify copies that name the binary just built.
 	tmp=$$(mktemp -d) && for u in packer/*.service; do \
 	    sed "s#/usr/local/bin/embark#$(CURDIR)/$(STATIC)#g" "$$u" >"$$tmp/$$(basename "$$u")"; done && \

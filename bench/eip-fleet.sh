@@ -15,7 +15,8 @@ embark=${EMBARK_BIN:-$here/target/x86_64-unknown-linux-gnu/release/embark}
 work=$(mktemp -d)
 start_emulator "$work"
 export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_ENDPOINT_URL=$endpoint
-export EMBARK_CONFIG=$work/none.toml EMBARK_STATE_DIR=$work/state
+export EMBARK_CONFIG=$work/empty.toml EMBARK_STATE_DIR=$work/state
+: >"$work/empty.toml"   # a named config file must exist; empty: defaults plus the group's tags
 
 control POST addresses "{\"pool\": \"fleet\", \"count\": $n}" >/dev/null
 control POST launch "{\"count\": $n}" >"$work/instances.json"

@@ -3,21 +3,21 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::boot;
 use crate::config::{Config, ConfigPath};
 use crate::context::Context;
 use crate::error::Error;
 use crate::identity::Identity;
-use crate::output::{print_either, say_line, LogFormat};
+use crate::output::{print_either, say, say_line, LogFormat};
 use crate::status::Reported;
 use crate::{efs, eip, health};
 
 #[derive(Debug, Parser)]
 #[command(
     name = "embark",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("EMBARK_COMMIT"), ")"),
     about = "Turns a freshly launched EC2 instance into a healthy member of its Auto Scaling fleet",
     long_about = "Turns a freshly launched EC2 instance into a healthy member of its Auto Scaling fleet.\n\n\
         Configuration comes from the TOML file, then the group's embark:* tags, then environment and flags.\n\
@@ -27,11 +27,21 @@ use crate::{efs, eip, health};
 pub struct Cli {
     /// Configuration file [default: /etc/embark/embark.toml, which may be absent: every key has its
     /// default; a file named here or in EMBARK_CONFIG must exist]
-    #[arg(long, global = true, env = "EMBARK_CONFIG")]
+    #[arg(
+        long,
+        global = true,
+        env = "EMBARK_CONFIG",
+        help_heading = "Global options"
+    )]
     pub config: Option<PathBuf>,
 
     /// State directory (status file, locks); overrides `state_dir` in the file
-    #[arg(long, global = true, env = "EMBARK_STATE_DIR")]
+    #[arg(
+        long,
+        global = true,
+        env = "EMBARK_STATE_DIR",
+        help_heading = "Global options"
+    )]
     pub state_dir: Option<PathBuf>,
 
     /// Log lines on stderr for people, or JSON for log shippers
@@ -40,16 +50,17 @@ pub struct Cli {
         global = true,
         value_enum,
         env = "EMBARK_LOG_FORMAT",
-        default_value = "human"
+        default_value = "human",
+        help_heading = "Global options"
     )]
     pub log_format: LogFormat,
 
     /// More detail in the logs (-vv includes the AWS SDK's own)
-    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet", help_heading = "Global options")]
     pub verbose: u8,
 
     /// Only warnings and errors
-    #[arg(short, long, global = true)]
+    #[arg(short, long, global = true, help_heading = "Global options")]
     pub quiet: bool,
 
     #[command(subcommand)]
@@ -68,21 +79,12 @@ impl Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// This instance's identity from IMDSv2: id, region, zone, group, addresses, tags
-    Identity {
-        /// Stable JSON output (documented in docs/cli.md)
-        #[arg(long)]
-        json: bool,
-    },
-    /// Preflight: exit 0 only if a boot could succeed here; each failed check is one line
-    Check {
-        /// Check an image being baked instead (Packer's last step): what a boot needs, no instance state
-        #[arg(long)]
-        image: bool,
-    },
-    /// The least-privilege IAM policy (JSON) for the configured features (docs/iam.md)
-    IamPolicy(IamPolicyArgs),
-    /// Every configured step in order: identity, EIP, EFS, release, health (docs/cli.md)
+    /// Every configured step in order: identity, Elastic IP, EFS, release, health
+    #[command(after_help = "EXAMPLES:
+  embark boot                      from user-data or embark-boot.service
+  embark boot --plan               what every step would do; nothing changes
+  embark boot --plan-step efs      run efs as a plan (a machine without an NFS client)
+  embark status                    the report of the last boot")]
     Boot {
         /// Run every read-only look-up and print what each step would do; change nothing
         #[arg(long)]
@@ -91,29 +93,82 @@ pub enum Command {
         #[arg(long = "plan-step", value_enum)]
         plan_steps: Vec<boot::Step>,
     },
-    /// Local health probe, then the lifecycle action (CONTINUE) and extra target groups
-    Health,
-    /// The last boot's report: each step's outcome, duration and detail
-    Status {
-        /// Stable JSON output (documented in docs/cli.md)
+    /// Preflight: exit 0 only if a boot could succeed here; each failed check is one line
+    #[command(after_help = "EXAMPLES:
+  embark check                     on a live instance, before swapping the user-data
+  embark check --image             the last step of a Packer build")]
+    Check {
+        /// Check an image being baked instead (Packer's last step): what a boot needs, no instance state
+        #[arg(long)]
+        image: bool,
+    },
+    /// This instance's identity from IMDSv2: id, region, zone, group, addresses, tags
+    #[command(after_help = "EXAMPLES:
+  embark identity
+  embark identity --json | jq -r .auto_scaling_group")]
+    Identity {
+        /// Stable JSON output (its fields are documented with the commands)
         #[arg(long)]
         json: bool,
-    },
-    /// EFS file systems (config [[efs]] or the group's embark:efs tag)
-    Efs {
-        #[command(subcommand)]
-        command: EfsCommand,
     },
     /// Elastic IP from the group's pool
     Eip {
         #[command(subcommand)]
         command: EipCommand,
     },
-    /// Application releases in S3 (docs/release-format.md)
+    /// EFS file systems (config [[efs]] or the group's embark:efs tag)
+    Efs {
+        #[command(subcommand)]
+        command: EfsCommand,
+    },
+    /// Application releases in S3: push, pull, list, rollback, the deploy agent
     Release {
         #[command(subcommand)]
         command: ReleaseCommand,
     },
+    /// Local health probe, then the lifecycle action (CONTINUE) and extra target groups
+    #[command(after_help = "EXAMPLES:
+  embark health                    after fixing what a failed boot reported")]
+    Health,
+    /// The last boot's report (and the deploy agent's last deploy): each step's outcome and duration
+    #[command(after_help = "EXAMPLES:
+  embark status
+  embark status --json | jq '.steps[] | select(.outcome == \"failed\")'")]
+    Status {
+        /// Stable JSON output
+        #[arg(long)]
+        json: bool,
+    },
+    /// The least-privilege IAM policy (JSON) for the configured features
+    #[command(after_help = "EXAMPLES:
+  embark iam-policy --pool web --release s3://my-deploy-bucket/app --group web > instance-policy.json
+  embark iam-policy --publisher --release s3://my-deploy-bucket/app > ci-policy.json")]
+    IamPolicy(IamPolicyArgs),
+    /// Configuration helpers
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Shell completions for bash, zsh or fish, on stdout
+    #[command(after_help = "EXAMPLES:
+  embark completions bash > /etc/bash_completion.d/embark
+  embark completions zsh > \"${fpath[1]}/_embark\"
+  embark completions fish > ~/.config/fish/completions/embark.fish")]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// The man page (roff) on stdout, generated from these definitions
+    #[command(hide = true)]
+    Man,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// A complete, commented embark.toml on stdout
+    #[command(after_help = "EXAMPLES:
+  embark config example > /etc/embark/embark.toml")]
+    Example,
 }
 
 #[derive(Debug, Args)]
@@ -138,6 +193,9 @@ pub struct IamPolicyArgs {
 #[derive(Debug, Subcommand)]
 pub enum ReleaseCommand {
     /// Publish DIR as a new release and make it current (the pointer is written last, conditionally)
+    #[command(after_help = "EXAMPLES:
+  embark release push ./build --to s3://my-deploy-bucket/app -m \"v2.3.1\"
+  AWS_PROFILE=deploy embark release push . --to s3://my-deploy-bucket/app")]
     Push {
         /// The tree to publish (`.git` and what `.embarkignore` at its root names are left out)
         dir: PathBuf,
@@ -149,17 +207,23 @@ pub enum ReleaseCommand {
         message: String,
     },
     /// Fetch, verify and switch to the current release (nothing to do when already on it)
+    #[command(after_help = "EXAMPLES:
+  embark release pull --plan       what would be fetched and switched
+  embark release pull")]
     Pull {
         /// Show what would be fetched and switched; change nothing
         #[arg(long)]
         plan: bool,
-        /// Stable JSON output (documented in docs/cli.md)
+        /// Stable JSON output
         #[arg(long)]
         json: bool,
     },
     /// The deploy agent: stage new releases, wait for the fleet barrier, switch (runs until SIGTERM)
     Watch,
     /// Point the source's `current` at an earlier release (default: the one before); agents follow
+    #[command(after_help = "EXAMPLES:
+  embark release rollback --from s3://my-deploy-bucket/app
+  embark release rollback --to 20261126T130455Z-3fa9c1 --from s3://my-deploy-bucket/app")]
     Rollback {
         /// The release to go back to (default: the release before the current one)
         #[arg(long)]
@@ -169,11 +233,14 @@ pub enum ReleaseCommand {
         from: Option<String>,
     },
     /// Releases in the source with time, message, files and size; marks current and local ones
+    #[command(after_help = "EXAMPLES:
+  embark release list --from s3://my-deploy-bucket/app
+  embark release list --json | jq -r '.releases[0].release'")]
     List {
         /// The release source (default: the group's embark:release tag, else [release] source)
         #[arg(long)]
         from: Option<String>,
-        /// Stable JSON output (documented in docs/cli.md)
+        /// Stable JSON output
         #[arg(long)]
         json: bool,
     },
@@ -182,6 +249,9 @@ pub enum ReleaseCommand {
 #[derive(Debug, Subcommand)]
 pub enum EfsCommand {
     /// Mount every configured file system (nothing to do for those already mounted)
+    #[command(after_help = "EXAMPLES:
+  embark efs mount --plan          the address, how it was found, the exact mount(2) call
+  embark efs mount")]
     Mount {
         /// Show, for each mount, the resolved address, how it was found and the exact mount call
         #[arg(long)]
@@ -192,6 +262,9 @@ pub enum EfsCommand {
 #[derive(Debug, Subcommand)]
 pub enum EipCommand {
     /// Bind a free address of the pool to this instance (nothing to do if one is bound already)
+    #[command(after_help = "EXAMPLES:
+  embark eip bind --plan           the candidates and the first draw; nothing changes
+  embark eip bind --pool web")]
     Bind {
         /// Pool name (default: the group's embark:eip-pool tag, else [eip] pool)
         #[arg(long)]
@@ -205,7 +278,7 @@ pub enum EipCommand {
         /// Pool name (default: the group's embark:eip-pool tag, else [eip] pool)
         #[arg(long)]
         pool: Option<String>,
-        /// Stable JSON output (documented in docs/cli.md)
+        /// Stable JSON output
         #[arg(long)]
         json: bool,
     },
@@ -273,9 +346,27 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
             }
         }
         Command::Release { command } => release_command(&load()?, command).await?,
+        Command::Config {
+            command: ConfigCommand::Example,
+        } => say(EXAMPLE_CONFIG),
+        Command::Completions { shell } => {
+            let mut out = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "embark", &mut out);
+            say(&String::from_utf8_lossy(&out));
+        }
+        Command::Man => {
+            let mut out = Vec::new();
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut out)
+                .map_err(|e| Error::Setup(format!("cannot render the man page: {e}")))?;
+            say(&String::from_utf8_lossy(&out));
+        }
     }
     Ok(())
 }
+
+/// The complete, commented configuration `embark config example` prints (tested to parse).
+pub const EXAMPLE_CONFIG: &str = include_str!("embark.example.toml");
 
 async fn release_command(ctx: &Context, command: &ReleaseCommand) -> Result<(), Error> {
     use crate::release::commands;

@@ -401,8 +401,9 @@ pub struct ConfigPath {
 }
 
 impl ConfigPath {
+    /// Naming the default path itself (a user-data script exporting it) is not naming another file.
     pub fn new(named: Option<&Path>) -> ConfigPath {
-        match named {
+        match named.filter(|p| *p != Path::new(DEFAULT_PATH)) {
             Some(path) => ConfigPath {
                 path: path.to_path_buf(),
                 explicit: true,

@@ -28,15 +28,30 @@ pub fn init_logging(format: LogFormat, verbosity: i8) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false);
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let result = match format {
-        LogFormat::Human => builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .without_time()
+        // On a terminal the reader knows when; in cloud-init-output.log (no times of its own) a line
+        // needs its timestamp.
+        LogFormat::Human if terminal => builder.with_ansi(true).without_time().try_init(),
+        LogFormat::Human => builder.with_ansi(false).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(true)
             .try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
     // A second initialisation (tests calling into the library) keeps the first subscriber.
     drop(result);
+}
+
+/// The sentence a failed command ends with: `embark: error: …` for people, one more JSON line (with
+/// the exit code) for log shippers, so that every line on stderr parses.
+pub fn final_error(format: LogFormat, sentence: &str, exit_code: u8) {
+    match format {
+        LogFormat::Human => eprintln!("embark: error: {sentence}"),
+        LogFormat::Json => tracing::error!(exit_code, final_error = true, "{sentence}"),
+    }
 }
 
 /// The error and its sources, as one line (never Debug).

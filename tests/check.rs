@@ -26,7 +26,8 @@ fn healthy_instance_passes_every_check() {
 fn unwritable_state_dir_fails_its_line() {
     let emu = emulator();
     let inst = emu.launch_one(json!({"az": "eu-west-1a"}));
-    let embark = Embark::new(emu, &inst);
+    // Nothing to configure on this instance, said explicitly (else the boot line fails too).
+    let embark = Embark::new(emu, &inst).config("[boot]\nrequire = []\n");
     let file = embark.state_dir.path().join("plain-file");
     std::fs::write(&file, b"x").unwrap();
     let run = embark
@@ -126,4 +127,23 @@ fn the_release_line_says_what_is_current_or_that_nothing_was_published() {
     let id = emu.push_files(&source, &[("index.php", "<?php")]);
     let run = Embark::new(emu, &inst).run(&["check"]).expect_code(0);
     assert_has(&run.stdout(), &format!("{id} is current at {source}"));
+}
+
+#[test]
+fn an_instance_with_nothing_to_do_fails_the_boot_line() {
+    let emu = emulator();
+    let inst = emu.launch_one(json!({"az": "eu-west-1a"}));
+    let run = Embark::new(emu, &inst).run(&["check"]).expect_code(2);
+    assert!(
+        run.stdout()
+            .lines()
+            .any(|l| l.starts_with("FAIL") && l.contains("boot") && l.contains("nothing to do")),
+        "{}",
+        run.stdout()
+    );
+    let run = Embark::new(emu, &inst)
+        .config("[boot]\nrequire = []\n")
+        .run(&["check"])
+        .expect_code(0);
+    assert_has(&run.stdout(), "nothing required");
 }

@@ -707,6 +707,12 @@ async fn fetch_object(
     };
     let key = store.source.object_key(sha256);
     let (got, total) = store.download(&key, target, progress, Some(*size)).await?;
+    if total > *size {
+        return Err(ReleaseError::Failed(format!(
+            "'{path}' of release {id} does not match its sha256 in the manifest ({} holds more than the {size} bytes the manifest promises): the source is corrupt; nothing was switched",
+            store.url(&key)
+        )));
+    }
     if got != *sha256 || total != *size {
         return Err(ReleaseError::Failed(format!(
             "'{path}' of release {id} does not match its sha256 in the manifest ({} holds {got}): the source is corrupt; nothing was switched",
