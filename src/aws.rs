@@ -74,6 +74,47 @@ impl Aws {
     }
 }
 
+/// An AWS partition: ARNs and DNS names differ in China and GovCloud.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Partition {
+    /// `aws`, `aws-cn`, `aws-us-gov`: the second field of an ARN.
+    pub name: &'static str,
+    /// `amazonaws.com` or `amazonaws.com.cn`: service DNS names end with it.
+    pub dns_suffix: &'static str,
+}
+
+impl Partition {
+    /// The partition of a region, by its documented name prefixes
+    /// (https://docs.aws.amazon.com/whitepapers/latest/aws-fault-isolation-boundaries/partitions.html).
+    pub fn of_region(region: &str) -> Partition {
+        if region.starts_with("cn-") {
+            Partition {
+                name: "aws-cn",
+                dns_suffix: "amazonaws.com.cn",
+            }
+        } else if region.starts_with("us-gov-") {
+            Partition {
+                name: "aws-us-gov",
+                dns_suffix: "amazonaws.com",
+            }
+        } else {
+            Partition::of_name("aws")
+        }
+    }
+
+    /// By name, as `iam-policy --partition` takes it; anything unknown is the commercial partition.
+    pub fn of_name(name: &str) -> Partition {
+        match name {
+            "aws-cn" => Partition::of_region("cn-north-1"),
+            "aws-us-gov" => Partition::of_region("us-gov-west-1"),
+            _ => Partition {
+                name: "aws",
+                dns_suffix: "amazonaws.com",
+            },
+        }
+    }
+}
+
 /// A service error's code (`UnauthorizedOperation`, `Resource.AlreadyAssociated`, ...), if any.
 pub fn error_code<E, R>(err: &SdkError<E, R>) -> Option<&str>
 where
@@ -235,6 +276,25 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn partitions_follow_the_region() {
+        assert_eq!(Partition::of_region("eu-west-1").name, "aws");
+        assert_eq!(Partition::of_region("cn-northwest-1").name, "aws-cn");
+        assert_eq!(
+            Partition::of_region("cn-north-1").dns_suffix,
+            "amazonaws.com.cn"
+        );
+        assert_eq!(Partition::of_region("us-gov-east-1").name, "aws-us-gov");
+        assert_eq!(
+            Partition::of_region("us-gov-east-1").dns_suffix,
+            "amazonaws.com"
+        );
+        assert_eq!(
+            Partition::of_name("aws-cn"),
+            Partition::of_region("cn-north-1")
+        );
+    }
 
     #[test]
     fn every_services_refusal_is_denied() {

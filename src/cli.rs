@@ -188,6 +188,9 @@ pub struct IamPolicyArgs {
     /// The policy for the CI role that runs `release push` / `rollback` instead of the instance's
     #[arg(long)]
     pub publisher: bool,
+    /// The AWS partition of the account: aws, aws-cn (China) or aws-us-gov (GovCloud)
+    #[arg(long, default_value = "aws", value_parser = ["aws", "aws-cn", "aws-us-gov"])]
+    pub partition: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -397,13 +400,14 @@ fn iam_policy(config_path: &ConfigPath, args: &IamPolicyArgs) -> Result<(), Erro
             Some(crate::release::format::SourceUrl::parse(url).map_err(Error::Usage)?);
     }
     features.group = args.group.clone();
+    features.partition = crate::aws::Partition::of_name(&args.partition).name;
     let policy = if args.publisher {
         let source = features.release.as_ref().ok_or_else(|| {
             Error::Usage(
                 "--publisher needs the release source: --release s3://bucket/prefix or [release] source".into(),
             )
         })?;
-        crate::iam::publisher_policy(source)
+        crate::iam::publisher_policy(source, features.partition)
     } else {
         crate::iam::instance_policy(&features)
     };

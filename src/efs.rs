@@ -247,7 +247,8 @@ pub async fn resolve(
     fs: &str,
     deadline: Duration,
 ) -> Result<(IpAddr, Found), EfsError> {
-    let name = format!("{fs}.efs.{}.amazonaws.com", place.region);
+    let suffix = crate::aws::Partition::of_region(&place.region).dns_suffix;
+    let name = format!("{fs}.efs.{}.{suffix}", place.region);
     if place.use_dns {
         // The VPC resolver answers within milliseconds; without it the name never resolves, so do
         // not spend the step's deadline on it.

@@ -19,6 +19,10 @@ pub enum HealthError {
     /// `[health] lifecycle_hook` names a hook the group does not have (exit 2).
     #[error("[health] lifecycle_hook names '{name}', but group {group} has no launching hook of that name; use \"auto\", \"none\" or the hook's name")]
     NoSuchHook { name: String, group: String },
+    /// `lifecycle_hook = "auto"` in a group with several launching hooks (exit 2): completing the
+    /// wrong one would CONTINUE another team's hook.
+    #[error("group {group} has {} launching lifecycle hooks ({}); lifecycle_hook = \"auto\" would have to guess which one embark completes: set [health] lifecycle_hook to one of them", hooks.len(), hooks.join(", "))]
+    SeveralHooks { group: String, hooks: Vec<String> },
     #[error("the health check {url} did not answer 2xx within {} ({attempts} attempts; last: {last})", humantime::format_duration(*timeout))]
     Unhealthy {
         url: String,
@@ -40,7 +44,7 @@ pub enum HealthError {
 impl HealthError {
     pub fn is_usage(&self) -> bool {
         match self {
-            HealthError::NoSuchHook { .. } => true,
+            HealthError::NoSuchHook { .. } | HealthError::SeveralHooks { .. } => true,
             HealthError::PolicyApplied { source, .. } => source.is_usage(),
             _ => false,
         }
@@ -98,6 +102,10 @@ fn choose_hook(
 ) -> Result<Option<(String, Option<i32>)>, HealthError> {
     match setting {
         LifecycleHook::None => Ok(None),
+        LifecycleHook::Auto if launching.len() > 1 => Err(HealthError::SeveralHooks {
+            group: group.to_string(),
+            hooks: launching.iter().map(|(name, _)| name.clone()).collect(),
+        }),
         LifecycleHook::Auto => Ok(launching.first().cloned()),
         LifecycleHook::Named(name) => launching
             .iter()
@@ -776,14 +784,21 @@ mod tests {
     }
 
     #[test]
-    fn choose_hook_prefers_the_named_one() {
+    fn several_launching_hooks_need_a_name() {
         let launching = vec![("a".to_string(), Some(60)), ("b".to_string(), None)];
         assert_eq!(
             choose_hook(&launching, &LifecycleHook::Named("b".into()), "g").unwrap(),
             Some(("b".to_string(), None))
         );
+        let err = choose_hook(&launching, &LifecycleHook::Auto, "g").unwrap_err();
+        assert!(err.is_usage());
+        assert!(
+            err.to_string()
+                .contains("2 launching lifecycle hooks (a, b)"),
+            "{err}"
+        );
         assert_eq!(
-            choose_hook(&launching, &LifecycleHook::Auto, "g").unwrap(),
+            choose_hook(&launching[..1], &LifecycleHook::Auto, "g").unwrap(),
             Some(("a".to_string(), Some(60)))
         );
     }

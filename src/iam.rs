@@ -6,7 +6,7 @@ use crate::config::Config;
 use crate::release::format::SourceUrl;
 
 /// What the policy must allow; from the configuration plus flags for what the group's tags enable.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub struct Features {
     pub pools: Vec<String>,
     pub file_systems: Vec<(String, bool)>,
@@ -17,6 +17,24 @@ pub struct Features {
     pub mark_unhealthy: bool,
     pub target_groups: Vec<String>,
     pub topics: Vec<String>,
+    /// `aws`, `aws-cn` or `aws-us-gov`: the ARNs' partition.
+    pub partition: &'static str,
+}
+
+impl Default for Features {
+    fn default() -> Self {
+        Features {
+            pools: Vec::new(),
+            file_systems: Vec::new(),
+            release: None,
+            group: None,
+            lifecycle: false,
+            mark_unhealthy: false,
+            target_groups: Vec::new(),
+            topics: Vec::new(),
+            partition: "aws",
+        }
+    }
 }
 
 impl Features {
@@ -39,6 +57,7 @@ impl Features {
             mark_unhealthy: config.health.on_failure == crate::config::OnFailure::Abandon,
             target_groups: config.health.target_groups.clone(),
             topics: Vec::new(),
+            partition: "aws",
         };
         f.topics.extend(config.notify.success_topic.iter().cloned());
         f.topics.extend(config.notify.error_topic.iter().cloned());
@@ -60,11 +79,11 @@ fn s3_prefix(source: &SourceUrl) -> String {
 }
 
 /// Listing the bucket, only under the source's prefix.
-fn release_list(source: &SourceUrl) -> Value {
+fn release_list(source: &SourceUrl, partition: &str) -> Value {
     let mut list = statement(
         "ReleaseList",
         &["s3:ListBucket"],
-        json!(format!("arn:aws:s3:::{}", source.bucket)),
+        json!(format!("arn:{partition}:s3:::{}", source.bucket)),
     );
     list["Condition"] = json!({"StringLike": {"s3:prefix": [format!("{}*", s3_prefix(source))]}});
     list
@@ -81,16 +100,22 @@ pub fn instance_policy(f: &Features) -> Value {
     statements.extend(efs_statements(f));
     if let Some(source) = &f.release {
         let prefix = s3_prefix(source);
-        statements.push(release_list(source));
+        statements.push(release_list(source, f.partition));
         statements.push(statement(
             "ReleaseRead",
             &["s3:GetObject"],
-            json!(format!("arn:aws:s3:::{}/{prefix}*", source.bucket)),
+            json!(format!(
+                "arn:{}:s3:::{}/{prefix}*",
+                f.partition, source.bucket
+            )),
         ));
         statements.push(statement(
             "DeployAgentReadyMarkers",
             &["s3:PutObject", "s3:DeleteObject"],
-            json!(format!("arn:aws:s3:::{}/{prefix}ready/*", source.bucket)),
+            json!(format!(
+                "arn:{}:s3:::{}/{prefix}ready/*",
+                f.partition, source.bucket
+            )),
         ));
     }
     statements.extend(group_statements(f));
@@ -120,7 +145,7 @@ fn eip_statements(f: &Features) -> Vec<Value> {
     let mut bind = statement(
         "ElasticIpBindFromPool",
         &["ec2:AssociateAddress"],
-        json!("arn:aws:ec2:*:*:elastic-ip/*"),
+        json!(format!("arn:{}:ec2:*:*:elastic-ip/*", f.partition)),
     );
     bind["Condition"] = json!({"StringEquals": {"aws:ResourceTag/embark:pool": f.pools}});
     vec![
@@ -130,8 +155,8 @@ fn eip_statements(f: &Features) -> Vec<Value> {
             "ElasticIpBindToInstance",
             &["ec2:AssociateAddress"],
             json!([
-                "arn:aws:ec2:*:*:instance/*",
-                "arn:aws:ec2:*:*:network-interface/*"
+                format!("arn:{}:ec2:*:*:instance/*", f.partition),
+                format!("arn:{}:ec2:*:*:network-interface/*", f.partition)
             ]),
         ),
     ]
@@ -139,7 +164,7 @@ fn eip_statements(f: &Features) -> Vec<Value> {
 
 /// Finding mount targets; mounting with IAM authorisation where a mount asks for it.
 fn efs_statements(f: &Features) -> Vec<Value> {
-    let arn = |fs: &str| format!("arn:aws:elasticfilesystem:*:*:file-system/{fs}");
+    let arn = |fs: &str| format!("arn:{}:elasticfilesystem:*:*:file-system/{fs}", f.partition);
     if f.file_systems.is_empty() {
         return Vec::new();
     }
@@ -172,7 +197,8 @@ fn efs_statements(f: &Features) -> Vec<Value> {
 /// instance Unhealthy (the failure policy of a group without a hook, `lifecycle_hook = "none"` too).
 fn group_statements(f: &Features) -> Vec<Value> {
     let group_arn = format!(
-        "arn:aws:autoscaling:*:*:autoScalingGroup:*:autoScalingGroupName/{}",
+        "arn:{}:autoscaling:*:*:autoScalingGroup:*:autoScalingGroupName/{}",
+        f.partition,
         f.group.as_deref().unwrap_or("*")
     );
     let mut read = vec![];
@@ -207,14 +233,14 @@ fn group_statements(f: &Features) -> Vec<Value> {
 }
 
 /// The policy for whoever publishes (`release push`, `release rollback`, `release list`): a CI role.
-pub fn publisher_policy(source: &SourceUrl) -> Value {
+pub fn publisher_policy(source: &SourceUrl, partition: &str) -> Value {
     let prefix = s3_prefix(source);
     json!({"Version": "2012-10-17", "Statement": [
-        release_list(source),
+        release_list(source, partition),
         statement(
             "ReleasePublish",
             &["s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload"],
-            json!(format!("arn:aws:s3:::{}/{prefix}*", source.bucket)),
+            json!(format!("arn:{partition}:s3:::{}/{prefix}*", source.bucket)),
         ),
     ]})
 }
@@ -222,6 +248,25 @@ pub fn publisher_policy(source: &SourceUrl) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn arns_name_the_partition() {
+        let f = Features {
+            pools: vec!["web".into()],
+            release: Some(SourceUrl::parse("s3://bucket-b/app").unwrap()),
+            partition: "aws-cn",
+            ..Features::default()
+        };
+        let text = instance_policy(&f).to_string();
+        assert!(text.contains("arn:aws-cn:s3:::bucket-b/app/*"), "{text}");
+        assert!(text.contains("arn:aws-cn:ec2:*:*:elastic-ip/*"), "{text}");
+        assert!(!text.contains("arn:aws:"), "{text}");
+        let publisher = publisher_policy(f.release.as_ref().unwrap(), "aws-us-gov").to_string();
+        assert!(
+            publisher.contains("arn:aws-us-gov:s3:::bucket-b"),
+            "{publisher}"
+        );
+    }
 
     #[test]
     fn only_configured_features() {

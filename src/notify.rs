@@ -2,7 +2,11 @@
 
 use crate::aws::{describe, Aws};
 
-/// Subjects are ASCII, at most 100 characters, no control characters (SNS's rules).
+/// Subjects are ASCII, no control characters, and fewer than 100 characters: SNS's Publish documents
+/// "must be less than 100 characters long" (https://docs.aws.amazon.com/sns/latest/api/API_Publish.html).
+pub const SUBJECT_MAX: usize = 99;
+
+/// The subject of a notification, within SNS's rules.
 pub fn subject(group: Option<&str>, instance_id: &str, outcome: &str) -> String {
     let text = format!(
         "embark: {} {instance_id} {outcome}",
@@ -18,7 +22,7 @@ pub fn subject(group: Option<&str>, instance_id: &str, outcome: &str) -> String 
             }
         })
         .collect();
-    clean.chars().take(100).collect()
+    clean.chars().take(SUBJECT_MAX).collect()
 }
 
 /// Publish to `topic` (an ARN; its region is used). Failures are returned for the caller to log:
@@ -50,7 +54,7 @@ mod tests {
             "embark: web i-1 boot succeeded"
         );
         let long = subject(Some(&"ü".repeat(300)), "i-1", "failed");
-        assert_eq!(long.chars().count(), 100);
+        assert_eq!(long.chars().count(), 99, "fewer than 100, as SNS requires");
         assert!(long.is_ascii());
     }
 }

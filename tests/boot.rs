@@ -557,3 +557,24 @@ fn no_credentials_is_one_clear_sentence() {
     assert_has(&err, "no AWS credentials for ec2:DescribeAddresses");
     assert!(!err.contains("dispatch failure"), "{err}");
 }
+
+#[test]
+fn auto_refuses_to_guess_between_several_launching_hooks() {
+    let emu = emulator();
+    let name = unique("hooks");
+    emu.seed(json!({
+        "name": name, "pool_size": 1, "lifecycle_hook": true,
+        "extra_launching_hooks": ["dns-registration"],
+        "group_tags": {"embark:release": format!("s3://{name}-deploy/app")},
+    }));
+    let inst = emu.launch_one(json!({"group": name}));
+    let run = Embark::new(emu, &inst)
+        .run(&["boot", "--plan"])
+        .expect_code(2);
+    let err = run.stderr();
+    assert_has(&err, "launching lifecycle hooks");
+    assert_has(&err, "dns-registration");
+    assert_has(&err, &format!("{name}-launching"));
+    // Nothing was completed: neither our hook nor the other team's.
+    assert!(lifecycle_of(emu, &inst.id).is_empty());
+}

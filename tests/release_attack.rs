@@ -436,3 +436,18 @@ fn finding_7_a_pax_global_header_is_accepted_and_a_repeated_member_is_named() {
     assert_has(&run.stderr(), "repeats the entry 'd'");
     assert!(!run.stderr().contains("cannot writing"));
 }
+
+#[test]
+fn a_missing_bucket_is_named_not_taken_for_an_empty_source() {
+    let emu = emulator();
+    let url = format!("s3://{}/app", unique("nobucket"));
+    let inst = emu.launch_one(json!({"tags": {"embark:release": url, "embark:role": "web"}}));
+    let root = tempfile::tempdir().expect("root");
+    let run = pull(emu, &inst, root.path(), "").expect_code(1);
+    let err = run.stderr();
+    assert_has(
+        &err,
+        "does not exist (or is not reachable with these credentials)",
+    );
+    assert!(!err.contains("no release has been published"), "{err}");
+}

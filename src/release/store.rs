@@ -33,6 +33,8 @@ pub const POINTER_LIMIT: u64 = 1 << 20;
 pub struct Store {
     client: aws_sdk_s3::Client,
     pub source: SourceUrl,
+    /// The client's region (for ARNs in messages).
+    region: String,
 }
 
 /// How a write must relate to what is there.
@@ -69,6 +71,7 @@ impl Store {
         Store {
             client: aws_sdk_s3::Client::from_conf(config),
             source,
+            region: aws.region(),
         }
     }
 
@@ -90,7 +93,8 @@ impl Store {
         let err = AwsError::new(operation, err)
             .on(self.url(key))
             .resource(format!(
-                "arn:aws:s3:::{}/{}",
+                "arn:{}:s3:::{}/{}",
+                crate::aws::Partition::of_region(&self.region).name,
                 self.source.bucket,
                 self.source.key("*")
             ));
@@ -495,9 +499,14 @@ fn is_conflict<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> bool
     conflict(crate::aws::error_code(err), status(err))
 }
 
-/// No such key: S3 says `NoSuchKey` on GET, a bare 404 on HEAD.
+/// No such key: S3 says `NoSuchKey` on GET, a bare 404 on HEAD. A missing bucket is a 404 too, but
+/// `NoSuchBucket` is not "nothing published yet": it is said as such.
 fn not_found(code: Option<&str>, status: Option<u16>) -> bool {
-    matches!(code, Some("NoSuchKey" | "NotFound")) || status == Some(404)
+    match code {
+        Some("NoSuchKey" | "NotFound") => true,
+        Some(_) => false,
+        None => status == Some(404),
+    }
 }
 
 /// A conditional write that lost: 412 `PreconditionFailed` (If-Match / If-None-Match failed) or
@@ -533,7 +542,7 @@ mod tests {
     fn missing_keys_are_recognised() {
         assert!(not_found(Some("NoSuchKey"), Some(404)));
         assert!(not_found(None, Some(404)));
-        assert!(!not_found(Some("NoSuchBucket"), Some(400)));
+        assert!(!not_found(Some("NoSuchBucket"), Some(404)));
         assert!(!not_found(Some("AccessDenied"), Some(403)));
     }
 
@@ -555,6 +564,7 @@ mod tests {
                 &[&denied],
             )),
             source: SourceUrl::parse("s3://deploy-bucket/app").unwrap(),
+            region: "eu-west-1".into(),
         };
         let err = store.get_small("app/current", 1024).await.unwrap_err();
         let text = err.to_string();

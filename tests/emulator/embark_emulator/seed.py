@@ -70,6 +70,11 @@ def seed(emulator, spec: dict) -> dict:
         asg.put_lifecycle_hook(LifecycleHookName=hook, AutoScalingGroupName=name,
                                LifecycleTransition="autoscaling:EC2_INSTANCE_LAUNCHING",
                                HeartbeatTimeout=hook_timeout, DefaultResult="ABANDON")
+    # Another team's launching hooks on the same group (a Lambda doing DNS, say).
+    for other in spec.get("extra_launching_hooks", []):
+        asg.put_lifecycle_hook(LifecycleHookName=other, AutoScalingGroupName=name,
+                               LifecycleTransition="autoscaling:EC2_INSTANCE_LAUNCHING",
+                               HeartbeatTimeout=hook_timeout, DefaultResult="CONTINUE")
 
     efs = client(emulator, "efs", region)
     fs = efs.create_file_system(CreationToken=f"{name}-fs")["FileSystemId"]
