@@ -35,6 +35,10 @@ pub struct Place<'a> {
     pub instance_id: &'a str,
     pub az_name: &'a str,
     pub az_id: Option<&'a str>,
+    /// The primary network interface and its private address, when IMDS names them: the association
+    /// is made with them (an instance with several interfaces refuses an instance id alone).
+    pub interface_id: Option<&'a str>,
+    pub private_ip: Option<&'a str>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -43,6 +47,9 @@ pub struct PoolAddress {
     pub public_ip: String,
     /// The instance holding it, if any.
     pub instance_id: Option<String>,
+    /// The network interface holding it, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network_interface_id: Option<String>,
     /// Set when associated with anything (an instance or a network interface).
     pub association_id: Option<String>,
     /// `embark:az`: only for instances in this zone (name or id).
@@ -56,6 +63,7 @@ impl PoolAddress {
             allocation_id: address.allocation_id()?.to_string(),
             public_ip: address.public_ip().unwrap_or_default().to_string(),
             instance_id: non_empty(address.instance_id()),
+            network_interface_id: non_empty(address.network_interface_id()),
             association_id: non_empty(address.association_id()),
             zone: address
                 .tags()
@@ -90,6 +98,17 @@ impl Pool {
         self.addresses
             .iter()
             .find(|a| a.instance_id.as_deref() == Some(instance_id))
+    }
+
+    /// Held by this instance, or by its primary interface.
+    pub fn held_here(&self, place: &Place) -> Option<&PoolAddress> {
+        self.held_by(place.instance_id).or_else(|| {
+            place.interface_id.and_then(|eni| {
+                self.addresses
+                    .iter()
+                    .find(|a| a.network_interface_id.as_deref() == Some(eni))
+            })
+        })
     }
 
     pub fn free(&self) -> usize {
@@ -217,32 +236,78 @@ enum Attempt {
 }
 
 /// Associates one candidate; `Lost` when another instance holds it.
+///
+/// A successful answer (it carries the association id) is the win: `DescribeAddresses` is eventually
+/// consistent and may still show the address free for a moment, so it is not asked again. Only after
+/// `Resource.AlreadyAssociated` does embark look, with a short backoff, whether the address is in fact
+/// its own (an earlier attempt of this very call succeeded and its answer was lost).
 async fn try_associate(
     ec2: &aws_sdk_ec2::Client,
     candidate: &PoolAddress,
-    instance_id: &str,
+    place: &Place<'_>,
 ) -> Result<Attempt, EipError> {
-    let result = ec2
+    let mut request = ec2
         .associate_address()
         .allocation_id(&candidate.allocation_id)
-        .instance_id(instance_id)
-        .allow_reassociation(false)
-        .send()
-        .await;
-    if let Err(err) = result {
-        if error_code(&err) != Some("Resource.AlreadyAssociated") {
-            return Err(AwsError::new("ec2:AssociateAddress", &err)
-                .on(format!("for {}", candidate.public_ip))
-                .into());
+        .allow_reassociation(false);
+    request = match place.interface_id {
+        Some(eni) => request
+            .network_interface_id(eni)
+            .set_private_ip_address(place.private_ip.map(str::to_string)),
+        None => request.instance_id(place.instance_id),
+    };
+    match request.send().await {
+        Ok(answer) => {
+            let mut won = candidate.clone();
+            won.instance_id = Some(place.instance_id.to_string());
+            won.network_interface_id = place.interface_id.map(str::to_string);
+            won.association_id = answer.association_id().map(str::to_string);
+            Ok(Attempt::Won(won))
         }
-        // Either another instance won, or an earlier attempt of this very call succeeded before its
-        // answer was lost and the SDK retried: look, rather than guess.
-        tracing::debug!(address = %candidate.public_ip, "already associated; checking with whom");
+        Err(err) if error_code(&err) == Some("Resource.AlreadyAssociated") => {
+            tracing::debug!(address = %candidate.public_ip, "already associated; checking with whom");
+            is_it_ours(ec2, candidate, place).await
+        }
+        Err(err) => Err(AwsError::new("ec2:AssociateAddress", &err)
+            .on(format!("for {}", candidate.public_ip))
+            .into()),
     }
-    // Confirm: the address must now report this instance.
-    match describe_one(ec2, &candidate.allocation_id).await? {
-        Some(now) if now.instance_id.as_deref() == Some(instance_id) => Ok(Attempt::Won(now)),
-        _ => Ok(Attempt::Lost),
+}
+
+/// Already associated: ours (a lost answer), or another instance's. Looked at a few times over about
+/// two seconds, since a describe right after the association may not show it yet.
+async fn is_it_ours(
+    ec2: &aws_sdk_ec2::Client,
+    candidate: &PoolAddress,
+    place: &Place<'_>,
+) -> Result<Attempt, EipError> {
+    let policy = Policy::new(
+        Duration::from_millis(250),
+        Duration::from_secs(1),
+        Duration::from_secs(2),
+    );
+    let result = retry(
+        policy,
+        |_| async {
+            match describe_one(ec2, &candidate.allocation_id).await {
+                Ok(Some(now)) if now.instance_id.as_deref() == Some(place.instance_id) => {
+                    Verdict::Done(Attempt::Won(now))
+                }
+                Ok(Some(now)) if now.instance_id.is_some() || now.association_id.is_some() => {
+                    Verdict::Done(Attempt::Lost)
+                }
+                // Shown free: the association is not visible yet; look again.
+                Ok(_) => Verdict::Retry(()),
+                Err(err) => Verdict::Stop(err),
+            }
+        },
+        |_| {},
+    )
+    .await;
+    match result {
+        Ok(attempt) => Ok(attempt),
+        Err(Failure::Stopped(err)) => Err(err),
+        Err(Failure::GaveUp { .. }) => Ok(Attempt::Lost),
     }
 }
 
@@ -263,7 +328,7 @@ pub async fn bind(
             Ok(pool) => pool,
             Err(err) => return Verdict::Stop(err),
         };
-        if let Some(address) = pool.held_by(place.instance_id) {
+        if let Some(address) = pool.held_here(place) {
             return Verdict::Done(Outcome::AlreadyBound {
                 address: address.clone(),
                 free: pool.free(),
@@ -272,15 +337,12 @@ pub async fn bind(
         let mut candidates = pool.candidates(place);
         candidates.shuffle(&mut rand::rng());
         for candidate in &candidates {
-            match try_associate(ec2, candidate, place.instance_id).await {
+            match try_associate(ec2, candidate, place).await {
                 Ok(Attempt::Won(address)) => {
-                    return match describe_pool(ec2, &settings.pool).await {
-                        Ok(now) => Verdict::Done(Outcome::Bound {
-                            address,
-                            free: now.free(),
-                        }),
-                        Err(err) => Verdict::Stop(err),
-                    };
+                    // The free count from the listing just read, less this one: a describe now
+                    // might not show the association yet.
+                    let free = pool.free().saturating_sub(1);
+                    return Verdict::Done(Outcome::Bound { address, free });
                 }
                 Ok(Attempt::Lost) => {
                     tracing::debug!(address = %candidate.public_ip, "taken by another instance; next candidate");
@@ -355,7 +417,7 @@ pub async fn plan(
     settings: &Settings,
 ) -> Result<Plan, EipError> {
     let pool = describe_pool(ec2, &settings.pool).await?;
-    let already_bound = pool.held_by(place.instance_id).cloned();
+    let already_bound = pool.held_here(place).cloned();
     let mut candidates = pool.candidates(place);
     candidates.shuffle(&mut rand::rng());
     let choice = if already_bound.is_some() {
@@ -453,7 +515,7 @@ impl Status {
             total: pool.addresses.len(),
             free,
             free_here: pool.candidates(place).len(),
-            bound_here: pool.held_by(place.instance_id).cloned(),
+            bound_here: pool.held_here(place).cloned(),
             reserve,
             below_reserve: below_reserve(free, reserve),
             pool: pool.name,
@@ -611,6 +673,8 @@ pub fn place(instance: &Instance) -> Place<'_> {
         instance_id: &meta.instance_id,
         az_name: &meta.availability_zone,
         az_id: meta.availability_zone_id.as_deref(),
+        interface_id: meta.interface_id.as_deref(),
+        private_ip: meta.private_ipv4.as_deref(),
     }
 }
 
@@ -631,6 +695,7 @@ mod tests {
             allocation_id: id.to_string(),
             public_ip: format!("198.51.100.{}", id.len()),
             instance_id: instance.map(str::to_string),
+            network_interface_id: None,
             association_id: instance.map(|_| "eipassoc-1".to_string()),
             zone: zone.map(str::to_string),
         }
@@ -640,6 +705,8 @@ mod tests {
         instance_id: "i-me",
         az_name: "eu-west-1a",
         az_id: Some("euw1-az3"),
+        interface_id: Some("eni-me"),
+        private_ip: Some("10.0.0.5"),
     };
 
     #[test]

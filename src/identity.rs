@@ -226,6 +226,9 @@ pub struct Metadata {
     pub private_ipv4: Option<String>,
     pub public_ipv4: Option<String>,
     pub mac: Option<String>,
+    /// The primary network interface (device 0), read only when the instance has several: an address
+    /// is then associated with it, because EC2 refuses an instance id alone for such an instance.
+    pub interface_id: Option<String>,
     pub target_lifecycle_state: Option<String>,
 }
 
@@ -250,9 +253,30 @@ pub async fn metadata(imds: &Imds) -> Result<Metadata, IdentityError> {
         instance_type: itype?,
         private_ipv4: private?,
         public_ipv4: public?,
+        interface_id: match mac.as_ref().ok().and_then(|m| m.as_deref()) {
+            Some(mac) => primary_interface(imds, mac).await?,
+            None => None,
+        },
         mac: mac?,
         target_lifecycle_state: lifecycle?,
     })
+}
+
+/// The primary interface's id when the instance has several (an Elastic IP must then name it; with
+/// one interface the instance id is enough, and one IMDS call is saved).
+async fn primary_interface(imds: &Imds, mac: &str) -> Result<Option<String>, IdentityError> {
+    let listing = imds.get("meta-data/network/interfaces/macs/").await?;
+    let interfaces = listing
+        .as_deref()
+        .map(|l| l.lines().filter(|m| !m.trim().is_empty()).count())
+        .unwrap_or(0);
+    if interfaces <= 1 {
+        return Ok(None);
+    }
+    imds.get(&format!(
+        "meta-data/network/interfaces/macs/{mac}/interface-id"
+    ))
+    .await
 }
 
 impl Identity {
@@ -418,6 +442,7 @@ mod tests {
             private_ipv4: None,
             public_ipv4: None,
             mac: None,
+            interface_id: None,
             target_lifecycle_state: None,
         };
         let mut tags = BTreeMap::new();

@@ -123,3 +123,73 @@ fn missing_permission_names_the_iam_action() {
         .expect_code(1);
     assert_has(&run.stderr(), "ec2:DescribeAddresses");
 }
+
+// EC2 as AWS documents it (issue 14): eventual consistency and instances with several interfaces.
+
+#[test]
+fn a_describe_that_lags_behind_the_association_still_binds_exactly_one_address() {
+    // https://docs.aws.amazon.com/ec2/latest/devguide/eventual-consistency.html: right after an
+    // association, DescribeAddresses may still show the address free. The association's own answer is
+    // the win; moving on to a second candidate would silently take the first address away again.
+    let emu = Emulator::start();
+    let pool = unique("lag");
+    emu.allocate(json!({"pool": pool, "count": 3}));
+    let inst = emu.launch_one(json!({"az": "eu-west-1a"}));
+    emu.control(
+        "POST",
+        "consistency",
+        json!({"describe_addresses_lag_ms": 5000}),
+    );
+    let run = Embark::new(&emu, &inst)
+        .run(&["eip", "bind", "--pool", &pool])
+        .expect_code(0);
+    assert!(run.stdout().starts_with("bound "), "{}", run.stdout());
+    let associations = emu
+        .requests()
+        .iter()
+        .filter(|r| r["operation"] == "AssociateAddress")
+        .count();
+    assert_eq!(associations, 1, "one association, no second candidate");
+    emu.control(
+        "POST",
+        "consistency",
+        json!({"describe_addresses_lag_ms": 0}),
+    );
+    assert_eq!(bound_to(&emu, &pool, &inst.id), 1);
+}
+
+#[test]
+fn an_instance_with_two_interfaces_binds_through_its_primary_interface() {
+    // https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_AssociateAddress.html: "If the
+    // instance has more than one network interface, you must specify a network interface ID."
+    let emu = Emulator::start();
+    let pool = unique("eni");
+    emu.allocate(json!({"pool": pool, "count": 2}));
+    let inst = emu
+        .launch(json!({"az": "eu-west-1a", "extra_enis": 1}))
+        .into_iter()
+        .next()
+        .expect("instance");
+    let run = Embark::new(&emu, &inst)
+        .run(&["eip", "bind", "--pool", &pool])
+        .expect_code(0);
+    assert!(run.stdout().starts_with("bound "), "{}", run.stdout());
+    let calls: Vec<_> = emu
+        .requests()
+        .into_iter()
+        .filter(|r| r["operation"] == "AssociateAddress")
+        .collect();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    let eni = calls[0]["params"]["NetworkInterfaceId"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(eni.starts_with("eni-"), "{}", calls[0]);
+    let again = Embark::new(&emu, &inst)
+        .run(&["eip", "bind", "--pool", &pool])
+        .expect_code(0);
+    assert!(
+        again.stdout().starts_with("already bound"),
+        "{}",
+        again.stdout()
+    );
+}

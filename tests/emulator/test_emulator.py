@@ -311,3 +311,52 @@ def test_loopback_only():
                        capture_output=True, text=True, timeout=30)
     assert r.returncode != 0
     assert "loopback" in r.stderr
+
+
+# ---- EC2 as AWS documents it where moto is more forgiving ----
+
+def test_associate_without_allow_reassociation_reassociates_as_ec2_does(emu):
+    # AssociateAddress: in a VPC "reassociation is automatic" unless AllowReassociation=false.
+    ec2 = aws(emu, "ec2")
+    alloc = ctl(emu, "POST", "addresses", {"count": 1, "pool": "steal"}).json()[0]["allocation_id"]
+    first, second = launch(emu, az="eu-west-1a"), launch(emu, az="eu-west-1a")
+    ec2.associate_address(AllocationId=alloc, InstanceId=first["instance_id"])
+    ec2.associate_address(AllocationId=alloc, InstanceId=second["instance_id"])
+    now = ec2.describe_addresses(AllocationIds=[alloc])["Addresses"][0]
+    assert now["InstanceId"] == second["instance_id"]
+    with pytest.raises(botocore.exceptions.ClientError) as err:
+        ec2.associate_address(AllocationId=alloc, InstanceId=first["instance_id"], AllowReassociation=False)
+    assert err.value.response["Error"]["Code"] == "Resource.AlreadyAssociated"
+
+
+def test_an_instance_with_several_interfaces_refuses_an_instance_id_alone(emu):
+    ec2 = aws(emu, "ec2")
+    alloc = ctl(emu, "POST", "addresses", {"count": 1, "pool": "enis"}).json()[0]["allocation_id"]
+    inst = launch(emu, az="eu-west-1a", extra_enis=1)
+    with pytest.raises(botocore.exceptions.ClientError) as err:
+        ec2.associate_address(AllocationId=alloc, InstanceId=inst["instance_id"], AllowReassociation=False)
+    assert err.value.response["Error"]["Code"] == "InvalidInstanceID"
+    base = inst["imds_endpoint"]
+    token = requests.put(f"{base}/latest/api/token", headers={TTL: "60"}, timeout=5).text
+    macs = requests.get(f"{base}/latest/meta-data/network/interfaces/macs/", headers={TOKEN: token},
+                        timeout=5).text.split()
+    assert len(macs) == 2
+    primary = requests.get(f"{base}/latest/meta-data/mac", headers={TOKEN: token}, timeout=5).text
+    eni = requests.get(f"{base}/latest/meta-data/network/interfaces/macs/{primary}/interface-id",
+                       headers={TOKEN: token}, timeout=5).text
+    ec2.associate_address(AllocationId=alloc, NetworkInterfaceId=eni, AllowReassociation=False)
+    assert ec2.describe_addresses(AllocationIds=[alloc])["Addresses"][0]["NetworkInterfaceId"] == eni
+
+
+def test_describe_addresses_can_lag_behind_an_association(emu):
+    ec2 = aws(emu, "ec2")
+    alloc = ctl(emu, "POST", "addresses", {"count": 1, "pool": "lagging"}).json()[0]["allocation_id"]
+    inst = launch(emu, az="eu-west-1a")
+    ctl(emu, "POST", "consistency", {"describe_addresses_lag_ms": 1500})
+    try:
+        ec2.associate_address(AllocationId=alloc, InstanceId=inst["instance_id"], AllowReassociation=False)
+        assert "InstanceId" not in ec2.describe_addresses(AllocationIds=[alloc])["Addresses"][0]
+        time.sleep(1.6)
+        assert ec2.describe_addresses(AllocationIds=[alloc])["Addresses"][0]["InstanceId"] == inst["instance_id"]
+    finally:
+        ctl(emu, "POST", "consistency", {"describe_addresses_lag_ms": 0})

@@ -92,7 +92,8 @@ class Fleet:
 
     # ---- launching ----
     def launch(self, region: str, group: str | None, az: str | None, count: int,
-               tags: dict[str, str], metadata_tags: bool, instance_type: str) -> list[dict]:
+               tags: dict[str, str], metadata_tags: bool, instance_type: str,
+               extra_enis: int = 0) -> list[dict]:
         ec2 = self.ec2(region)
         asg = self.asg(region)
         with self.lock:
@@ -126,6 +127,9 @@ class Fleet:
                     is_instance_type_default=False,
                 )
                 inst = reservation.instances[0]
+                for index in range(1, extra_enis + 1):
+                    eni = ec2.create_network_interface(subnet, None)
+                    ec2.attach_network_interface(eni.id, inst.id, index)
                 self.members[inst.id] = Member(inst.id, region, group, metadata_tags)
                 state = "InService"
                 if grp is not None:
@@ -236,7 +240,7 @@ class Fleet:
                 zone_id = z.zone_id
         tag_map = dict(ec2.tags.get(instance_id, {})) if tags else {}
         target = self.target_lifecycle_state(member) if lifecycle else None
-        nic = inst.nics[0] if inst.nics else None
+        nic = inst.nics.get(0) if isinstance(inst.nics, dict) else (inst.nics[0] if inst.nics else None)
         return {
             "instance_id": instance_id,
             "region": member.region,
@@ -246,6 +250,10 @@ class Fleet:
             "private_ipv4": inst.private_ip,
             "public_ipv4": inst.public_ip,
             "mac": getattr(nic, "mac_address", None),
+            "interface_id": getattr(nic, "id", None),
+            "nics": [{"device": index, "mac": n.mac_address, "interface_id": n.id,
+                      "private_ipv4": n.private_ip_address}
+                     for index, n in sorted(inst.nics.items())] if isinstance(inst.nics, dict) else [],
             "ami_id": inst.image_id,
             "state": inst.state,
             "tags": tag_map,
@@ -253,6 +261,12 @@ class Fleet:
             "http_endpoint": member.http_endpoint,
             "target_lifecycle_state": target,
         }
+
+    def nic_count(self, region: str, instance_id: str) -> int:
+        try:
+            return len(self.ec2(region).get_instance(instance_id).nics)
+        except Exception:
+            return 0
 
     def target_lifecycle_state(self, member: Member) -> str | None:
         """IMDS autoscaling/target-lifecycle-state: where the group is taking the instance."""

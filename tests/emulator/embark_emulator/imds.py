@@ -144,6 +144,10 @@ class Imds:
             "meta-data/local-hostname": f"ip-{(info['private_ipv4'] or '').replace('.', '-')}."
                                         f"{info['region']}.compute.internal",
             net + "local-ipv4s": info["private_ipv4"],
+            net + "interface-id": info.get("interface_id"),
+            net + "device-number": "0",
+            "meta-data/network/interfaces/macs": "\n".join(f"{n['mac']}/" for n in info.get("nics", []))
+                                                 or f"{mac}/",
             net + "public-ipv4s": info["public_ipv4"],
             "dynamic/instance-identity/document": json.dumps({
                 "accountId": "123456789012",
@@ -157,6 +161,11 @@ class Imds:
                 "version": "2017-09-30",
             }, indent=2),
         }
+        for nic in info.get("nics", [])[1:]:
+            other = f"meta-data/network/interfaces/macs/{nic['mac']}/"
+            values[other + "interface-id"] = nic["interface_id"]
+            values[other + "device-number"] = str(nic["device"])
+            values[other + "local-ipv4s"] = nic["private_ipv4"]
         if path in values:
             return values[path]
         if info["metadata_tags"]:

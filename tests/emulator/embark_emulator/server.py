@@ -3,7 +3,7 @@
 Everything listens on 127.0.0.1 only. The control API lives under /_embark/ on the AWS port:
 
   POST   /_embark/seed                {region?, name?, pool_size?, ...} -> ids of a ready-made account
-  POST   /_embark/launch              {region?, group?, az?, count?, tags?, metadata_tags?}
+  POST   /_embark/launch              {region?, group?, az?, count?, tags?, metadata_tags?, extra_enis?}
   POST   /_embark/instances/<id>      {http_endpoint?: "enabled"|"disabled", metadata_tags?: bool}
   GET    /_embark/instances/<id>      the instance as IMDS shows it, with its lifecycle state
   POST   /_embark/addresses           {count, pool?, az?, region?}: allocate (tagged) Elastic IPs
@@ -25,6 +25,8 @@ Everything listens on 127.0.0.1 only. The control API lives under /_embark/ on t
   GET    /_embark/messages?queue_url= what an SQS queue holds (SNS envelopes decoded), emptying it
   POST   /_embark/terminate           {instance_id}: the group terminates an instance (scale-in, failure)
   POST   /_embark/reset               forget everything (moto state too)
+  POST   /_embark/consistency         {describe_addresses_lag_ms}: DescribeAddresses shows an address's old
+                                      association state for that long after AssociateAddress changed it
 """
 
 from __future__ import annotations
@@ -132,6 +134,8 @@ class Emulator:
         self.fleet = Fleet()
         self.imds = Imds(self.fleet, self.faults, self.log, host, imds_port)
         self.ec2_lock = threading.Lock()
+        self.address_lag = 0.0
+        self.address_changes: dict[str, tuple] = {}
         self.server = make_server(host, port, self, threaded=True, request_handler=MotoRequestHandler)
         self.port = self.server.server_address[1]
         self.endpoint = f"http://{host}:{self.port}"
@@ -180,6 +184,12 @@ class Emulator:
 
         if seed.CONTROL_AGENT in environ.get("HTTP_USER_AGENT", ""):
             return self.moto(environ, start_response)
+        if service == "ec2" and operation == "AssociateAddress":
+            refusal = self.ec2_strictness(region, params, environ)
+            if refusal is not None:
+                entry.update(status=refusal.status_code, bytes_out=len(refusal.get_data()))
+                self.log.add(entry)
+                return refusal(environ, start_response)
         latency, error = self.faults.decide(service, operation, path=path, params=params)
         if latency:
             time.sleep(latency)
@@ -215,10 +225,72 @@ class Emulator:
         if (service == "ec2" and operation in ATOMIC_EC2) or conditional_put:
             # moto checks a write's condition and writes in two steps; S3 does it atomically.
             with self.ec2_lock:
+                before = self.address_states(region) if operation == "AssociateAddress" else None
                 chunks = list(run())
+                if before is not None and status_holder.get("status") == 200:
+                    self.remember_changes(region, before)
+        elif service == "ec2" and operation == "DescribeAddresses" and self.address_lag:
+            chunks = [self.lagging_addresses(b"".join(run()))]
         else:
             chunks = run()
         return self._counted(chunks, entry, status_holder)
+
+    # ---- EC2 as AWS documents it, where moto is more forgiving ----
+    def ec2_strictness(self, region: str, params: dict, environ) -> Response | None:
+        """AssociateAddress (https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_AssociateAddress.html):
+        - "If the instance has more than one network interface, you must specify a network interface
+          ID": an InstanceId alone for a multi-ENI instance is refused (moto picks the first ENI).
+        - AllowReassociation: "In a VPC ... reassociation is automatic, therefore you can specify false
+          to ensure the operation fails if the Elastic IP address is already associated": absent means
+          reassociate (moto treats absent as false). The request is rewritten to say so explicitly."""
+        instance_id = params.get("InstanceId")
+        if instance_id and not params.get("NetworkInterfaceId"):
+            nics = self.fleet.nic_count(region, instance_id)
+            if nics > 1:
+                return error_response(
+                    "ec2", 400, "InvalidInstanceID",
+                    f"There are multiple interfaces attached to instance '{instance_id}'. "
+                    "Please specify an interface ID for the operation instead.")
+        if "AllowReassociation" not in params:
+            body = environ["wsgi.input"].read()
+            body += b"&AllowReassociation=true"
+            environ["wsgi.input"] = io.BytesIO(body)
+            environ["CONTENT_LENGTH"] = str(len(body))
+        return None
+
+    def address_states(self, region: str) -> dict:
+        ec2 = self.fleet.ec2(region)
+        return {a.allocation_id: (a.instance or None, a.association_id) for a in ec2.addresses}
+
+    def remember_changes(self, region: str, before: dict) -> None:
+        now = time.time()
+        for alloc, state in before.items():
+            if self.address_states(region).get(alloc) != state:
+                self.address_changes[alloc] = (now, state)
+
+    def lagging_addresses(self, body: bytes) -> bytes:
+        """DescribeAddresses is eventually consistent
+        (https://docs.aws.amazon.com/ec2/latest/devguide/eventual-consistency.html): for a while after an
+        association it may still show the address as it was. Shown here as unassociated."""
+        import xml.etree.ElementTree as ET
+        now = time.time()
+        lagging = {alloc for alloc, (at, (inst, _)) in self.address_changes.items()
+                   if now - at < self.address_lag and inst is None}
+        if not lagging:
+            return body
+        ns = "http://ec2.amazonaws.com/doc/2016-11-15"
+        ET.register_namespace("", ns)
+        root = ET.fromstring(body)
+        q = lambda tag: f"{{{ns}}}{tag}"  # noqa: E731
+        for item in root.iter(q("item")):
+            alloc = item.find(q("allocationId"))
+            if alloc is None or alloc.text not in lagging:
+                continue
+            for tag in ("instanceId", "associationId", "networkInterfaceId",
+                        "networkInterfaceOwnerId", "privateIpAddress"):
+                for child in item.findall(q(tag)):
+                    item.remove(child)
+        return ET.tostring(root, encoding="utf-8", xml_declaration=True)
 
     def _counted(self, chunks, entry, status_holder):
         total = 0
@@ -272,7 +344,8 @@ class Emulator:
             launched = self.fleet.launch(region, spec.get("group"), spec.get("az"),
                                          int(spec.get("count", 1)), spec.get("tags", {}),
                                          bool(spec.get("metadata_tags", True)),
-                                         spec.get("instance_type", "t3.micro"))
+                                         spec.get("instance_type", "t3.micro"),
+                                         int(spec.get("extra_enis", 0)))
             for item in launched:
                 item["imds_endpoint"] = self.imds_endpoint(item["instance_id"])
             return json_response(launched)
@@ -328,6 +401,9 @@ class Emulator:
             for rule in rules:
                 self.faults.add_rule(rule)
             return json_response({"ok": True, "rules": len(rules)})
+        if path == "consistency" and method == "POST":
+            self.address_lag = float(spec.get("describe_addresses_lag_ms", 0)) / 1000.0
+            return json_response({"ok": True})
         if path == "throttle" and method == "POST":
             self.faults.add_throttle(spec)
             return json_response({"ok": True})
@@ -353,6 +429,8 @@ class Emulator:
             self.faults.clear()
             self.log.clear()
             self.imds.reset()
+            self.address_lag = 0.0
+            self.address_changes.clear()
             return json_response({"ok": True})
         return json_response({"error": f"no control call {method} /_embark/{path}"}, 404)
 
