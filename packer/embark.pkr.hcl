@@ -51,6 +51,12 @@ variable "embark_config" {
   description = "The /etc/embark/embark.toml of the image (an empty file: all defaults plus the group's tags)."
 }
 
+variable "install_cloudwatch_agent" {
+  type        = bool
+  default     = false
+  description = "Install the unified CloudWatch agent into the image (for [[logs.files]], embark logs sync)."
+}
+
 locals {
   arm           = var.arch == "arm64"
   rust_target   = local.arm ? "aarch64-unknown-linux-gnu" : "x86_64-unknown-linux-gnu"
@@ -107,8 +113,9 @@ build {
   }
 
   provisioner "shell" {
-    script          = "${path.root}/install.sh"
-    execute_command = "sudo -E bash '{{ .Path }}'"
+    script           = "${path.root}/install.sh"
+    execute_command  = "sudo -E bash '{{ .Path }}'"
+    environment_vars = ["INSTALL_CLOUDWATCH_AGENT=${var.install_cloudwatch_agent}"]
   }
 
   provisioner "shell" {

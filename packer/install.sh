@@ -27,6 +27,19 @@ elif command -v apt-get >/dev/null; then
     apt-get install -y -q nfs-common ca-certificates
 fi
 
+# The unified CloudWatch agent (logs: one stream per file, embark logs sync) when the template asks for
+# it, and the directory embark writes its part of the agent's configuration to.
+if [ "${INSTALL_CLOUDWATCH_AGENT:-false}" = true ]; then
+    if command -v dnf >/dev/null; then
+        dnf install -y amazon-cloudwatch-agent
+    elif command -v yum >/dev/null; then
+        yum install -y amazon-cloudwatch-agent
+    else
+        echo "install the CloudWatch agent for this distribution by hand (no package here)" >&2
+    fi
+fi
+install -d -m 0755 /opt/aws/amazon-cloudwatch-agent/etc/amazon-cloudwatch-agent.d
+
 systemctl daemon-reload
 systemctl enable embark-boot.service embark-watch.service
 

@@ -25,15 +25,17 @@ pub enum Step {
     Eip,
     Efs,
     Release,
+    Logs,
     Health,
 }
 
 impl Step {
-    pub const ALL: [Step; 5] = [
+    pub const ALL: [Step; 6] = [
         Step::Identity,
         Step::Eip,
         Step::Efs,
         Step::Release,
+        Step::Logs,
         Step::Health,
     ];
 
@@ -43,6 +45,7 @@ impl Step {
             Step::Eip => "eip",
             Step::Efs => "efs",
             Step::Release => "release",
+            Step::Logs => "logs",
             Step::Health => "health",
         }
     }
@@ -56,6 +59,7 @@ impl Step {
             Step::Eip => slack(config.eip.wait, 120),
             Step::Efs => slack(config.efs_deadline, 60),
             Step::Release => config.deadline,
+            Step::Logs => Duration::from_secs(180),
             Step::Health => slack(config.health.timeout, 60),
         }
     }
@@ -294,6 +298,23 @@ impl<'a> Boot<'a> {
             Step::Release => {
                 let http = self.ctx.http_client()?;
                 Box::new(release::step(instance, &http, plan).await?)
+            }
+            Step::Logs => {
+                let names = crate::logs::Names::of(instance);
+                let done = crate::logs::step(&instance.config.logs, &names, plan).await?;
+                let required = instance
+                    .config
+                    .boot
+                    .require
+                    .as_ref()
+                    .is_some_and(|r| r.contains(&crate::config::Requirable::Logs));
+                if required && matches!(done, crate::logs::StepOutcome::AgentAbsent { .. }) {
+                    return Err(Error::Failed(format!(
+                        "logs are required ([boot] require or embark:require), but {}",
+                        done.detail()
+                    )));
+                }
+                Box::new(done)
             }
             Step::Health => {
                 let http = self.ctx.http_client()?;
@@ -541,6 +562,7 @@ mod tests {
                 ("eip", 150),
                 ("efs", 360),
                 ("release", 600),
+                ("logs", 180),
                 ("health", 70)
             ]
         );

@@ -134,6 +134,7 @@ async fn instance_checks(ctx: &Context) -> Vec<CheckLine> {
                     lines.push(eip_check(&instance).await);
                     lines.push(efs_check(&instance.config));
                     lines.push(release_check(&instance).await);
+                    lines.push(logs_check(&instance.config));
                 }
                 Err(err) => lines.push(CheckLine::usage("tags", err.to_string())),
             }
@@ -229,6 +230,44 @@ async fn release_check(instance: &Instance) -> CheckLine {
     }
 }
 
+/// The log files each glob matches now, and whether the CloudWatch agent is installed.
+fn logs_check(config: &Config) -> CheckLine {
+    let logs = &config.logs;
+    let report = crate::logs::glob_report(logs, config.role.as_deref());
+    if report.is_empty() {
+        return CheckLine::ok("logs", "no [[logs.files]] for this instance");
+    }
+    let program = logs.reload_command.first().cloned().unwrap_or_default();
+    let agent = crate::command::find(&program).is_ok();
+    let mut parts = Vec::new();
+    for (glob, count) in &report {
+        match count {
+            Ok(0) => parts.push(format!("{glob} matches nothing yet")),
+            Ok(n) => parts.push(format!("{glob}: {n} files")),
+            Err(why) => return CheckLine::usage("logs", why.clone()),
+        }
+    }
+    let required = config
+        .boot
+        .require
+        .as_ref()
+        .is_some_and(|r| r.contains(&crate::config::Requirable::Logs));
+    match (agent, required) {
+        (true, _) => CheckLine::ok("logs", parts.join("; ")),
+        (false, true) => CheckLine::fail(
+            "logs",
+            format!("logs are required but the CloudWatch agent is not installed ({program} not found)"),
+        ),
+        (false, false) => CheckLine::ok(
+            "logs",
+            format!(
+                "warning: the CloudWatch agent is not installed ({program} not found): no log streams; {}",
+                parts.join("; ")
+            ),
+        ),
+    }
+}
+
 /// The kernel can mount NFSv4 (unless every mount goes through amazon-efs-utils, which needs it too
 /// but says so itself) and every mount point is usable.
 fn efs_check(config: &Config) -> CheckLine {
@@ -283,6 +322,19 @@ fn image_checks(config: &Config) -> Vec<CheckLine> {
         )
     } else {
         CheckLine::fail("nfs", efs::EfsError::NoNfs4.to_string())
+    });
+    let program = config
+        .logs
+        .reload_command
+        .first()
+        .cloned()
+        .unwrap_or_default();
+    lines.push(match crate::command::find(&program) {
+        Ok(path) => CheckLine::ok("cw_agent", format!("CloudWatch agent installed ({})", path.display())),
+        Err(_) => CheckLine::ok(
+            "cw_agent",
+            format!("CloudWatch agent not installed ({program}): fine unless a group uses [[logs.files]]"),
+        ),
     });
     let bundle = std::env::var("SSL_CERT_FILE")
         .ok()

@@ -144,6 +144,11 @@ pub enum Command {
   embark iam-policy --pool web --release s3://my-deploy-bucket/app --group web > instance-policy.json
   embark iam-policy --publisher --release s3://my-deploy-bucket/app > ci-policy.json")]
     IamPolicy(IamPolicyArgs),
+    /// CloudWatch agent configuration: one log stream per file of the [[logs.files]] globs
+    Logs {
+        #[command(subcommand)]
+        command: LogsCommand,
+    },
     /// Configuration helpers
     Config {
         #[command(subcommand)]
@@ -161,6 +166,19 @@ pub enum Command {
     /// The man page (roff) on stdout, generated from these definitions
     #[command(hide = true)]
     Man,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LogsCommand {
+    /// Rewrite the agent's configuration if the set of log files changed, then reload the agent
+    #[command(after_help = "EXAMPLES:
+  embark logs sync --plan          the streams it would add and remove; nothing changes
+  embark logs sync")]
+    Sync {
+        /// Print the streams that would be added and removed; change nothing
+        #[arg(long)]
+        plan: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -349,6 +367,14 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
             }
         }
         Command::Release { command } => release_command(&load()?, command).await?,
+        Command::Logs {
+            command: LogsCommand::Sync { plan },
+        } => {
+            let instance = load()?.instance().await?;
+            let names = crate::logs::Names::of(&instance);
+            let done = crate::logs::step(&instance.config.logs, &names, *plan).await?;
+            say_line(&done.detail());
+        }
         Command::Config {
             command: ConfigCommand::Example,
         } => say(EXAMPLE_CONFIG),
@@ -378,7 +404,7 @@ async fn release_command(ctx: &Context, command: &ReleaseCommand) -> Result<(), 
             commands::push_release(ctx, dir, to, message).await
         }
         ReleaseCommand::Pull { plan, json } => commands::pull_release(ctx, *plan, *json).await,
-        ReleaseCommand::Watch => commands::run_agent(ctx).await,
+        ReleaseCommand::Watch => commands::run_agent(ctx, logs_after_poll).await,
         ReleaseCommand::Rollback { to, from } => {
             commands::rollback_release(ctx, to.as_deref(), from.as_deref()).await
         }
@@ -386,6 +412,29 @@ async fn release_command(ctx: &Context, command: &ReleaseCommand) -> Result<(), 
             commands::list_releases(ctx, from.as_deref(), *json).await
         }
     }
+}
+
+/// The deploy agent keeps the log streams in step with the files at every poll and after each switch.
+fn logs_after_poll(
+    instance: &crate::context::Instance,
+) -> Option<crate::release::watch::AfterPoll> {
+    let config = instance.config.logs.clone();
+    let names = crate::logs::Names::of(instance);
+    if crate::logs::applicable(&config, names.role.as_deref()).is_empty() {
+        return None;
+    }
+    Some(Box::new(move || {
+        let (config, names) = (config.clone(), names.clone());
+        Box::pin(async move {
+            match crate::logs::step(&config, &names, false).await {
+                Ok(done @ crate::logs::StepOutcome::Changed { .. }) => {
+                    tracing::info!("logs: {}", done.detail())
+                }
+                Ok(_) => {}
+                Err(err) => tracing::warn!("logs: {err}"),
+            }
+        })
+    }))
 }
 
 fn iam_policy(config_path: &ConfigPath, args: &IamPolicyArgs) -> Result<(), Error> {

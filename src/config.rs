@@ -35,6 +35,7 @@ pub struct Config {
     pub health: HealthConfig,
     pub notify: NotifyConfig,
     pub boot: BootConfig,
+    pub logs: LogsConfig,
 }
 
 impl Default for Config {
@@ -52,6 +53,7 @@ impl Default for Config {
             health: HealthConfig::default(),
             notify: NotifyConfig::default(),
             boot: BootConfig::default(),
+            logs: LogsConfig::default(),
         }
     }
 }
@@ -229,6 +231,7 @@ pub enum Requirable {
     Eip,
     Efs,
     Release,
+    Logs,
 }
 
 impl Requirable {
@@ -237,6 +240,7 @@ impl Requirable {
             Requirable::Eip => "eip",
             Requirable::Efs => "efs",
             Requirable::Release => "release",
+            Requirable::Logs => "logs",
         }
     }
 
@@ -245,8 +249,9 @@ impl Requirable {
             "eip" => Ok(Requirable::Eip),
             "efs" => Ok(Requirable::Efs),
             "release" => Ok(Requirable::Release),
+            "logs" => Ok(Requirable::Logs),
             other => Err(format!(
-                "'{other}' is not a step a group can require (eip, efs, release)"
+                "'{other}' is not a step a group can require (eip, efs, release, logs)"
             )),
         }
     }
@@ -268,6 +273,7 @@ impl Config {
             Requirable::Eip => self.eip.pool.is_some(),
             Requirable::Efs => !self.efs.is_empty(),
             Requirable::Release => self.release.source.is_some(),
+            Requirable::Logs => !self.logs.files.is_empty(),
         }
     }
 
@@ -294,6 +300,78 @@ impl Config {
             None => None,
         }
     }
+}
+
+/// `[logs]`: the CloudWatch agent's configuration, one stream per log file (docs/logs.md).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogsConfig {
+    /// The agent configuration file embark writes (and only this one).
+    pub agent_config: PathBuf,
+    /// Asks the agent to load it: argv; `{agent_config}` is replaced by the file's path.
+    pub reload_command: Vec<String>,
+    /// The preset in use (the `embark:logs` tag wins): entries with another preset are left out.
+    pub preset: Option<String>,
+    pub files: Vec<LogFiles>,
+}
+
+impl Default for LogsConfig {
+    fn default() -> Self {
+        LogsConfig {
+            agent_config: PathBuf::from(
+                "/opt/aws/amazon-cloudwatch-agent/etc/amazon-cloudwatch-agent.d/embark.json",
+            ),
+            reload_command: [
+                "amazon-cloudwatch-agent-ctl",
+                "-a",
+                "fetch-config",
+                "-m",
+                "ec2",
+                "-c",
+                "file:{agent_config}",
+                "-s",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+            preset: None,
+            files: Vec::new(),
+        }
+    }
+}
+
+/// `[[logs.files]]`: a glob of log files, each file its own stream.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogFiles {
+    /// A glob, e.g. `/var/www/shared/storage/logs/*.log`.
+    pub path: String,
+    /// Match the file name pattern in every directory below the glob's base too.
+    #[serde(default)]
+    pub recursive: bool,
+    /// The log group; `{role}`, `{group}` and `{instance_id}` are replaced.
+    pub group: String,
+    /// The stream name; default the file's path relative to the glob's base directory.
+    #[serde(default)]
+    pub stream: Option<String>,
+    /// Append the instance id and private IP to each stream name.
+    #[serde(default)]
+    pub per_instance: bool,
+    #[serde(default)]
+    pub timestamp_format: Option<String>,
+    /// `UTC` or `Local`.
+    #[serde(default)]
+    pub timezone: Option<String>,
+    #[serde(default)]
+    pub multi_line_start_pattern: Option<String>,
+    #[serde(default)]
+    pub retention_days: Option<i32>,
+    /// Only on these roles (empty: every role).
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Only when this preset is in use (`[logs] preset` or the `embark:logs` tag).
+    #[serde(default)]
+    pub preset: Option<String>,
 }
 
 /// Which launching lifecycle hook the boot completes.
@@ -481,6 +559,11 @@ impl Config {
                 return Err(invalid("file_system", message));
             }
         }
+        for files in &self.logs.files {
+            if let Err(message) = check_log_files(files) {
+                return Err(invalid("files", message));
+            }
+        }
         for hook in &self.release.hooks {
             match (&hook.run, &hook.http_get) {
                 (Some(argv), None) if argv.is_empty() => {
@@ -538,6 +621,13 @@ impl Config {
                     }
                     self.role = Some(role.to_string());
                 }
+                "logs" => {
+                    let preset = value.trim();
+                    if preset.is_empty() {
+                        return Err(bad("the preset name is empty".to_string()));
+                    }
+                    self.logs.preset = Some(preset.to_string());
+                }
                 "require" => {
                     self.boot.require = Some(if value.trim() == "none" {
                         Vec::new()
@@ -567,6 +657,7 @@ impl Config {
 /// The `embark:*` tags read from the group (see docs/tags.md).
 pub const TAG_NAMES: &[&str] = &[
     "require",
+    "logs",
     "eip-pool",
     "eip-required",
     "eip-wait",
@@ -592,6 +683,37 @@ fn parse_bool(text: &str) -> Result<bool, String> {
 /// One rule for release sources everywhere: the file, the tag, `--to` and `--from`.
 fn check_s3_url(url: &str) -> Result<(), String> {
     crate::release::format::SourceUrl::parse(url).map(|_| ())
+}
+
+/// The retention periods CloudWatch Logs accepts (the agent's schema lists the same).
+pub const RETENTION_DAYS: [i32; 23] = [
+    -1, 1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557,
+    2922, 3288, 3653,
+];
+
+fn check_log_files(files: &LogFiles) -> Result<(), String> {
+    if !files.path.starts_with('/') {
+        return Err(format!(
+            "[[logs.files]] path {:?} must be absolute",
+            files.path
+        ));
+    }
+    if files.group.trim().is_empty() {
+        return Err(format!("[[logs.files]] {} needs a group", files.path));
+    }
+    if let Some(tz) = &files.timezone {
+        if !["UTC", "Local", "LOCAL"].contains(&tz.as_str()) {
+            return Err(format!("timezone {tz:?} is not \"UTC\" or \"Local\""));
+        }
+    }
+    if let Some(days) = files.retention_days {
+        if !RETENTION_DAYS.contains(&days) {
+            return Err(format!(
+                "retention_days {days} is not one CloudWatch Logs accepts ({RETENTION_DAYS:?})"
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn check_efs_mount(mount: &EfsMount) -> Result<(), String> {

@@ -25,6 +25,8 @@ pub enum Error {
     Release(#[from] ReleaseError),
     #[error(transparent)]
     Health(#[from] HealthError),
+    #[error(transparent)]
+    Logs(#[from] crate::logs::LogsError),
     /// A boot (or health) step failed; the sentence was built by the step.
     #[error("{0}")]
     Failed(String),
@@ -54,6 +56,7 @@ impl Error {
             Error::Efs(err) if err.is_usage() => 2,
             Error::Release(err) if err.is_usage() => 2,
             Error::Health(err) if err.is_usage() => 2,
+            Error::Logs(err) if err.is_usage() => 2,
             _ => 1,
         }
     }

@@ -17,6 +17,8 @@ pub struct Features {
     pub mark_unhealthy: bool,
     pub target_groups: Vec<String>,
     pub topics: Vec<String>,
+    /// The CloudWatch log groups of `[[logs.files]]` (placeholders as `*`).
+    pub log_groups: Vec<String>,
     /// `aws`, `aws-cn` or `aws-us-gov`: the ARNs' partition.
     pub partition: &'static str,
 }
@@ -32,6 +34,7 @@ impl Default for Features {
             mark_unhealthy: false,
             target_groups: Vec::new(),
             topics: Vec::new(),
+            log_groups: Vec::new(),
             partition: "aws",
         }
     }
@@ -57,8 +60,16 @@ impl Features {
             mark_unhealthy: config.health.on_failure == crate::config::OnFailure::Abandon,
             target_groups: config.health.target_groups.clone(),
             topics: Vec::new(),
+            log_groups: config
+                .logs
+                .files
+                .iter()
+                .map(|f| wildcard_placeholders(&f.group))
+                .collect(),
             partition: "aws",
         };
+        f.log_groups.sort();
+        f.log_groups.dedup();
         f.topics.extend(config.notify.success_topic.iter().cloned());
         f.topics.extend(config.notify.error_topic.iter().cloned());
         f.topics.dedup();
@@ -134,7 +145,43 @@ pub fn instance_policy(f: &Features) -> Value {
     if !f.topics.is_empty() {
         statements.push(statement("Notify", &["sns:Publish"], json!(f.topics)));
     }
+    statements.extend(log_statements(f));
     json!({"Version": "2012-10-17", "Statement": statements})
+}
+
+/// `{role}`, `{group}`, `{instance_id}` in a log group name stand for any value in a policy.
+fn wildcard_placeholders(group: &str) -> String {
+    group
+        .replace("{role}", "*")
+        .replace("{group}", "*")
+        .replace("{instance_id}", "*")
+}
+
+/// What the CloudWatch agent needs for the configured log groups, and nothing beyond them.
+fn log_statements(f: &Features) -> Vec<Value> {
+    if f.log_groups.is_empty() {
+        return Vec::new();
+    }
+    let arn = |g: &str| format!("arn:{}:logs:*:*:log-group:{g}", f.partition);
+    let groups: Vec<String> = f.log_groups.iter().map(|g| arn(g)).collect();
+    let streams: Vec<String> = f
+        .log_groups
+        .iter()
+        .map(|g| format!("{}:log-stream:*", arn(g)))
+        .collect();
+    vec![
+        statement(
+            "LogGroups",
+            &[
+                "logs:CreateLogGroup",
+                "logs:PutRetentionPolicy",
+                "logs:CreateLogStream",
+                "logs:DescribeLogStreams",
+            ],
+            json!(groups),
+        ),
+        statement("LogEvents", &["logs:PutLogEvents"], json!(streams)),
+    ]
 }
 
 /// Reading the pool; associating only addresses tagged with one of its pools.

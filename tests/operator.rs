@@ -9,7 +9,7 @@ use common::Embark;
 use serde_json::{json, Value};
 
 fn embark(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_embark"))
+    Command::new(common::binary())
         .args(args)
         .env_clear()
         .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://127.0.0.1:9")
@@ -167,7 +167,7 @@ fn the_release_archive_has_the_binary_its_docs_and_checksums() {
     let out = tempfile::tempdir().expect("out");
     let run = Command::new(common::repo().join("scripts/dist.sh"))
         .args([
-            env!("CARGO_BIN_EXE_embark"),
+            common::binary().to_str().expect("utf-8 path"),
             out.path().to_str().expect("utf-8"),
             "x86_64",
         ])

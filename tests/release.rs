@@ -804,7 +804,8 @@ fn a_full_disk_is_a_clear_error_and_current_stays() {
     let root = tempfile::tempdir().expect("root");
     let root_s = root.path().display().to_string();
     let config = format!("[release]\nroot = \"{root_s}\"\n");
-    let bin = env!("CARGO_BIN_EXE_embark");
+    let bin = common::binary();
+    let bin = bin.to_str().expect("utf-8 path");
     // A 4 MiB tmpfs as the root, in a private mount namespace; the script reports what it saw.
     let script = format!(
         "set -u; mount -t tmpfs -o size=4m tmpfs {root_s} || exit 99

@@ -19,7 +19,7 @@ fn the_user_data_script_fetches_a_pinned_binary_boots_and_ends_in_service() {
     emu.seed(json!({"name": name, "pool_size": 2, "group_tags": {"embark:release": source}}));
     emu.push_files(&source, &[("index.php", "<?php echo 'ud';")]);
     // The pinned binary, served over HTTP as a release bucket would serve it.
-    let binary = fs::read(env!("CARGO_BIN_EXE_embark")).expect("binary");
+    let binary = fs::read(common::binary()).expect("binary");
     let sha = sha256_hex(&binary);
     emu.s3_put(&format!("{name}-deploy"), "bin/embark", binary);
     let url = format!("{}/_embark/s3/{name}-deploy/bin/embark", emu.endpoint);

@@ -44,7 +44,10 @@ pub async fn pull_release(ctx: &Context, plan: bool, json: bool) -> Result<(), E
 }
 
 /// `release watch`: the deploy agent, until SIGTERM or SIGINT.
-pub async fn run_agent(ctx: &Context) -> Result<(), Error> {
+pub async fn run_agent(
+    ctx: &Context,
+    after_poll: impl FnOnce(&crate::context::Instance) -> Option<super::watch::AfterPoll>,
+) -> Result<(), Error> {
     let instance = ctx.instance().await?;
     let config = &instance.config;
     let store = Store::new(&instance.aws, source_of(config)?);
@@ -62,6 +65,7 @@ pub async fn run_agent(ctx: &Context) -> Result<(), Error> {
         error_topic: config.notify.error_topic.clone(),
         barrier_noted: Default::default(),
         state_dir: ctx.config.state_dir.clone(),
+        after_poll: after_poll(&instance),
     };
     super::watch::run(&agent).await?;
     Ok(())

@@ -30,32 +30,6 @@ pub fn describe(hook: &Hook) -> String {
     }
 }
 
-/// The program to run: a path with a `/` as given (relative ones refused), a bare name looked up in
-/// the absolute entries of `path` only.
-pub fn resolve_program(
-    program: &str,
-    path: &std::ffi::OsStr,
-) -> Result<std::path::PathBuf, String> {
-    use std::os::unix::fs::PermissionsExt;
-    if program.contains('/') {
-        if !program.starts_with('/') {
-            return Err(format!(
-                "its program '{program}' is a relative path; name it absolutely (hooks run with the release directory as their working directory)"
-            ));
-        }
-        return Ok(std::path::PathBuf::from(program));
-    }
-    std::env::split_paths(path)
-        .filter(|dir| dir.is_absolute())
-        .map(|dir| dir.join(program))
-        .find(|candidate| {
-            std::fs::metadata(candidate)
-                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-                .unwrap_or(false)
-        })
-        .ok_or_else(|| format!("cannot find {program} in PATH (absolute entries only)"))
-}
-
 /// Run one hook; the error is why it failed.
 pub async fn run(hook: &Hook, env: &HookEnv<'_>, http: &reqwest::Client) -> Result<(), String> {
     match (&hook.run, &hook.http_get) {
@@ -79,8 +53,7 @@ async fn run_command(hook: &Hook, argv: &[String], env: &HookEnv<'_>) -> Result<
         .ok_or_else(|| "its `run` is empty".to_string())?;
     // Resolved here, before the command changes into the release directory: with `.` (or any
     // relative entry) in PATH, a bare `php` would otherwise run the release's own `php` as root.
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let resolved = resolve_program(program, &path)?;
+    let resolved = crate::command::find(program)?;
     let mut command = tokio::process::Command::new(&resolved);
     command
         .args(args)
@@ -116,34 +89,5 @@ async fn run_command(hook: &Hook, argv: &[String], env: &HookEnv<'_>) -> Result<
                 humantime::format_duration(hook.timeout)
             ))
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::os::unix::fs::PermissionsExt;
-
-    #[test]
-    fn a_bare_program_is_found_in_absolute_path_entries_only() {
-        let tmp = tempfile::tempdir().unwrap();
-        let bin = tmp.path().join("bin");
-        std::fs::create_dir(&bin).unwrap();
-        let tool = bin.join("php");
-        std::fs::write(&tool, "#!/bin/sh\n").unwrap();
-        std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let path = std::env::join_paths([std::path::Path::new("."), &bin]).unwrap();
-        assert_eq!(resolve_program("php", &path).unwrap(), tool);
-        // Only a relative entry holds it: not found, never run from the working directory.
-        let relative = std::env::join_paths([std::path::Path::new("bin")]).unwrap();
-        let err = resolve_program("php", &relative).unwrap_err();
-        assert!(err.contains("absolute entries only"), "{err}");
-        assert!(resolve_program("./php", &path)
-            .unwrap_err()
-            .contains("relative path"));
-        assert_eq!(
-            resolve_program("/usr/bin/env", &path).unwrap(),
-            std::path::PathBuf::from("/usr/bin/env")
-        );
     }
 }

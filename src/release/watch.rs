@@ -29,7 +29,12 @@ pub struct Agent<'a> {
     pub state_dir: std::path::PathBuf,
     /// Releases whose barrier timeout was already notified (once per release, not per poll).
     pub barrier_noted: std::sync::Mutex<BTreeSet<String>>,
+    /// Work to do after every poll and every switch (the log streams' sync); never fails the agent.
+    pub after_poll: Option<AfterPoll>,
 }
+
+/// See [`Agent::after_poll`].
+pub type AfterPoll = Box<dyn Fn() -> futures_util::future::BoxFuture<'static, ()> + Send + Sync>;
 
 /// Set to the signal's name when SIGTERM or SIGINT arrives.
 type Stop = signal_watch::Receiver<Option<&'static str>>;
@@ -67,6 +72,9 @@ pub async fn run(agent: &Agent<'_>) -> Result<(), ReleaseError> {
             _ = stop.changed() => break,
         };
         after_poll(agent, &mut poll, result).await;
+        if let Some(work) = &agent.after_poll {
+            work().await;
+        }
         tokio::select! {
             _ = tokio::time::sleep(jittered(agent.watch.interval)) => {},
             _ = stop.changed() => break,

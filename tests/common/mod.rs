@@ -22,6 +22,14 @@ pub struct Emulator {
     http: reqwest::blocking::Client,
 }
 
+/// The embark binary under test: the one that ships (`make test` sets EMBARK_TEST_BIN to the static
+/// release binary), else the one cargo built for this test run.
+pub fn binary() -> PathBuf {
+    std::env::var_os("EMBARK_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_embark")))
+}
+
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -198,7 +206,7 @@ pub struct Embark {
 impl Embark {
     pub fn new(emu: &Emulator, instance: &Instance) -> Embark {
         let state_dir = tempfile::tempdir().expect("state dir");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_embark"));
+        let mut cmd = Command::new(binary());
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", &instance.imds_endpoint)
@@ -213,7 +221,7 @@ impl Embark {
     /// Without an instance: config-only commands.
     pub fn offline() -> Embark {
         let state_dir = tempfile::tempdir().expect("state dir");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_embark"));
+        let mut cmd = Command::new(binary());
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://127.0.0.1:9")
