@@ -202,12 +202,15 @@ pub fn group_name(template: &str, names: &Names) -> Result<String, LogsError> {
     Ok(name)
 }
 
+/// A file's stream and the entry that collects it.
+pub type Collected<'a> = (Stream, &'a LogFiles);
+
 /// Every file of every applicable entry and its stream, at most [`MAX_FILES`]; the second value is
 /// how many were left out past that limit.
 pub fn streams<'a>(
     config: &'a LogsConfig,
     names: &Names,
-) -> Result<(Vec<(Stream, &'a LogFiles)>, usize), LogsError> {
+) -> Result<(Vec<Collected<'a>>, usize), LogsError> {
     let mut all = Vec::new();
     let mut taken = BTreeSet::new();
     for entry in applicable(config, names.role.as_deref()) {
@@ -244,7 +247,7 @@ pub fn streams<'a>(
 }
 
 /// The agent's configuration: one `collect_list` entry per file, with only the documented fields.
-pub fn agent_config(streams: &[(Stream, &LogFiles)]) -> Value {
+pub fn agent_config(streams: &[Collected<'_>]) -> Value {
     let list: Vec<Value> = streams
         .iter()
         .map(|(s, entry)| {
