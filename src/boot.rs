@@ -186,7 +186,7 @@ impl<'a> Boot<'a> {
             Ok(waiting) => self.lifecycle.waiting = waiting,
             Err(err) => {
                 return Err(EarlyFailure {
-                    err: err.into(),
+                    err: health::HealthError::from(err).into(),
                     known: Some(Box::new(file_only)),
                 })
             }
@@ -232,11 +232,19 @@ impl<'a> Boot<'a> {
     async fn find_hook(
         &self,
         instance: &Instance,
-    ) -> Result<Option<health::Lifecycle>, health::HealthError> {
+    ) -> Result<Option<health::Lifecycle>, health::LifecycleError> {
         match instance.group() {
             Some(group) if !self.lifecycle.completed_before => {
                 let setting = &instance.config.health.lifecycle_hook;
-                health::find_hook(&instance.autoscaling(), group, instance.id(), setting).await
+                let launching = health::Transition::Launching;
+                health::find_hook(
+                    &instance.autoscaling(),
+                    group,
+                    instance.id(),
+                    setting,
+                    launching,
+                )
+                .await
             }
             _ => Ok(None),
         }

@@ -289,8 +289,8 @@ fn efs_check(config: &Config) -> CheckLine {
     CheckLine::ok(
         "efs",
         format!(
-            "{} file system(s); kernel NFSv4 client present",
-            config.efs.len()
+            "{}; kernel NFSv4 client present",
+            crate::output::count(config.efs.len() as u64, "file system", "file systems")
         ),
     )
 }
@@ -387,7 +387,8 @@ fn image_checks(config: &Config) -> Vec<CheckLine> {
         lines.push(CheckLine::ok(
             "releases",
             format!(
-                "{baked} release(s) under {} baked in: the first pull fetches only what changed",
+                "{} under {} baked in: the first pull fetches only what changed",
+                crate::output::count(baked as u64, "release", "releases"),
                 releases.display()
             ),
         ));

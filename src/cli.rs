@@ -203,6 +203,9 @@ pub struct IamPolicyArgs {
     /// Narrow the lifecycle actions to this Auto Scaling group
     #[arg(long)]
     pub group: Option<String>,
+    /// An SNS topic the instances notify (repeatable; adds to [notify])
+    #[arg(long = "topic")]
+    pub topics: Vec<String>,
     /// The policy for the CI role that runs `release push` / `rollback` instead of the instance's
     #[arg(long)]
     pub publisher: bool,
@@ -449,6 +452,9 @@ fn iam_policy(config_path: &ConfigPath, args: &IamPolicyArgs) -> Result<(), Erro
             Some(crate::release::format::SourceUrl::parse(url).map_err(Error::Usage)?);
     }
     features.group = args.group.clone();
+    features.topics.extend(args.topics.iter().cloned());
+    features.topics.sort();
+    features.topics.dedup();
     features.partition = crate::aws::Partition::of_name(&args.partition).name;
     let policy = if args.publisher {
         let source = features.release.as_ref().ok_or_else(|| {

@@ -34,9 +34,54 @@ pub fn find(program: &str) -> Result<PathBuf, String> {
     resolve_program(program, &path)
 }
 
+/// `user`, `user:group`, or numeric ids, resolved from /etc/passwd and /etc/group (no NSS: the binary
+/// is static).
+pub fn resolve_owner(owner: &str) -> Result<(u32, u32), String> {
+    let (user, group) = match owner.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (owner, None),
+    };
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let (uid, primary_gid) = match user.parse::<u32>() {
+        Ok(uid) => (uid, uid),
+        Err(_) => lookup(&passwd, user)
+            .and_then(|f| Some((f.first()?.parse().ok()?, f.get(1)?.parse().ok()?)))
+            .ok_or_else(|| format!("the user '{user}', who is not in /etc/passwd"))?,
+    };
+    let gid = match group {
+        None => primary_gid,
+        Some(g) => match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => lookup(
+                &std::fs::read_to_string("/etc/group").unwrap_or_default(),
+                g,
+            )
+            .and_then(|f| f.first()?.parse().ok())
+            .ok_or_else(|| format!("the group '{g}', which is not in /etc/group"))?,
+        },
+    };
+    Ok((uid, gid))
+}
+
+/// The fields after the password of `name`'s line in a passwd/group file.
+fn lookup<'a>(file: &'a str, name: &str) -> Option<Vec<&'a str>> {
+    file.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        (fields.next()? == name).then(|| fields.skip(1).collect())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwd_lookup() {
+        let passwd = "root:x:0:0:root:/root:/bin/bash\nwww-data:x:33:33:www-data:/var/www:/usr/sbin/nologin\n";
+        assert_eq!(lookup(passwd, "www-data").unwrap()[..2], ["33", "33"]);
+        assert!(lookup(passwd, "nobody").is_none());
+        assert_eq!(resolve_owner("33:44").unwrap(), (33, 44));
+    }
 
     #[test]
     fn a_bare_program_is_found_in_absolute_path_entries_only() {

@@ -585,6 +585,94 @@ impl Config {
     /// Applies the group's `embark:*` tags on top of the file. Tags outside `embark:` are ignored;
     /// an unknown `embark:` tag is an error (a typo would otherwise silently disable a step).
     pub fn apply_tags(&mut self, tags: &BTreeMap<String, String>) -> Result<(), ConfigError> {
+        let from_file = self.clone();
+        self.apply_tag_values(tags)?;
+        for (key, file, tag) in self.overridden(&from_file) {
+            tracing::info!(
+                "the group's tag {tag} sets {key}, overriding {file} from the config file"
+            );
+        }
+        Ok(())
+    }
+
+    /// Settings the file gave a value of its own (not the default) that a tag changed: (key, the
+    /// file's value, the tag). Said at INFO so that nobody wonders why the file is not obeyed.
+    fn overridden(&self, file: &Config) -> Vec<(&'static str, String, &'static str)> {
+        let default = Config::default();
+        let mut out = Vec::new();
+        let mut check = |key, tag, file_v: String, default_v: String, now: String| {
+            if file_v != default_v && file_v != now {
+                out.push((key, file_v, tag));
+            }
+        };
+        let show = |v: &dyn std::fmt::Debug| format!("{v:?}");
+        check(
+            "[eip] pool",
+            "embark:eip-pool",
+            show(&file.eip.pool),
+            show(&default.eip.pool),
+            show(&self.eip.pool),
+        );
+        check(
+            "[eip] required",
+            "embark:eip-required",
+            show(&file.eip.required),
+            show(&default.eip.required),
+            show(&self.eip.required),
+        );
+        check(
+            "[eip] wait",
+            "embark:eip-wait",
+            show(&file.eip.wait),
+            show(&default.eip.wait),
+            show(&self.eip.wait),
+        );
+        check(
+            "[eip] reserve",
+            "embark:eip-reserve",
+            show(&file.eip.reserve),
+            show(&default.eip.reserve),
+            show(&self.eip.reserve),
+        );
+        check(
+            "[[efs]]",
+            "embark:efs",
+            show(&file.efs),
+            show(&default.efs),
+            show(&self.efs),
+        );
+        check(
+            "[release] source",
+            "embark:release",
+            show(&file.release.source),
+            show(&default.release.source),
+            show(&self.release.source),
+        );
+        check(
+            "role",
+            "embark:role",
+            show(&file.role),
+            show(&default.role),
+            show(&self.role),
+        );
+        check(
+            "[logs] preset",
+            "embark:logs",
+            show(&file.logs.preset),
+            show(&default.logs.preset),
+            show(&self.logs.preset),
+        );
+        check(
+            "[boot] require",
+            "embark:require",
+            show(&file.boot.require),
+            show(&default.boot.require),
+            show(&self.boot.require),
+        );
+        out
+    }
+
+    fn apply_tag_values(&mut self, tags: &BTreeMap<String, String>) -> Result<(), ConfigError> {
         for (tag, value) in tags {
             let Some(name) = tag.strip_prefix("embark:") else {
                 continue;
@@ -651,6 +739,30 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod override_tests {
+    use super::*;
+
+    #[test]
+    fn a_tag_over_a_file_setting_is_named() {
+        let mut config = Config::default();
+        config.eip.pool = Some("from-file".into());
+        config.release.keep = 5;
+        let file = config.clone();
+        let tags: BTreeMap<String, String> = [
+            ("embark:eip-pool".to_string(), "from-tag".to_string()),
+            ("embark:role".to_string(), "web".to_string()),
+        ]
+        .into();
+        config.apply_tag_values(&tags).unwrap();
+        let said = config.overridden(&file);
+        assert_eq!(said.len(), 1, "{said:?}");
+        assert_eq!(said[0].0, "[eip] pool");
+        assert!(said[0].1.contains("from-file"));
+        assert_eq!(said[0].2, "embark:eip-pool");
     }
 }
 

@@ -436,9 +436,9 @@ pub async fn plan(
 impl Plan {
     pub fn human(&self, place: &Place, settings: &Settings) -> String {
         let mut out = format!(
-            "pool '{}': {} addresses, {} free; {} in {}{}\n",
+            "pool '{}': {}, {} free; {} in {}{}\n",
             self.pool.name,
-            self.pool.addresses.len(),
+            crate::output::count(self.pool.addresses.len() as u64, "address", "addresses"),
             self.pool.free(),
             place.instance_id,
             place.az_name,
@@ -468,8 +468,8 @@ impl Plan {
                 a.public_ip, a.allocation_id
             )),
             (None, Some(c)) => out.push_str(&format!(
-                "plan: associate one of the {} candidate(s) with {} (AllowReassociation=false), tried in random order; first draw: {} ({})\n",
-                self.candidates.len(),
+                "plan: associate one of the {} with {} (AllowReassociation=false), tried in random order; first draw: {} ({})\n",
+                crate::output::count(self.candidates.len() as u64, "candidate", "candidates"),
                 place.instance_id,
                 c.public_ip,
                 c.allocation_id
@@ -525,8 +525,11 @@ impl Status {
 
     pub fn human(&self) -> String {
         let mut out = format!(
-            "pool '{}': {} addresses, {} free ({} for this zone)\n",
-            self.pool, self.total, self.free, self.free_here
+            "pool '{}': {}, {} free ({} for this zone)\n",
+            self.pool,
+            crate::output::count(self.total as u64, "address", "addresses"),
+            self.free,
+            self.free_here
         );
         match &self.bound_here {
             Some(a) => out.push_str(&format!(
@@ -651,8 +654,9 @@ pub async fn step(
             {
                 tracing::warn!(
                     pool = %settings.pool,
-                    "pool '{}' has {free} free address(es) left, below its reserve of {}: add addresses tagged {POOL_TAG}={}",
+                    "pool '{}' has {} left, below its reserve of {}: add addresses tagged {POOL_TAG}={}",
                     settings.pool,
+                    crate::output::count(free as u64, "free address", "free addresses"),
                     settings.reserve,
                     settings.pool
                 );

@@ -54,6 +54,12 @@ pub fn final_error(format: LogFormat, sentence: &str, exit_code: u8) {
     }
 }
 
+/// `1 file`, `2 files`, `1 address`, `3 addresses`: a count and its noun, for people.
+pub fn count(n: impl Into<u64>, one: &str, many: &str) -> String {
+    let n = n.into();
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 /// The error and its sources, as one line (never Debug).
 pub fn error_chain(err: &dyn std::error::Error) -> String {
     let mut out = err.to_string();
@@ -115,6 +121,13 @@ mod tests {
         fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
             Some(&self.0)
         }
+    }
+
+    #[test]
+    fn counts_agree_with_their_nouns() {
+        assert_eq!(count(1u32, "address", "addresses"), "1 address");
+        assert_eq!(count(0u32, "file", "files"), "0 files");
+        assert_eq!(count(2u64, "hook", "hooks"), "2 hooks");
     }
 
     #[test]

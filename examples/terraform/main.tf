@@ -112,11 +112,23 @@ resource "aws_iam_role" "fleet" {
   assume_role_policy = data.aws_iam_policy_document.assume.json
 }
 
-# Generated, then committed: embark iam-policy --pool web --efs fs-… --release s3://bucket/web --group web
+# The policy `embark iam-policy` prints for exactly this stack's pool, file system, source, group and
+# topics, generated at plan time (needs embark and jq where terraform runs; the external data source
+# takes a flat object of strings, hence the policy as one JSON string).
+data "external" "embark_policy" {
+  program = ["sh", "-c", <<-EOT
+    embark iam-policy --pool '${var.name}' --efs '${aws_efs_file_system.shared.id}' \
+      --release '${local.source_url}' --group '${var.name}' \
+      --topic '${aws_sns_topic.ok.arn}' --topic '${aws_sns_topic.error.arn}' \
+      | jq -c '{policy: tojson}'
+  EOT
+  ]
+}
+
 resource "aws_iam_role_policy" "embark" {
   name   = "embark"
   role   = aws_iam_role.fleet.id
-  policy = file("${path.module}/embark-policy.json")
+  policy = data.external.embark_policy.result.policy
 }
 
 resource "aws_iam_instance_profile" "fleet" {
@@ -130,7 +142,9 @@ resource "aws_launch_template" "fleet" {
   image_id               = var.ami_id
   instance_type          = var.instance_type
   vpc_security_group_ids = [aws_security_group.fleet.id]
-  user_data              = filebase64("${path.module}/../../userdata/boot.sh")
+  # An image baked by packer/ runs embark from embark-boot.service at every start; the user-data script
+  # is for images without it. Never both: that would boot twice.
+  user_data = var.image_runs_embark ? null : filebase64("${path.module}/../../userdata/boot.sh")
 
   iam_instance_profile {
     arn = aws_iam_instance_profile.fleet.arn
@@ -158,6 +172,7 @@ resource "aws_autoscaling_group" "fleet" {
   }
 
   # embark completes this hook with CONTINUE when the instance is ready, ABANDON when it is not.
+  # (Other teams' launching hooks on the same group need [health] lifecycle_hook = "<this name>".)
   initial_lifecycle_hook {
     name                 = "${var.name}-launching"
     lifecycle_transition = "autoscaling:EC2_INSTANCE_LAUNCHING"

@@ -54,3 +54,9 @@ variable "max_size" {
   type    = number
   default = 3
 }
+
+variable "image_runs_embark" {
+  type        = bool
+  default     = true
+  description = "The AMI was baked by packer/ (embark-boot.service runs embark): no user-data then."
+}

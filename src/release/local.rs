@@ -352,46 +352,10 @@ pub fn sync_dir(path: &Path) -> Result<(), ReleaseError> {
     crate::fsutil::sync_dir(path).map_err(|e| io_failed("syncing", path, &e))
 }
 
-/// `user`, `user:group`, or numeric ids, resolved from /etc/passwd and /etc/group (no NSS: the binary
-/// is static).
+/// `[release] owner` as uid and gid (a configuration error when the user or group is unknown).
 pub fn resolve_owner(owner: &str) -> Result<(u32, u32), ReleaseError> {
-    let (user, group) = match owner.split_once(':') {
-        Some((u, g)) => (u, Some(g)),
-        None => (owner, None),
-    };
-    let passwd = fs::read_to_string("/etc/passwd").unwrap_or_default();
-    let (uid, primary_gid) = match user.parse::<u32>() {
-        Ok(uid) => (uid, uid),
-        Err(_) => lookup(&passwd, user)
-            .and_then(|f| Some((f.first()?.parse().ok()?, f.get(1)?.parse().ok()?)))
-            .ok_or_else(|| {
-                ReleaseError::Usage(format!(
-                    "[release] owner names the user '{user}', who is not in /etc/passwd"
-                ))
-            })?,
-    };
-    let gid = match group {
-        None => primary_gid,
-        Some(g) => match g.parse::<u32>() {
-            Ok(gid) => gid,
-            Err(_) => lookup(&fs::read_to_string("/etc/group").unwrap_or_default(), g)
-                .and_then(|f| f.first()?.parse().ok())
-                .ok_or_else(|| {
-                    ReleaseError::Usage(format!(
-                        "[release] owner names the group '{g}', which is not in /etc/group"
-                    ))
-                })?,
-        },
-    };
-    Ok((uid, gid))
-}
-
-/// The fields after the password of `name`'s line in a passwd/group file.
-fn lookup<'a>(file: &'a str, name: &str) -> Option<Vec<&'a str>> {
-    file.lines().find_map(|line| {
-        let mut fields = line.split(':');
-        (fields.next()? == name).then(|| fields.skip(1).collect())
-    })
+    crate::command::resolve_owner(owner)
+        .map_err(|why| ReleaseError::Usage(format!("[release] owner names {why}")))
 }
 
 /// Give every entry of the tree to `uid:gid` (symlinks themselves, not their targets).
@@ -441,11 +405,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn passwd_lookup() {
-        let passwd = "root:x:0:0:root:/root:/bin/bash\nwww-data:x:33:33:www-data:/var/www:/usr/sbin/nologin\n";
-        assert_eq!(lookup(passwd, "www-data").unwrap()[..2], ["33", "33"]);
-        assert!(lookup(passwd, "nobody").is_none());
+    fn owners_resolve_or_name_what_is_unknown() {
         assert_eq!(resolve_owner("1000:1001").unwrap(), (1000, 1001));
+        assert!(resolve_owner("no-such-user-here")
+            .unwrap_err()
+            .to_string()
+            .contains("[release] owner names the user 'no-such-user-here'"));
         assert!(resolve_owner("no-such-user-here").unwrap_err().is_usage());
     }
 

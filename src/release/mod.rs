@@ -3,7 +3,6 @@
 pub mod commands;
 pub mod error;
 pub mod format;
-pub mod hooks;
 pub mod legacy;
 pub mod listing;
 pub mod local;

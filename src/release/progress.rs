@@ -20,9 +20,14 @@ impl Progress {
     pub fn new(what: &'static str, total: u64) -> Progress {
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = ProgressBar::new(total);
-            if let Ok(style) = ProgressStyle::with_template(
-                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-            ) {
+            // Without a known total (a bundle being written as it is uploaded) there is no bar to fill
+            // and no "of" to show: the bytes so far and the rate.
+            let template = if total > 0 {
+                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}"
+            } else {
+                "{msg} {bytes} {bytes_per_sec}"
+            };
+            if let Ok(style) = ProgressStyle::with_template(template) {
                 bar.set_style(style.progress_chars("=> "));
             }
             bar.set_message(what);
@@ -43,7 +48,16 @@ impl Progress {
             Some(bar) => bar.set_position(self.done),
             None if self.last.elapsed() >= PLAIN_EVERY => {
                 self.last = Instant::now();
-                tracing::info!("{}: {} of {} bytes", self.what, self.done, self.total);
+                if self.total > 0 {
+                    tracing::info!(
+                        "{}: {} of {}",
+                        self.what,
+                        human_bytes(self.done),
+                        human_bytes(self.total)
+                    );
+                } else {
+                    tracing::info!("{}: {}", self.what, human_bytes(self.done));
+                }
             }
             None => {}
         }

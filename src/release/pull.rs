@@ -13,12 +13,12 @@ use serde::Serialize;
 
 use super::error::{io_failed, ReleaseError};
 use super::format::{sha256_hex, Manifest, Node, Pointer};
-use super::hooks::{self, HookEnv};
 use super::local::{chown_tree, remove_tree, Layout};
 use super::progress::{human_bytes, Progress};
 use super::store::Store;
 use super::unpack::{create_dir, make_symlink, unpack, write_verified};
 use crate::config::{Hook, ReleaseFormat};
+use crate::hooks::{self, HookEnv};
 
 use super::store::FETCHES_AT_ONCE;
 pub use super::store::MANIFEST_LIMIT;
@@ -59,10 +59,10 @@ impl Pulled {
             );
         }
         let mut text = format!(
-            "switched {link} to release {} (was {}): {} files verified; ",
+            "switched {link} to release {} (was {}): {} verified; ",
             self.release,
             self.previous.as_deref().unwrap_or("none"),
-            self.files
+            crate::output::count(self.files, "file", "files")
         );
         if self.bundle_bytes > 0 {
             text += &format!("fetched the bundle ({})", human_bytes(self.bundle_bytes));
@@ -76,7 +76,10 @@ impl Pulled {
         }
         text.push('\n');
         if self.hooks_run > 0 {
-            text += &format!("{} hook(s) ran\n", self.hooks_run);
+            text += &format!(
+                "{} ran\n",
+                crate::output::count(self.hooks_run as u64, "hook", "hooks")
+            );
         }
         if !self.pruned.is_empty() {
             text += &format!("removed old releases: {}\n", self.pruned.join(", "));
@@ -415,10 +418,16 @@ async fn run_hooks(
 ) -> Result<usize, ReleaseError> {
     let dir = settings.layout.release(id);
     let env = HookEnv {
-        release: id,
-        previous,
-        role: settings.role.as_deref(),
-        release_dir: &dir,
+        vars: vec![
+            ("EMBARK_RELEASE", id.to_string()),
+            (
+                "EMBARK_PREVIOUS_RELEASE",
+                previous.unwrap_or("").to_string(),
+            ),
+            ("EMBARK_ROLE", settings.role.clone().unwrap_or_default()),
+            ("EMBARK_RELEASE_DIR", dir.display().to_string()),
+        ],
+        dir: &dir,
     };
     let selected = hooks::for_role(&settings.hooks, settings.role.as_deref());
     for (index, hook) in selected.iter().enumerate() {

@@ -57,11 +57,14 @@ pub async fn run(agent: &Agent<'_>) -> Result<(), ReleaseError> {
     };
     tracing::info!(
         instance_id = %agent.instance_id,
-        "watching {} every {} (barrier {}, then {:?})",
+        "watching {} every {} (barrier {}, then {})",
         agent.store.url(&key),
         humantime::format_duration(agent.watch.interval),
         humantime::format_duration(agent.watch.barrier),
-        agent.watch.on_barrier_timeout
+        match agent.watch.on_barrier_timeout {
+            BarrierTimeout::Switch => "switch",
+            BarrierTimeout::Hold => "hold",
+        }
     );
     let mut poll = Poll::default();
     while stop.borrow().is_none() {

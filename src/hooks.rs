@@ -1,4 +1,5 @@
-//! Hooks after a switch: argv commands (no shell) and HTTP GETs (the opcache reset pattern).
+//! Hooks: argv commands (no shell) and HTTP GETs (the opcache reset pattern), run after a release's
+//! switch and, as stop hooks, when an instance drains.
 
 use std::os::fd::AsFd;
 use std::path::Path;
@@ -6,12 +7,10 @@ use std::process::Stdio;
 
 use crate::config::Hook;
 
-/// What a hook sees: the release it runs for, the one before, the role.
+/// What a hook sees: its environment variables and its working directory.
 pub struct HookEnv<'a> {
-    pub release: &'a str,
-    pub previous: Option<&'a str>,
-    pub role: Option<&'a str>,
-    pub release_dir: &'a Path,
+    pub vars: Vec<(&'static str, String)>,
+    pub dir: &'a Path,
 }
 
 /// Hooks for this role (a hook without `roles` runs on every role).
@@ -57,11 +56,8 @@ async fn run_command(hook: &Hook, argv: &[String], env: &HookEnv<'_>) -> Result<
     let mut command = tokio::process::Command::new(&resolved);
     command
         .args(args)
-        .current_dir(env.release_dir)
-        .env("EMBARK_RELEASE", env.release)
-        .env("EMBARK_PREVIOUS_RELEASE", env.previous.unwrap_or(""))
-        .env("EMBARK_ROLE", env.role.unwrap_or(""))
-        .env("EMBARK_RELEASE_DIR", env.release_dir)
+        .current_dir(env.dir)
+        .envs(env.vars.iter().map(|(k, v)| (*k, v.as_str())))
         .stdin(Stdio::null())
         .kill_on_drop(true);
     // The hook's output goes to our stderr (the boot log); stdout stays embark's report.
@@ -69,7 +65,8 @@ async fn run_command(hook: &Hook, argv: &[String], env: &HookEnv<'_>) -> Result<
         command.stdout(Stdio::from(err));
     }
     if let Some(user) = &hook.user {
-        let (uid, gid) = super::local::resolve_owner(user).map_err(|e| e.to_string())?;
+        let (uid, gid) =
+            crate::command::resolve_owner(user).map_err(|why| format!("its user names {why}"))?;
         command.uid(uid).gid(gid);
     }
     let mut child = command
