@@ -59,8 +59,15 @@ pub enum LifecycleError {
         hooks: Vec<String>,
         transition: Transition,
     },
+    /// Boxed: an AWS error is large, and this one travels inside the health step's error.
     #[error(transparent)]
-    Aws(#[from] AwsError),
+    Aws(Box<AwsError>),
+}
+
+impl From<AwsError> for LifecycleError {
+    fn from(err: AwsError) -> Self {
+        LifecycleError::Aws(Box::new(err))
+    }
 }
 
 impl LifecycleError {
