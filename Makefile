@@ -51,10 +51,12 @@ lint-shipping: static $(LINTVENV)/.installed
 	packer validate packer/
 	@# arm64: the template and its locals (the aarch64 binary is built by the release workflow, not here)
 	packer validate -var arch=arm64 -var embark_binary=$(STATIC) packer/
-	@# The units name /usr/local/bin/embark; verify copies that name the binary just built.
-	tmp=$$(mktemp -d) && for u in packer/*.service; do \
+	@# The units name /usr/local/bin/embark and Documentation=man:embark(1); verify copies that name
+	@# the binary just built, with its man page generated into a MANPATH of their own.
+	tmp=$$(mktemp -d) && mkdir -p "$$tmp/man/man1" && $(STATIC) man >"$$tmp/man/man1/embark.1" && \
+	    for u in packer/*.service; do \
 	    sed "s#/usr/local/bin/embark#$(CURDIR)/$(STATIC)#g" "$$u" >"$$tmp/$$(basename "$$u")"; done && \
-	    systemd-analyze verify "$$tmp"/*.service; status=$$?; rm -rf "$$tmp"; exit $$status
+	    MANPATH="$$tmp/man" systemd-analyze verify "$$tmp"/*.service; status=$$?; rm -rf "$$tmp"; exit $$status
 	$(STATIC) --config .ci/iam-lint.toml iam-policy --group web | $(LINTVENV)/bin/parliament
 	$(STATIC) --config .ci/iam-lint.toml iam-policy --publisher | $(LINTVENV)/bin/parliament
 	@echo "shipping files: shellcheck, cloud-init schema, packer validate, systemd-analyze verify, parliament: clean"

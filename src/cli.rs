@@ -126,6 +126,16 @@ pub enum Command {
         #[command(subcommand)]
         command: ReleaseCommand,
     },
+    /// Leave the fleet: target groups, stop hooks, the terminating lifecycle action, a notification
+    #[command(after_help = "EXAMPLES:
+  embark drain --plan              what leaving would do; nothing changes
+  embark drain                     ExecStop= of embark-boot.service; the deploy agent runs it itself
+                                   on scale-in, a warm pool return or a Spot notice")]
+    Drain {
+        /// Print what each step would do; change nothing
+        #[arg(long)]
+        plan: bool,
+    },
     /// Local health probe, then the lifecycle action (CONTINUE) and extra target groups
     #[command(after_help = "EXAMPLES:
   embark health                    after fixing what a failed boot reported")]
@@ -370,6 +380,15 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
             }
         }
         Command::Release { command } => release_command(&load()?, command).await?,
+        Command::Drain { plan } => {
+            let ctx = load()?;
+            let instance = ctx.instance().await?;
+            let http = ctx.http_client()?;
+            let trigger = crate::drain::pending_trigger(&ctx.imds(), instance.config.drain.on_spot)
+                .await?
+                .unwrap_or(crate::drain::Trigger::Command);
+            drain_now(&instance, &http, *plan, trigger).await?;
+        }
         Command::Logs {
             command: LogsCommand::Sync { plan },
         } => {
@@ -407,7 +426,7 @@ async fn release_command(ctx: &Context, command: &ReleaseCommand) -> Result<(), 
             commands::push_release(ctx, dir, to, message).await
         }
         ReleaseCommand::Pull { plan, json } => commands::pull_release(ctx, *plan, *json).await,
-        ReleaseCommand::Watch => commands::run_agent(ctx, logs_after_poll).await,
+        ReleaseCommand::Watch => commands::run_agent(ctx, agent_after_poll(ctx)).await,
         ReleaseCommand::Rollback { to, from } => {
             commands::rollback_release(ctx, to.as_deref(), from.as_deref()).await
         }
@@ -417,27 +436,86 @@ async fn release_command(ctx: &Context, command: &ReleaseCommand) -> Result<(), 
     }
 }
 
-/// The deploy agent keeps the log streams in step with the files at every poll and after each switch.
-fn logs_after_poll(
+/// One drain, reported on stdout; a drain with a failed step is exit 1 (after doing every other step).
+async fn drain_now(
     instance: &crate::context::Instance,
-) -> Option<crate::release::watch::AfterPoll> {
-    let config = instance.config.logs.clone();
-    let names = crate::logs::Names::of(instance);
-    if crate::logs::applicable(&config, names.role.as_deref()).is_empty() {
-        return None;
-    }
-    Some(Box::new(move || {
-        let (config, names) = (config.clone(), names.clone());
-        Box::pin(async move {
-            match crate::logs::step(&config, &names, false).await {
-                Ok(done @ crate::logs::StepOutcome::Changed { .. }) => {
-                    tracing::info!("logs: {}", done.detail())
-                }
-                Ok(_) => {}
-                Err(err) => tracing::warn!("logs: {err}"),
+    http: &reqwest::Client,
+    plan: bool,
+    trigger: crate::drain::Trigger,
+) -> Result<(), Error> {
+    let drain = crate::drain::Drain {
+        instance,
+        http,
+        plan,
+        trigger,
+    };
+    match crate::drain::run(&drain).await.map_err(Error::Failed)? {
+        crate::drain::Drained::Already => {
+            say_line("already drained: an earlier drain of this instance finished; nothing to do")
+        }
+        crate::drain::Drained::Done(report) => {
+            say(&report.human());
+            if let Some(error) = report.error {
+                return Err(Error::Failed(format!(
+                    "the drain finished with errors: {error}"
+                )));
             }
-        })
-    }))
+        }
+    }
+    Ok(())
+}
+
+/// After every poll and every switch the deploy agent keeps the log streams in step with the files,
+/// and drains the instance when IMDS says it is leaving (scale-in, warm pool, Spot notice).
+fn agent_after_poll(
+    ctx: &Context,
+) -> impl FnOnce(&crate::context::Instance) -> Option<crate::release::watch::AfterPoll> + '_ {
+    move |instance| {
+        let instance = std::sync::Arc::new(instance.clone());
+        let imds = std::sync::Arc::new(ctx.imds());
+        let http = ctx.http_client().ok()?;
+        Some(Box::new(move || {
+            let (instance, imds, http) = (instance.clone(), imds.clone(), http.clone());
+            Box::pin(async move {
+                sync_logs(&instance).await;
+                let on_spot = instance.config.drain.on_spot;
+                match crate::drain::pending_trigger(&imds, on_spot).await {
+                    Ok(Some(trigger)) => {
+                        let drain = crate::drain::Drain {
+                            instance: &instance,
+                            http: &http,
+                            plan: false,
+                            trigger,
+                        };
+                        match crate::drain::run(&drain).await {
+                            Ok(crate::drain::Drained::Already) => {}
+                            Ok(crate::drain::Drained::Done(report)) => match report.error {
+                                Some(error) => tracing::error!("drained with errors: {error}"),
+                                None => tracing::info!("drained: this instance left the fleet"),
+                            },
+                            Err(err) => tracing::error!("the drain failed: {err}"),
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(err) => tracing::warn!("cannot read the lifecycle state from IMDS: {err}"),
+                }
+            })
+        }))
+    }
+}
+
+async fn sync_logs(instance: &crate::context::Instance) {
+    let names = crate::logs::Names::of(instance);
+    if crate::logs::applicable(&instance.config.logs, names.role.as_deref()).is_empty() {
+        return;
+    }
+    match crate::logs::step(&instance.config.logs, &names, false).await {
+        Ok(done @ crate::logs::StepOutcome::Changed { .. }) => {
+            tracing::info!("logs: {}", done.detail())
+        }
+        Ok(_) => {}
+        Err(err) => tracing::warn!("logs: {err}"),
+    }
 }
 
 fn iam_policy(config_path: &ConfigPath, args: &IamPolicyArgs) -> Result<(), Error> {

@@ -36,6 +36,7 @@ pub struct Config {
     pub notify: NotifyConfig,
     pub boot: BootConfig,
     pub logs: LogsConfig,
+    pub drain: DrainConfig,
 }
 
 impl Default for Config {
@@ -54,6 +55,7 @@ impl Default for Config {
             notify: NotifyConfig::default(),
             boot: BootConfig::default(),
             logs: LogsConfig::default(),
+            drain: DrainConfig::default(),
         }
     }
 }
@@ -298,6 +300,35 @@ impl Config {
                 "nothing to do: no Elastic IP pool, no EFS file system and no release source are configured (config file or the group's embark:* tags); a boot that does nothing is not a success. Configure the steps, or set [boot] require = [] (or the tag embark:require=none) if this group needs only its lifecycle action".to_string(),
             ),
             None => None,
+        }
+    }
+}
+
+/// `[drain]`: leaving the fleet (docs/drain.md).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DrainConfig {
+    /// The whole drain (a Spot notice shortens it to fit its two minutes).
+    #[serde(with = "duration")]
+    pub deadline: Duration,
+    /// Target groups to leave; default `[health] target_groups`.
+    pub target_groups: Option<Vec<String>>,
+    /// Drain on a Spot interruption notice or rebalance recommendation (the deploy agent watches).
+    pub on_spot: bool,
+    /// The terminating hook to complete: "auto", "none", or its name.
+    pub lifecycle_hook: LifecycleHook,
+    /// Stop hooks, in order, per role (as the release hooks): finish cron jobs, flush queues.
+    pub hooks: Vec<Hook>,
+}
+
+impl Default for DrainConfig {
+    fn default() -> Self {
+        DrainConfig {
+            deadline: Duration::from_secs(300),
+            target_groups: None,
+            on_spot: true,
+            lifecycle_hook: LifecycleHook::Auto,
+            hooks: Vec::new(),
         }
     }
 }
@@ -564,7 +595,7 @@ impl Config {
                 return Err(invalid("files", message));
             }
         }
-        for hook in &self.release.hooks {
+        for hook in self.release.hooks.iter().chain(&self.drain.hooks) {
             match (&hook.run, &hook.http_get) {
                 (Some(argv), None) if argv.is_empty() => {
                     return Err(invalid("run", "needs at least the program".to_string()))
@@ -709,6 +740,7 @@ impl Config {
                     }
                     self.role = Some(role.to_string());
                 }
+                "drain-deadline" => self.drain.deadline = parse_duration(value).map_err(bad)?,
                 "logs" => {
                     let preset = value.trim();
                     if preset.is_empty() {
@@ -769,6 +801,7 @@ mod override_tests {
 /// The `embark:*` tags read from the group (see docs/tags.md).
 pub const TAG_NAMES: &[&str] = &[
     "require",
+    "drain-deadline",
     "logs",
     "eip-pool",
     "eip-required",

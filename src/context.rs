@@ -34,6 +34,7 @@ pub struct Context {
 
 /// This instance: its identity, the AWS configuration for its region, and the configuration with its
 /// group's tags applied.
+#[derive(Clone)]
 pub struct Instance {
     pub identity: Identity,
     pub aws: Aws,

@@ -56,9 +56,16 @@ impl Features {
                 .map(SourceUrl::parse)
                 .transpose()?,
             group: None,
-            lifecycle: config.health.lifecycle_hook != crate::config::LifecycleHook::None,
+            lifecycle: config.health.lifecycle_hook != crate::config::LifecycleHook::None
+                || config.drain.lifecycle_hook != crate::config::LifecycleHook::None,
             mark_unhealthy: config.health.on_failure == crate::config::OnFailure::Abandon,
-            target_groups: config.health.target_groups.clone(),
+            target_groups: config
+                .health
+                .target_groups
+                .iter()
+                .chain(config.drain.target_groups.iter().flatten())
+                .cloned()
+                .collect(),
             topics: Vec::new(),
             log_groups: config
                 .logs
@@ -138,7 +145,10 @@ pub fn instance_policy(f: &Features) -> Value {
         ));
         statements.push(statement(
             "TargetGroupRegister",
-            &["elasticloadbalancing:RegisterTargets"],
+            &[
+                "elasticloadbalancing:RegisterTargets",
+                "elasticloadbalancing:DeregisterTargets",
+            ],
             json!(f.target_groups),
         ));
     }

@@ -15,6 +15,7 @@ pub mod cli;
 pub mod command;
 pub mod config;
 pub mod context;
+pub mod drain;
 pub mod efs;
 pub mod eip;
 pub mod error;

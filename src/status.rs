@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 pub const FILE: &str = "status.json";
 /// The deploy agent's last deploy (`release watch`).
 pub const DEPLOY_FILE: &str = "deploy.json";
+/// The last drain (`embark drain`).
+pub const DRAIN_FILE: &str = "drain.json";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -102,6 +104,10 @@ impl Report {
         Report::read_from(&state_dir.join(DEPLOY_FILE))
     }
 
+    pub fn read_drain(state_dir: &Path) -> Result<Option<Report>, String> {
+        Report::read_from(&state_dir.join(DRAIN_FILE))
+    }
+
     fn read_from(file: &Path) -> Result<Option<Report>, String> {
         match std::fs::read(file) {
             Ok(bytes) => serde_json::from_slice(&bytes)
@@ -179,12 +185,14 @@ fn seconds(ms: u64) -> String {
 pub fn show(state_dir: &Path, json: bool) -> Result<(), String> {
     let boot = Report::read(state_dir)?;
     let deploy = Report::read_deploy(state_dir)?;
+    let drain = Report::read_drain(state_dir)?;
     if json {
         let mut value = match &boot {
             Some(report) => serde_json::to_value(report).map_err(|e| e.to_string())?,
             None => serde_json::json!({"status": "not run"}),
         };
         value["last_deploy"] = serde_json::to_value(&deploy).map_err(|e| e.to_string())?;
+        value["last_drain"] = serde_json::to_value(&drain).map_err(|e| e.to_string())?;
         let text = serde_json::to_string_pretty(&value).map_err(|e| e.to_string())?;
         crate::output::say_line(&text);
     } else {
@@ -195,12 +203,14 @@ pub fn show(state_dir: &Path, json: bool) -> Result<(), String> {
                 state_dir.display()
             )),
         }
-        if let Some(report) = &deploy {
-            let mut text = "\nlast deploy:\n".to_string();
-            for line in report.human().lines() {
-                text += &format!("  {line}\n");
+        for (title, report) in [("last deploy", &deploy), ("last drain", &drain)] {
+            if let Some(report) = report {
+                let mut text = format!("\n{title}:\n");
+                for line in report.human().lines() {
+                    text += &format!("  {line}\n");
+                }
+                crate::output::say(&text);
             }
-            crate::output::say(&text);
         }
     }
     match boot {

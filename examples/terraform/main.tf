@@ -180,6 +180,15 @@ resource "aws_autoscaling_group" "fleet" {
     default_result       = "ABANDON"
   }
 
+  # embark drain (the deploy agent, or the boot unit's ExecStop) completes this one after leaving the
+  # target groups and running the stop hooks; for a terminating hook ABANDON does the same as CONTINUE.
+  initial_lifecycle_hook {
+    name                 = "${var.name}-terminating"
+    lifecycle_transition = "autoscaling:EC2_INSTANCE_TERMINATING"
+    heartbeat_timeout    = 300
+    default_result       = "CONTINUE"
+  }
+
   dynamic "tag" {
     for_each = {
       "embark:eip-pool"     = var.name

@@ -18,6 +18,7 @@ from moto.core import DEFAULT_ACCOUNT_ID
 from moto.ec2.models import ec2_backends
 
 LAUNCHING = "autoscaling:EC2_INSTANCE_LAUNCHING"
+TERMINATING = "autoscaling:EC2_INSTANCE_TERMINATING"
 ACCOUNT = DEFAULT_ACCOUNT_ID
 
 
@@ -41,6 +42,7 @@ class LifecycleAction:
     heartbeats: int = 0
     result: str | None = None
     timed_out: bool = False
+    transition: str = LAUNCHING
 
 
 @dataclass
@@ -50,6 +52,9 @@ class Member:
     group: str | None
     metadata_tags: bool = True
     http_endpoint: str = "enabled"
+    # IMDS spot/instance-action and events/recommendations/rebalance, when a notice was given.
+    spot_action: dict | None = None
+    rebalance: dict | None = None
 
 
 class Fleet:
@@ -83,6 +88,12 @@ class Fleet:
                 if state.instance.id == instance_id:
                     return group, state
         return None, None
+
+    def terminating_hook(self, region: str, group: str):
+        for hook in self.asg(region).describe_lifecycle_hooks(group):
+            if hook.lifecycle_transition == TERMINATING:
+                return hook
+        return None
 
     def launching_hook(self, region: str, group: str):
         for hook in self.asg(region).describe_lifecycle_hooks(group):
@@ -183,9 +194,17 @@ class Fleet:
         action.timed_out = timed_out
         self.history.append({"instance_id": action.instance_id, "group": action.group,
                              "hook": action.hook, "result": result, "timed_out": timed_out,
-                             "heartbeats": action.heartbeats, "time": time.time()})
+                             "heartbeats": action.heartbeats, "time": time.time(),
+                             "transition": action.transition})
         group, state = self.instance_state(action.region, action.instance_id)
         if state is None:
+            return
+        if action.transition == TERMINATING:
+            # "ABANDON ... For Terminating:Wait hooks, the instance is terminated either way"
+            # (https://docs.aws.amazon.com/autoscaling/ec2/userguide/completing-lifecycle-hooks.html).
+            state.lifecycle_state = "Terminating:Proceed"
+            self.asg(action.region).detach_instances(group.name, [action.instance_id], True)
+            self.ec2(action.region).terminate_instances([action.instance_id])
             return
         if result == "CONTINUE":
             state.lifecycle_state = "InService"
@@ -212,10 +231,33 @@ class Fleet:
             if member is None:
                 raise LifecycleError("ValidationError", f"unknown instance {instance_id}")
             group, state = self.instance_state(member.region, instance_id)
+            hook = self.terminating_hook(member.region, group.name) if state is not None else None
+            if hook is not None:
+                # Scale-in with a terminating hook: the instance waits in Terminating:Wait (IMDS shows
+                # target-lifecycle-state Terminated) until the action completes or times out.
+                state.lifecycle_state = "Terminating:Wait"
+                timeout = float(hook.heartbeat_timeout)
+                self.actions[instance_id] = LifecycleAction(
+                    instance_id, member.region, group.name, hook.name, str(uuid.uuid4()), timeout,
+                    hook.default_result, time.monotonic() + timeout, transition=TERMINATING)
+                return
             if state is not None:
                 state.lifecycle_state = "Terminating"
                 self.asg(member.region).detach_instances(group.name, [instance_id], True)
             self.ec2(member.region).terminate_instances([instance_id])
+
+    def spot_notice(self, instance_id: str, action: str | None, rebalance: bool) -> None:
+        """A Spot interruption notice (two minutes ahead) and/or a rebalance recommendation, as IMDS
+        shows them (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/spot-instance-termination-notices.html)."""
+        with self.lock:
+            member = self.members.get(instance_id)
+            if member is None:
+                raise LifecycleError("ValidationError", f"unknown instance {instance_id}")
+            stamp = lambda t: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))  # noqa: E731
+            if action:
+                member.spot_action = {"action": action, "time": stamp(time.time() + 120)}
+            if rebalance:
+                member.rebalance = {"noticeTime": stamp(time.time())}
 
     # ---- what IMDS shows ----
     def member(self, instance_id: str) -> Member | None:
@@ -259,6 +301,8 @@ class Fleet:
             "tags": tag_map,
             "metadata_tags": member.metadata_tags,
             "http_endpoint": member.http_endpoint,
+            "spot_action": member.spot_action,
+            "rebalance": member.rebalance,
             "target_lifecycle_state": target,
         }
 

@@ -161,6 +161,10 @@ class Imds:
                 "version": "2017-09-30",
             }, indent=2),
         }
+        if info.get("spot_action"):
+            values["meta-data/spot/instance-action"] = json.dumps(info["spot_action"])
+        if info.get("rebalance"):
+            values["meta-data/events/recommendations/rebalance"] = json.dumps(info["rebalance"])
         for nic in info.get("nics", [])[1:]:
             other = f"meta-data/network/interfaces/macs/{nic['mac']}/"
             values[other + "interface-id"] = nic["interface_id"]

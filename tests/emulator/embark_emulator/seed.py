@@ -70,6 +70,11 @@ def seed(emulator, spec: dict) -> dict:
         asg.put_lifecycle_hook(LifecycleHookName=hook, AutoScalingGroupName=name,
                                LifecycleTransition="autoscaling:EC2_INSTANCE_LAUNCHING",
                                HeartbeatTimeout=hook_timeout, DefaultResult="ABANDON")
+    if spec.get("terminating_hook"):
+        asg.put_lifecycle_hook(LifecycleHookName=f"{name}-terminating", AutoScalingGroupName=name,
+                               LifecycleTransition="autoscaling:EC2_INSTANCE_TERMINATING",
+                               HeartbeatTimeout=int(spec.get("terminating_timeout", 300)),
+                               DefaultResult="CONTINUE")
     # Another team's launching hooks on the same group (a Lambda doing DNS, say).
     for other in spec.get("extra_launching_hooks", []):
         asg.put_lifecycle_hook(LifecycleHookName=other, AutoScalingGroupName=name,

@@ -23,7 +23,10 @@ Everything listens on 127.0.0.1 only. The control API lives under /_embark/ on t
   POST   /_embark/target-groups       {name, region?}: a target group in the default VPC -> {arn}
   GET    /_embark/targets?arn=        the targets registered in a target group
   GET    /_embark/messages?queue_url= what an SQS queue holds (SNS envelopes decoded), emptying it
-  POST   /_embark/terminate           {instance_id}: the group terminates an instance (scale-in, failure)
+  POST   /_embark/terminate           {instance_id}: the group terminates an instance (scale-in, failure);
+                                      with a terminating hook it waits in Terminating:Wait first
+  POST   /_embark/draining            {seconds}: deregistered targets stay `draining` that long
+  POST   /_embark/spot                {instance_id, action?: "terminate"|"stop"|"hibernate", rebalance?}
   POST   /_embark/reset               forget everything (moto state too)
   POST   /_embark/consistency         {describe_addresses_lag_ms}: DescribeAddresses shows an address's old
                                       association state for that long after AssociateAddress changed it
@@ -136,6 +139,11 @@ class Emulator:
         self.ec2_lock = threading.Lock()
         self.address_lag = 0.0
         self.address_changes: dict[str, tuple] = {}
+        # Deregistered targets shown as `draining` for the deregistration delay
+        # (https://docs.aws.amazon.com/elasticloadbalancing/latest/application/load-balancer-target-groups.html#deregistration-delay);
+        # moto drops them at once.
+        self.draining_for = 0.0
+        self.draining: dict[tuple[str, str], float] = {}
         self.server = make_server(host, port, self, threaded=True, request_handler=MotoRequestHandler)
         self.port = self.server.server_address[1]
         self.endpoint = f"http://{host}:{self.port}"
@@ -231,6 +239,12 @@ class Emulator:
                     self.remember_changes(region, before)
         elif service == "ec2" and operation == "DescribeAddresses" and self.address_lag:
             chunks = [self.lagging_addresses(b"".join(run()))]
+        elif service == "elasticloadbalancing" and operation == "DeregisterTargets" and self.draining_for:
+            chunks = list(run())
+            if status_holder.get("status") == 200:
+                self.start_draining(params)
+        elif service == "elasticloadbalancing" and operation == "DescribeTargetHealth" and self.draining:
+            chunks = [self.with_draining(params, b"".join(run()))]
         else:
             chunks = run()
         return self._counted(chunks, entry, status_holder)
@@ -257,6 +271,36 @@ class Emulator:
             environ["wsgi.input"] = io.BytesIO(body)
             environ["CONTENT_LENGTH"] = str(len(body))
         return None
+
+    def start_draining(self, params: dict) -> None:
+        arn = params.get("TargetGroupArn", "")
+        until = time.time() + self.draining_for
+        for key, value in params.items():
+            if key.startswith("Targets.member.") and key.endswith(".Id"):
+                self.draining[(arn, value)] = until
+
+    def with_draining(self, params: dict, body: bytes) -> bytes:
+        import xml.etree.ElementTree as ET
+        arn = params.get("TargetGroupArn", "")
+        now = time.time()
+        ids = [tid for (a, tid), until in self.draining.items() if a == arn and until > now]
+        if not ids:
+            return body
+        ns = "http://elasticloadbalancing.amazonaws.com/doc/2015-12-01/"
+        ET.register_namespace("", ns)
+        root = ET.fromstring(body)
+        q = lambda tag: f"{{{ns}}}{tag}"  # noqa: E731
+        descriptions = root.find(f"{q('DescribeTargetHealthResult')}/{q('TargetHealthDescriptions')}")
+        if descriptions is None:
+            return body
+        for tid in ids:
+            member = ET.SubElement(descriptions, q("member"))
+            target = ET.SubElement(member, q("Target"))
+            ET.SubElement(target, q("Id")).text = tid
+            health = ET.SubElement(member, q("TargetHealth"))
+            ET.SubElement(health, q("State")).text = "draining"
+            ET.SubElement(health, q("Reason")).text = "Target.DeregistrationInProgress"
+        return ET.tostring(root, encoding="utf-8", xml_declaration=True)
 
     def address_states(self, region: str) -> dict:
         ec2 = self.fleet.ec2(region)
@@ -372,6 +416,9 @@ class Emulator:
             return json_response(seed.file_system(self, spec))
         if path == "efs/mount-target" and method == "POST":
             return json_response(seed.mount_target(self, spec))
+        if path == "spot" and method == "POST":
+            self.fleet.spot_notice(spec["instance_id"], spec.get("action"), bool(spec.get("rebalance")))
+            return json_response({"ok": True})
         if path == "terminate" and method == "POST":
             self.fleet.terminate(spec["instance_id"])
             return json_response({"ok": True})
@@ -404,6 +451,9 @@ class Emulator:
         if path == "consistency" and method == "POST":
             self.address_lag = float(spec.get("describe_addresses_lag_ms", 0)) / 1000.0
             return json_response({"ok": True})
+        if path == "draining" and method == "POST":
+            self.draining_for = float(spec.get("seconds", 0))
+            return json_response({"ok": True})
         if path == "throttle" and method == "POST":
             self.faults.add_throttle(spec)
             return json_response({"ok": True})
@@ -431,6 +481,8 @@ class Emulator:
             self.imds.reset()
             self.address_lag = 0.0
             self.address_changes.clear()
+            self.draining_for = 0.0
+            self.draining.clear()
             return json_response({"ok": True})
         return json_response({"error": f"no control call {method} /_embark/{path}"}, 404)
 
