@@ -65,27 +65,50 @@ pub struct Identity {
 
 /// The IMDS client with embark's retry rules and deadline.
 pub struct Imds {
-    client: ImdsClient,
+    /// Replaced when IMDS stops accepting its session token (401): the SDK's client caches a token
+    /// until the TTL it was given, and a restarted metadata proxy forgets it before then.
+    client: std::sync::Mutex<ImdsClient>,
+    http: SharedHttpClient,
     endpoint: String,
     deadline: Duration,
 }
 
 impl Imds {
     pub fn new(http: SharedHttpClient, deadline: Duration) -> Imds {
-        let provider = ProviderConfig::without_region().with_http_client(http);
-        let client = ImdsClient::builder()
+        let endpoint = std::env::var("AWS_EC2_METADATA_SERVICE_ENDPOINT")
+            .unwrap_or_else(|_| "http://169.254.169.254".to_string());
+        Imds {
+            client: std::sync::Mutex::new(Imds::client(&http)),
+            http,
+            endpoint,
+            deadline,
+        }
+    }
+
+    fn client(http: &SharedHttpClient) -> ImdsClient {
+        let provider = ProviderConfig::without_region().with_http_client(http.clone());
+        ImdsClient::builder()
             .configure(&provider)
             // embark retries itself, within the deadline, and classifies each failure.
             .max_attempts(1)
             .connect_timeout(Duration::from_secs(1))
             .read_timeout(Duration::from_secs(2))
-            .build();
-        let endpoint = std::env::var("AWS_EC2_METADATA_SERVICE_ENDPOINT")
-            .unwrap_or_else(|_| "http://169.254.169.254".to_string());
-        Imds {
-            client,
-            endpoint,
-            deadline,
+            .build()
+    }
+
+    fn current(&self) -> ImdsClient {
+        match self.client.lock() {
+            Ok(client) => client.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// A new client, so the next call fetches a new session token.
+    fn renew(&self) {
+        let fresh = Imds::client(&self.http);
+        match self.client.lock() {
+            Ok(mut client) => *client = fresh,
+            Err(poisoned) => *poisoned.into_inner() = fresh,
         }
     }
 
@@ -100,10 +123,14 @@ impl Imds {
         let result = retry(
             policy,
             |_| async {
-                match self.client.get(full.clone()).await {
+                match self.current().get(full.clone()).await {
                     Ok(value) => Verdict::Done(Some(value.as_ref().to_string())),
                     Err(err) => match classify(&err) {
                         Class::Absent => Verdict::Done(None),
+                        Class::TokenRefused => {
+                            self.renew();
+                            Verdict::Retry("HTTP 401: the session token is no longer accepted; fetching a new one".to_string())
+                        }
                         Class::Forbidden => Verdict::Stop(IdentityError::Disabled),
                         Class::Fatal(detail) => Verdict::Stop(IdentityError::Failed {
                             path: full.clone(),
@@ -169,17 +196,20 @@ impl Imds {
 enum Class {
     Absent,
     Forbidden,
+    /// 401: the session token was refused (expired, or IMDS forgot it).
+    TokenRefused,
     Retry(String),
     Fatal(String),
 }
 
-/// An IMDS answer's status: 404 is "no such path", 403 "IMDS is off", 401 (a token that expired
-/// between fetch and use), 429 and 5xx are worth another try, anything else is final.
+/// An IMDS answer's status: 404 is "no such path", 403 "IMDS is off", 401 a token no longer accepted
+/// (fetch a new one and try again), 429 and 5xx are worth another try, anything else is final.
 fn classify_status(status: u16) -> Class {
     match status {
         404 => Class::Absent,
         403 => Class::Forbidden,
-        401 | 429 | 500..=599 => Class::Retry(format!("HTTP {status}")),
+        401 => Class::TokenRefused,
+        429 | 500..=599 => Class::Retry(format!("HTTP {status}")),
         other => Class::Fatal(format!("HTTP {other}")),
     }
 }
@@ -417,7 +447,8 @@ mod tests {
     fn imds_statuses_are_classified() {
         assert_eq!(classify_status(404), Class::Absent);
         assert_eq!(classify_status(403), Class::Forbidden);
-        for retried in [401, 429, 500, 503, 599] {
+        assert_eq!(classify_status(401), Class::TokenRefused);
+        for retried in [429, 500, 503, 599] {
             assert!(
                 matches!(classify_status(retried), Class::Retry(_)),
                 "{retried}"

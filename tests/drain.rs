@@ -284,3 +284,53 @@ fn the_drain_waits_for_its_targets_to_leave_draining() {
         .position(|r| r["operation"] == "CompleteLifecycleAction");
     assert!(last_poll < completion, "{last_poll:?} {completion:?}");
 }
+
+#[test]
+fn the_agent_recovers_when_imds_stops_accepting_its_token_early() {
+    // The SDK's IMDS client keeps a token until its TTL (minus 120 s); an IMDS (or a proxy before it)
+    // that forgets tokens sooner answers 401. The agent must fetch a new token, not fail for good: it
+    // still sees the Spot notice that comes later.
+    let emu = Emulator::start();
+    let f = fleet(&emu);
+    let source = format!("s3://{}-deploy/app", f.name);
+    emu.push_files(&source, &[("index.php", "<?php")]);
+    let inst = emu.launch_one(json!({"group": f.name, "tags": {"embark:release": source}}));
+    let state = tempfile::tempdir().expect("state");
+    let root = tempfile::tempdir().expect("root");
+    let extra = format!(
+        "[release]\nroot = \"{}\"\n[watch]\ninterval = \"1s\"\n",
+        root.path().display()
+    );
+    emu.control("POST", "imds/token-lifetime", json!({"seconds": 1}));
+    let agent = f
+        .on(&emu, &inst, state.path(), &extra)
+        .spawn(&["release", "watch"]);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    emu.control(
+        "POST",
+        "spot",
+        json!({"instance_id": inst.id, "action": "terminate"}),
+    );
+    let started = std::time::Instant::now();
+    while !state.path().join("drain.json").exists()
+        && started.elapsed() < std::time::Duration::from_secs(60)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    agent.terminate();
+    let run = agent.wait();
+    assert!(
+        state.path().join("drain.json").exists(),
+        "the notice was never seen:\n{}",
+        run.stderr()
+    );
+    let refused = emu
+        .requests()
+        .iter()
+        .filter(|r| r["service"] == "imds" && r["status"] == 401)
+        .count();
+    assert!(
+        refused >= 1,
+        "the emulator refused an expired token at least once"
+    );
+}

@@ -36,6 +36,7 @@ class Imds:
         self.host = host
         self.port = port
         self.tokens: dict[str, tuple[str, float]] = {}
+        self.token_lifetime: float | None = None
         self.lock = threading.Lock()
         self.server = None
         self.thread = None
@@ -68,6 +69,13 @@ class Imds:
     def reset(self) -> None:
         with self.lock:
             self.tokens.clear()
+            self.token_lifetime = None
+
+    def tokens_expire_after(self, seconds: float | None) -> None:
+        """Tokens stop working after `seconds`, whatever TTL they were given: what a restarted metadata
+        proxy, or IMDS after a host event, does to a client that caches its token until its TTL."""
+        with self.lock:
+            self.token_lifetime = seconds
 
     # ---- WSGI ----
     def __call__(self, environ, start_response):
@@ -105,7 +113,8 @@ class Imds:
                 return _text("Bad Request", 400)
             token = secrets.token_urlsafe(32)
             with self.lock:
-                self.tokens[token] = (instance_id, time.monotonic() + int(ttl))
+                life = int(ttl) if self.token_lifetime is None else min(int(ttl), self.token_lifetime)
+                self.tokens[token] = (instance_id, time.monotonic() + life)
             return _text(token, 200, {TTL_HEADER: ttl})
 
         if request.method != "GET":

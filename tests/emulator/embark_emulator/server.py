@@ -16,6 +16,7 @@ Everything listens on 127.0.0.1 only. The control API lives under /_embark/ on t
   POST   /_embark/throttle            {service, operation?, rps}
   DELETE /_embark/faults              clears faults and throttles
   POST   /_embark/imds/unavailable    {seconds}: IMDS refuses connections for that long
+  POST   /_embark/imds/token-lifetime {seconds|null}: tokens stop working that soon, whatever their TTL
   GET    /_embark/requests            the request log (?service=, ?operation= filter);  DELETE clears it
   POST   /_embark/buckets             {name, region?}: create a bucket
   PUT    /_embark/s3/<bucket>/<key>   write an object as it is (corrupting a release on purpose)
@@ -456,6 +457,10 @@ class Emulator:
             return json_response({"ok": True})
         if path == "throttle" and method == "POST":
             self.faults.add_throttle(spec)
+            return json_response({"ok": True})
+        if path == "imds/token-lifetime" and method == "POST":
+            seconds = spec.get("seconds")
+            self.imds.tokens_expire_after(None if seconds is None else float(seconds))
             return json_response({"ok": True})
         if path == "imds/unavailable" and method == "POST":
             self.imds.unavailable_for(float(spec["seconds"]))
