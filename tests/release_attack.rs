@@ -451,3 +451,54 @@ fn a_missing_bucket_is_named_not_taken_for_an_empty_source() {
     );
     assert!(!err.contains("no release has been published"), "{err}");
 }
+
+// Conditional writes as S3 documents them (issue 14):
+// https://docs.aws.amazon.com/AmazonS3/latest/userguide/conditional-writes.html
+
+#[test]
+fn a_409_conditional_request_conflict_on_the_pointer_is_retried() {
+    let emu = common::Emulator::start();
+    let src = source(&emu);
+    push(&emu, tree(&[("a.php", "v1")]).path(), &src);
+    emu.fault(
+        json!({"service": "s3", "operation": "PutObject", "status": 409,
+                     "code": "ConditionalRequestConflict", "count": 1,
+                     "path": format!("/{}/app/current", src.bucket)}),
+    );
+    let id = push(&emu, tree(&[("a.php", "v2")]).path(), &src);
+    let pointer: Value =
+        serde_json::from_slice(&emu.s3_get(&src.bucket, "app/current")).expect("pointer");
+    assert_eq!(
+        pointer["release"],
+        json!(id),
+        "the push made its release current"
+    );
+}
+
+#[test]
+fn a_pointer_write_whose_answer_was_lost_is_not_taken_for_a_rival_push() {
+    // The PUT succeeds, its answer is lost (500), the SDK retries the same conditional PUT and meets
+    // 412: the ETag it was conditioned on is gone because of its own first attempt.
+    let emu = common::Emulator::start();
+    let src = source(&emu);
+    push(&emu, tree(&[("a.php", "v1")]).path(), &src);
+    emu.fault(
+        json!({"service": "s3", "operation": "PutObject", "status": 500,
+                     "code": "InternalError", "count": 1, "after": true,
+                     "path": format!("/{}/app/current", src.bucket)}),
+    );
+    let id = push(&emu, tree(&[("a.php", "v2")]).path(), &src);
+    let pointer: Value =
+        serde_json::from_slice(&emu.s3_get(&src.bucket, "app/current")).expect("pointer");
+    assert_eq!(pointer["release"], json!(id));
+    let puts: Vec<_> = emu
+        .requests()
+        .into_iter()
+        .filter(|r| {
+            r["operation"] == "PutObject"
+                && r["path"].as_str().unwrap_or("").ends_with("/app/current")
+        })
+        .map(|r| r["status"].as_u64().unwrap_or(0))
+        .collect();
+    assert!(puts.contains(&412), "the retry met 412: {puts:?}");
+}

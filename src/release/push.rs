@@ -303,6 +303,14 @@ async fn write_pointer(
         Ok(()) => {}
         Err(PutError::Conflict) => {
             let now = match store.read_pointer().await {
+                // Our own write: an earlier attempt of this PUT succeeded and its answer was lost, so
+                // the SDK's retry met our new ETag. The release is current; nothing raced us.
+                Ok(Some((p, _)))
+                    if p.release == pointer.release
+                        && p.manifest_sha256 == pointer.manifest_sha256 =>
+                {
+                    return Ok(());
+                }
                 Ok(Some((p, _))) => format!("{} (pushed by {})", p.release, p.who),
                 _ => "another release".into(),
             };

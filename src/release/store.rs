@@ -16,7 +16,9 @@ use super::error::ReleaseError;
 use super::format::{Pointer, SourceUrl};
 use super::progress::Progress;
 use crate::aws::{Aws, AwsError};
+use crate::retry::{retry, Failure, Policy, Verdict};
 use std::sync::Mutex;
+use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
 /// Parts of a streamed upload. S3's minimum part size; a few of them are all the memory a push holds.
@@ -222,33 +224,64 @@ impl Store {
         Ok((response.body, size))
     }
 
+    /// A write, conditional or not. S3 answers a conditional write that raced another write to the
+    /// same key with 409 `ConditionalRequestConflict`, which means "retry" (not "you lost"): it is
+    /// retried here, with backoff, for up to ten seconds. 412 `PreconditionFailed` is the lost race.
     pub async fn put_bytes(
         &self,
         key: &str,
         bytes: Vec<u8>,
         condition: Condition,
     ) -> Result<(), PutError> {
-        let mut request = self
-            .client
-            .put_object()
-            .bucket(&self.source.bucket)
-            .key(key)
-            .content_type(if key.ends_with(".json") || key.ends_with("current") {
-                "application/json"
-            } else {
-                "application/octet-stream"
-            })
-            .body(ByteStream::from(bytes));
-        request = match condition {
-            Condition::None => request,
-            Condition::Absent => request.if_none_match("*"),
-            Condition::Unchanged(etag) => request.if_match(etag),
-        };
-        match request.send().await {
-            Ok(_) => Ok(()),
-            Err(err) if is_conflict(&err) => Err(PutError::Conflict),
-            Err(err) => Err(PutError::Failed(self.failed("s3:PutObject", key, &err))),
-        }
+        let policy = Policy::new(
+            Duration::from_millis(200),
+            Duration::from_secs(2),
+            Duration::from_secs(10),
+        );
+        let result = retry(
+            policy,
+            |_| async {
+                let mut request = self
+                    .client
+                    .put_object()
+                    .bucket(&self.source.bucket)
+                    .key(key)
+                    .content_type(if key.ends_with(".json") || key.ends_with("current") {
+                        "application/json"
+                    } else {
+                        "application/octet-stream"
+                    })
+                    .body(ByteStream::from(bytes.clone()));
+                request = match &condition {
+                    Condition::None => request,
+                    Condition::Absent => request.if_none_match("*"),
+                    Condition::Unchanged(etag) => request.if_match(etag),
+                };
+                match request.send().await {
+                    Ok(_) => Verdict::Done(()),
+                    Err(err) if is_busy(&err) => Verdict::Retry(()),
+                    Err(err) if is_conflict(&err) => Verdict::Stop(PutError::Conflict),
+                    Err(err) => {
+                        Verdict::Stop(PutError::Failed(self.failed("s3:PutObject", key, &err)))
+                    }
+                }
+            },
+            |w| {
+                tracing::info!(
+                    "{} is being written by another request (409); again in {:?}",
+                    self.url(key),
+                    w.delay
+                )
+            },
+        )
+        .await;
+        result.map_err(|failure| match failure {
+            Failure::Stopped(err) => err,
+            Failure::GaveUp { .. } => PutError::Failed(ReleaseError::Failed(format!(
+                "{} stayed in conflict with other writes (409 ConditionalRequestConflict) for ten seconds; push again",
+                self.url(key)
+            ))),
+        })
     }
 
     /// Upload one file under its content address; S3 checks the body against the sha256.
@@ -499,6 +532,10 @@ fn is_conflict<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> bool
     conflict(crate::aws::error_code(err), status(err))
 }
 
+fn is_busy<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> bool {
+    busy(crate::aws::error_code(err), status(err))
+}
+
 /// No such key: S3 says `NoSuchKey` on GET, a bare 404 on HEAD. A missing bucket is a 404 too, but
 /// `NoSuchBucket` is not "nothing published yet": it is said as such.
 fn not_found(code: Option<&str>, status: Option<u16>) -> bool {
@@ -509,13 +546,15 @@ fn not_found(code: Option<&str>, status: Option<u16>) -> bool {
     }
 }
 
-/// A conditional write that lost: 412 `PreconditionFailed` (If-Match / If-None-Match failed) or
-/// 409 `ConditionalRequestConflict` (a concurrent conditional write to the same key).
+/// A conditional write that lost: 412 `PreconditionFailed` (If-Match / If-None-Match failed).
+/// (https://docs.aws.amazon.com/AmazonS3/latest/userguide/conditional-writes.html)
 fn conflict(code: Option<&str>, status: Option<u16>) -> bool {
-    matches!(
-        code,
-        Some("PreconditionFailed" | "ConditionalRequestConflict")
-    ) || matches!(status, Some(412 | 409))
+    code == Some("PreconditionFailed") || (code.is_none() && status == Some(412))
+}
+
+/// 409 `ConditionalRequestConflict`: another write to the key was in progress; AWS says retry.
+fn busy(code: Option<&str>, status: Option<u16>) -> bool {
+    code == Some("ConditionalRequestConflict") || (code.is_none() && status == Some(409))
 }
 
 #[cfg(test)]
@@ -524,17 +563,19 @@ mod tests {
 
     #[test]
     fn conditional_write_conflicts_are_recognised() {
+        // (code, status, lost the race, retry)
         let cases = [
-            (Some("PreconditionFailed"), Some(412), true),
-            (Some("ConditionalRequestConflict"), Some(409), true),
-            (None, Some(412), true),
-            (None, Some(409), true),
-            (Some("AccessDenied"), Some(403), false),
-            (Some("SlowDown"), Some(503), false),
-            (None, None, false),
+            (Some("PreconditionFailed"), Some(412), true, false),
+            (Some("ConditionalRequestConflict"), Some(409), false, true),
+            (None, Some(412), true, false),
+            (None, Some(409), false, true),
+            (Some("AccessDenied"), Some(403), false, false),
+            (Some("SlowDown"), Some(503), false, false),
+            (None, None, false, false),
         ];
-        for (code, status, expected) in cases {
-            assert_eq!(conflict(code, status), expected, "{code:?} {status:?}");
+        for (code, status, lost, again) in cases {
+            assert_eq!(conflict(code, status), lost, "{code:?} {status:?}");
+            assert_eq!(busy(code, status), again, "{code:?} {status:?}");
         }
     }
 
