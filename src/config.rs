@@ -104,6 +104,10 @@ pub struct EfsMount {
     pub iam: bool,
     #[serde(default)]
     pub access_point: Option<String>,
+    /// Mount through another zone's mount target when this zone has none (cross-zone NFS traffic
+    /// costs money and survives this zone's failure less well: an explicit choice).
+    #[serde(default)]
+    pub cross_zone: bool,
 }
 
 fn default_efs_path() -> String {
@@ -907,6 +911,7 @@ pub fn parse_efs_tag(value: &str) -> Result<Vec<EfsMount>, String> {
             tls: false,
             iam: false,
             access_point: None,
+            cross_zone: false,
         };
         check_efs_mount(&mount)?;
         mounts.push(mount);

@@ -33,6 +33,12 @@ pub enum EfsError {
         zone_id: String,
         others: String,
     },
+    #[error("file system {fs} is an EFS One Zone file system in {zone}, and this instance is in {here}: mount it from instances in {zone}, or set cross_zone = true on the mount to go across zones")]
+    OneZoneElsewhere {
+        fs: String,
+        zone: String,
+        here: String,
+    },
     #[error("no available mount target of {fs} in zone {zone_id} within {deadline:?} ({last})")]
     NotAvailable {
         fs: String,
@@ -246,6 +252,7 @@ pub async fn resolve(
     place: &Place,
     fs: &str,
     deadline: Duration,
+    cross_zone: bool,
 ) -> Result<(IpAddr, Found), EfsError> {
     let suffix = crate::aws::Partition::of_region(&place.region).dns_suffix;
     let name = format!("{fs}.efs.{}.{suffix}", place.region);
@@ -280,7 +287,12 @@ pub async fn resolve(
         };
         match pick_target(&targets, &zone_id) {
             Ok(found) => Verdict::Done(found),
-            Err(waiting) => Verdict::Retry(waiting),
+            Err(waiting) if waiting.others.is_none() => Verdict::Retry(waiting),
+            Err(waiting) => match elsewhere(efs, fs, &zone_id, &targets, cross_zone).await {
+                Ok(Some(found)) => Verdict::Done(found),
+                Ok(None) => Verdict::Retry(waiting),
+                Err(err) => Verdict::Stop(err),
+            },
         }
     };
     let result = retry(policy, attempt, |w| {
@@ -303,6 +315,58 @@ pub async fn resolve(
                 last: waiting.why,
             },
         }),
+    }
+}
+
+/// No target in this zone: another zone's (with `cross_zone`), a clear error for a One Zone file
+/// system of another zone (waiting could never help), or `None` to keep waiting (a stack may be
+/// creating this zone's target right now).
+async fn elsewhere(
+    efs: &aws_sdk_efs::Client,
+    fs: &str,
+    zone_id: &str,
+    targets: &[aws_sdk_efs::types::MountTargetDescription],
+    cross_zone: bool,
+) -> Result<Option<(IpAddr, Found)>, EfsError> {
+    if cross_zone {
+        let mut available: Vec<_> = targets
+            .iter()
+            .filter(|t| t.life_cycle_state().as_str() == "available")
+            .filter_map(|t| {
+                let ip = t.ip_address()?.parse::<IpAddr>().ok()?;
+                Some((
+                    t.availability_zone_id()?.to_string(),
+                    t.mount_target_id().to_string(),
+                    ip,
+                ))
+            })
+            .collect();
+        available.sort();
+        if let Some((zone, id, ip)) = available.into_iter().next() {
+            tracing::warn!(fs, "no mount target in {zone_id}: mounting across zones from {zone} (cross_zone = true)");
+            return Ok(Some((ip, Found::MountTarget { id, zone_id: zone })));
+        }
+        return Ok(None);
+    }
+    let described = efs
+        .describe_file_systems()
+        .file_system_id(fs)
+        .send()
+        .await
+        .map_err(|err| {
+            AwsError::new("elasticfilesystem:DescribeFileSystems", &err).on(format!("for {fs}"))
+        })?;
+    let one_zone = described
+        .file_systems()
+        .first()
+        .and_then(|d| d.availability_zone_id().map(str::to_string));
+    match one_zone {
+        Some(zone) if zone != zone_id => Err(EfsError::OneZoneElsewhere {
+            fs: fs.to_string(),
+            zone,
+            here: zone_id.to_string(),
+        }),
+        _ => Ok(None),
     }
 }
 
@@ -766,7 +830,15 @@ async fn mount_one(one: MountOne<'_>) -> Result<MountResult, EfsError> {
         return Err(EfsError::NoNfs4);
     }
     let fs = &mount.file_system;
-    let (ip, found) = resolve(one.client, one.resolver, one.place, fs, one.deadline).await?;
+    let (ip, found) = resolve(
+        one.client,
+        one.resolver,
+        one.place,
+        fs,
+        one.deadline,
+        mount.cross_zone,
+    )
+    .await?;
     let call = MountCall::new(mount, ip);
     if one.plan {
         return Ok(MountResult::Planned {
@@ -807,6 +879,7 @@ mod tests {
             tls: false,
             iam: false,
             access_point: None,
+            cross_zone: false,
         }
     }
 

@@ -228,7 +228,10 @@ fn efs_statements(f: &Features) -> Vec<Value> {
     let all: Vec<String> = f.file_systems.iter().map(|(fs, _)| arn(fs)).collect();
     let mut out = vec![statement(
         "EfsMountTargets",
-        &["elasticfilesystem:DescribeMountTargets"],
+        &[
+            "elasticfilesystem:DescribeMountTargets",
+            "elasticfilesystem:DescribeFileSystems",
+        ],
         json!(all),
     )];
     let iam: Vec<String> = f

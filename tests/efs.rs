@@ -289,6 +289,7 @@ fn an_unresolvable_dns_name_falls_back_to_the_api() {
             &place,
             &id,
             std::time::Duration::from_secs(10),
+            false,
         )
         .await
         .unwrap()
@@ -301,4 +302,32 @@ fn an_unresolvable_dns_name_falls_back_to_the_api() {
             zone_id: "euw1-az1".to_string()
         }
     );
+}
+
+#[test]
+fn a_one_zone_file_system_of_another_zone_fails_at_once_or_mounts_across_zones_when_asked() {
+    let emu = emulator();
+    let fs = emu.control(
+        "POST",
+        "efs",
+        json!({"zones": ["eu-west-1a"], "one_zone": "eu-west-1a", "token": common::unique("onezone")}),
+    );
+    let id = fs["file_system_id"].as_str().unwrap();
+    let target = fs["mount_targets"][0]["mount_target_id"].as_str().unwrap();
+    let inst = emu.launch_one(json!({"az": "eu-west-1b"}));
+    let dir = tempfile::tempdir().unwrap();
+    // The deadline is long: failing at once is what the test shows (no waiting for a target that a
+    // One Zone file system can never have here).
+    let started = std::time::Instant::now();
+    let run = Embark::new(emu, &inst)
+        .config(&config(id, &dir.path().join("efs"), "").replace("20s", "5m"))
+        .run(&["efs", "mount", "--plan"])
+        .expect_code(1);
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+    assert_has(&run.stderr(), "is an EFS One Zone file system in");
+    let run = Embark::new(emu, &inst)
+        .config(&config(id, &dir.path().join("efs"), "cross_zone = true\n"))
+        .run(&["efs", "mount", "--plan"])
+        .expect_code(0);
+    assert_has(&run.stdout(), target);
 }

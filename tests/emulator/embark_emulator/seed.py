@@ -155,7 +155,12 @@ def file_system(emulator, spec: dict) -> dict:
     """A file system with mount targets in the given zones (none: a file system without any yet)."""
     region = spec.get("region", emulator.default_region)
     efs = client(emulator, "efs", region)
-    fs = efs.create_file_system(CreationToken=spec.get("token", f"fs-{len(str(spec))}-{id(spec)}"))
+    extra = {}
+    if spec.get("one_zone"):
+        # EFS One Zone: the file system (and its only mount target) lives in one zone.
+        extra["AvailabilityZoneName"] = spec["one_zone"]
+    fs = efs.create_file_system(CreationToken=spec.get("token", f"fs-{len(str(spec))}-{id(spec)}"),
+                                **extra)
     targets = [mount_target(emulator, {"file_system_id": fs["FileSystemId"], "az": az, "region": region})
                for az in spec.get("zones", [])]
     return {"file_system_id": fs["FileSystemId"], "mount_targets": targets}
