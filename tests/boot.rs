@@ -583,3 +583,67 @@ fn auto_refuses_to_guess_between_several_launching_hooks() {
     // Nothing was completed: neither our hook nor the other team's.
     assert!(lifecycle_of(emu, &inst.id).is_empty());
 }
+
+#[test]
+fn a_boot_and_the_agent_run_on_instance_profile_credentials_across_a_rotation() {
+    // No static keys at all: the credentials come from IMDS (iam/security-credentials/<role>), expire,
+    // and rotate halfway through their lifetime, as EC2 serves them.
+    let emu = emulator();
+    let acct = account(emu, true, 300);
+    let inst = emu
+        .launch(json!({"group": acct.name, "role": "web-role", "credential_lifetime": 20}))
+        .into_iter()
+        .next()
+        .expect("instance");
+    let root = tempfile::tempdir().expect("root");
+    let state = tempfile::tempdir().expect("state");
+    let config = acct.config(root.path(), "\n[watch]\ninterval = \"1s\"\n");
+    let keyless = || {
+        on(emu, &inst, state.path(), &config)
+            .without("AWS_ACCESS_KEY_ID")
+            .without("AWS_SECRET_ACCESS_KEY")
+    };
+    keyless().run(&["boot"]).expect_code(0);
+    assert_eq!(state_of(emu, &inst.id), "InService");
+    let agent = keyless().spawn(&["release", "watch"]);
+    std::thread::sleep(std::time::Duration::from_secs(14));
+    let v2 = emu.push_files(&acct.source, &[("public/index.php", "<?php echo 2;")]);
+    let started = std::time::Instant::now();
+    while current_release(root.path()).as_deref() != Some(v2.as_str())
+        && started.elapsed() < std::time::Duration::from_secs(30)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    agent.terminate();
+    let run = agent.wait();
+    assert_eq!(
+        current_release(root.path()).as_deref(),
+        Some(v2.as_str()),
+        "{}",
+        run.stderr()
+    );
+    let keys: std::collections::BTreeSet<String> = emu
+        .requests()
+        .iter()
+        .filter(|r| r["service"] != "imds")
+        .filter_map(|r| r["access_key"].as_str().map(str::to_string))
+        .filter(|k| k.starts_with("ASIA"))
+        .collect();
+    assert!(
+        keys.len() >= 2,
+        "the credentials rotated and were picked up: {keys:?}"
+    );
+    assert!(
+        !run.stderr().contains("no AWS credentials"),
+        "{}",
+        run.stderr()
+    );
+}
+
+fn current_release(root: &Path) -> Option<String> {
+    fs::read_link(root.join("current")).ok().map(|t| {
+        t.to_string_lossy()
+            .trim_start_matches("releases/")
+            .to_string()
+    })
+}

@@ -55,6 +55,13 @@ class Member:
     # IMDS spot/instance-action and events/recommendations/rebalance, when a notice was given.
     spot_action: dict | None = None
     rebalance: dict | None = None
+    # An instance profile: IMDS serves its role's credentials, rotating them halfway through their
+    # lifetime, as EC2 does ahead of expiry
+    # (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/instancedata-data-categories.html, iam/).
+    role: str | None = None
+    credential_lifetime: float = 3600.0
+    credentials: dict | None = None
+    credentials_issued: float = 0.0
 
 
 class Fleet:
@@ -104,7 +111,8 @@ class Fleet:
     # ---- launching ----
     def launch(self, region: str, group: str | None, az: str | None, count: int,
                tags: dict[str, str], metadata_tags: bool, instance_type: str,
-               extra_enis: int = 0) -> list[dict]:
+               extra_enis: int = 0, role: str | None = None,
+               credential_lifetime: float = 3600.0) -> list[dict]:
         ec2 = self.ec2(region)
         asg = self.asg(region)
         with self.lock:
@@ -141,7 +149,8 @@ class Fleet:
                 for index in range(1, extra_enis + 1):
                     eni = ec2.create_network_interface(subnet, None)
                     ec2.attach_network_interface(eni.id, inst.id, index)
-                self.members[inst.id] = Member(inst.id, region, group, metadata_tags)
+                self.members[inst.id] = Member(inst.id, region, group, metadata_tags, role=role,
+                                               credential_lifetime=credential_lifetime)
                 state = "InService"
                 if grp is not None:
                     grp.max_size = max(grp.max_size or 0, len(grp.instance_states) + 1)
@@ -246,6 +255,27 @@ class Fleet:
                 self.asg(member.region).detach_instances(group.name, [instance_id], True)
             self.ec2(member.region).terminate_instances([instance_id])
 
+    def role_credentials(self, instance_id: str) -> dict | None:
+        import secrets as _secrets
+        with self.lock:
+            member = self.members.get(instance_id)
+            if member is None or member.role is None:
+                return None
+            now = time.time()
+            if member.credentials is None or now - member.credentials_issued >= member.credential_lifetime / 2:
+                member.credentials_issued = now
+                stamp = lambda t: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))  # noqa: E731
+                member.credentials = {
+                    "Code": "Success",
+                    "LastUpdated": stamp(now),
+                    "Type": "AWS-HMAC",
+                    "AccessKeyId": "ASIA" + _secrets.token_hex(8).upper(),
+                    "SecretAccessKey": _secrets.token_urlsafe(30),
+                    "Token": _secrets.token_urlsafe(60),
+                    "Expiration": stamp(now + member.credential_lifetime),
+                }
+            return dict(member.credentials)
+
     def spot_notice(self, instance_id: str, action: str | None, rebalance: bool) -> None:
         """A Spot interruption notice (two minutes ahead) and/or a rebalance recommendation, as IMDS
         shows them (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/spot-instance-termination-notices.html)."""
@@ -302,6 +332,8 @@ class Fleet:
             "metadata_tags": member.metadata_tags,
             "http_endpoint": member.http_endpoint,
             "spot_action": member.spot_action,
+            "role": member.role,
+            "credentials": self.role_credentials(instance_id) if member.role else None,
             "rebalance": member.rebalance,
             "target_lifecycle_state": target,
         }

@@ -170,6 +170,14 @@ class Imds:
                 "version": "2017-09-30",
             }, indent=2),
         }
+        if info.get("role"):
+            values["meta-data/iam/security-credentials"] = info["role"]
+            if path == f"meta-data/iam/security-credentials/{info['role']}":
+                creds = info.get("credentials")
+                return json.dumps(creds) if creds else None
+            values["meta-data/iam/info"] = json.dumps({
+                "Code": "Success", "InstanceProfileId": "AIPAEMBARKTEST",
+                "InstanceProfileArn": f"arn:aws:iam::123456789012:instance-profile/{info['role']}"})
         if info.get("spot_action"):
             values["meta-data/spot/instance-action"] = json.dumps(info["spot_action"])
         if info.get("rebalance"):

@@ -3,7 +3,8 @@
 Everything listens on 127.0.0.1 only. The control API lives under /_embark/ on the AWS port:
 
   POST   /_embark/seed                {region?, name?, pool_size?, ...} -> ids of a ready-made account
-  POST   /_embark/launch              {region?, group?, az?, count?, tags?, metadata_tags?, extra_enis?}
+  POST   /_embark/launch              {region?, group?, az?, count?, tags?, metadata_tags?, extra_enis?,
+                                       role?, credential_lifetime?}: role → IMDS serves rotating credentials
   POST   /_embark/instances/<id>      {http_endpoint?: "enabled"|"disabled", metadata_tags?: bool}
   GET    /_embark/instances/<id>      the instance as IMDS shows it, with its lifecycle state
   POST   /_embark/addresses           {count, pool?, az?, region?}: allocate (tagged) Elastic IPs
@@ -70,6 +71,14 @@ def service_of(environ) -> str:
         if len(scope) >= 4:
             return scope[3]
     return "unknown"
+
+
+def access_key_of(environ) -> str | None:
+    """The access key id a request was signed with (which credentials a client used)."""
+    auth = environ.get("HTTP_AUTHORIZATION", "")
+    if "Credential=" in auth:
+        return auth.split("Credential=", 1)[1].split("/", 1)[0]
+    return None
 
 
 def s3_operation(method: str, path: str, query: dict, environ) -> str:
@@ -187,7 +196,8 @@ class Emulator:
         region = self.region_of(environ)
 
         entry = {"time": started, "service": service, "operation": operation, "method": method,
-                 "path": path, "query": environ.get("QUERY_STRING", ""), "region": region}
+                 "path": path, "query": environ.get("QUERY_STRING", ""), "region": region,
+                 "access_key": access_key_of(environ)}
         if params:
             entry["params"] = {k: v for k, v in params.items() if len(v) < 512}
 
@@ -390,7 +400,9 @@ class Emulator:
                                          int(spec.get("count", 1)), spec.get("tags", {}),
                                          bool(spec.get("metadata_tags", True)),
                                          spec.get("instance_type", "t3.micro"),
-                                         int(spec.get("extra_enis", 0)))
+                                         int(spec.get("extra_enis", 0)),
+                                         spec.get("role"),
+                                         float(spec.get("credential_lifetime", 3600)))
             for item in launched:
                 item["imds_endpoint"] = self.imds_endpoint(item["instance_id"])
             return json_response(launched)
