@@ -5,7 +5,6 @@
 
 use std::time::{Duration, Instant};
 
-use crate::aws::AwsError;
 use crate::context::Instance;
 use crate::hooks::{self, HookEnv};
 use crate::lifecycle::{self, LifecycleResult, Transition};
@@ -293,17 +292,9 @@ async fn deregister(
     arn: &str,
     id: &str,
 ) -> Result<(), String> {
-    use aws_sdk_elasticloadbalancingv2::types::TargetDescription;
-    elb.deregister_targets()
-        .target_group_arn(arn)
-        .targets(TargetDescription::builder().id(id).build())
-        .send()
+    crate::targets::deregister(elb, arn, id)
         .await
-        .map_err(|err| {
-            AwsError::new("elasticloadbalancing:DeregisterTargets", &err)
-                .on(format!("{id} from {arn}"))
-                .to_string()
-        })?;
+        .map_err(|e| e.to_string())?;
     // The target stays `draining` for the group's deregistration delay; the drain's deadline bounds
     // the wait.
     let policy = Policy::new(
@@ -314,10 +305,10 @@ async fn deregister(
     let result = retry(
         policy,
         |_| async {
-            match target_state(elb, arn, id).await {
+            match crate::targets::state(elb, arn, id).await {
                 Ok(Some(state)) if state == "draining" => Verdict::Retry(state),
                 Ok(_) => Verdict::Done(()),
-                Err(err) => Verdict::Stop(err),
+                Err(err) => Verdict::Stop(err.to_string()),
             }
         },
         |w| tracing::info!("{id} is still {} in {arn}; waiting", w.last),
@@ -327,30 +318,6 @@ async fn deregister(
         Failure::Stopped(err) => err,
         Failure::GaveUp { last, .. } => format!("{id} is still {last} in {arn}"),
     })
-}
-
-async fn target_state(
-    elb: &aws_sdk_elasticloadbalancingv2::Client,
-    arn: &str,
-    id: &str,
-) -> Result<Option<String>, String> {
-    let health = elb
-        .describe_target_health()
-        .target_group_arn(arn)
-        .send()
-        .await
-        .map_err(|err| {
-            AwsError::new("elasticloadbalancing:DescribeTargetHealth", &err)
-                .on(format!("for {arn}"))
-                .to_string()
-        })?;
-    Ok(health
-        .target_health_descriptions()
-        .iter()
-        .find(|d| d.target().and_then(|t| t.id()) == Some(id))
-        .and_then(|d| d.target_health())
-        .and_then(|h| h.state())
-        .map(|s| s.as_str().to_string()))
 }
 
 /// The stop hooks for this role, in order; each bounded by its timeout. A failing hook is reported

@@ -94,36 +94,16 @@ pub async fn register_targets(
     arns: &[String],
     instance_id: &str,
 ) -> Result<Vec<String>, HealthError> {
-    use aws_sdk_elasticloadbalancingv2::types::TargetDescription;
     let elb = aws_sdk_elasticloadbalancingv2::Client::new(&aws.config);
     let mut registered = Vec::new();
     for arn in arns {
-        let health = elb
-            .describe_target_health()
-            .target_group_arn(arn)
-            .send()
-            .await
-            .map_err(|err| {
-                AwsError::new("elasticloadbalancing:DescribeTargetHealth", &err)
-                    .on(format!("for {arn}"))
-            })?;
-        let present = health
-            .target_health_descriptions()
-            .iter()
-            .any(|d| d.target().and_then(|t| t.id()) == Some(instance_id));
-        if present {
+        if crate::targets::state(&elb, arn, instance_id)
+            .await?
+            .is_some()
+        {
             continue;
         }
-        let target = TargetDescription::builder().id(instance_id).build();
-        elb.register_targets()
-            .target_group_arn(arn)
-            .targets(target)
-            .send()
-            .await
-            .map_err(|err| {
-                AwsError::new("elasticloadbalancing:RegisterTargets", &err)
-                    .on(format!("{instance_id} in {arn}"))
-            })?;
+        crate::targets::register(&elb, arn, instance_id).await?;
         registered.push(arn.clone());
     }
     Ok(registered)

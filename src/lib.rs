@@ -32,5 +32,6 @@ pub mod output;
 pub mod release;
 pub mod retry;
 pub mod status;
+pub mod targets;
 #[cfg(test)]
 mod testing;
