@@ -12,6 +12,9 @@ use crate::efs;
 use crate::eip;
 use crate::error::Error;
 
+/// How long an interactive `embark check` waits for IMDS.
+pub const INTERACTIVE_IMDS_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckLine {
     pub name: &'static str,
@@ -60,7 +63,12 @@ pub async fn run(
 ) -> Result<(), Error> {
     let mut lines = Vec::new();
     let ctx = match Context::load(config, state_dir) {
-        Ok(ctx) => {
+        Ok(mut ctx) => {
+            // Someone at a terminal (a laptop, a shell on a box) should not wait two minutes to learn
+            // that IMDS is not there; user-data and Packer are not terminals and keep the deadline.
+            if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                ctx.config.imds_deadline = ctx.config.imds_deadline.min(INTERACTIVE_IMDS_DEADLINE);
+            }
             lines.push(CheckLine::ok(
                 "config",
                 match &ctx.source {

@@ -34,15 +34,88 @@ pub fn init_logging(format: LogFormat, verbosity: i8) {
         // needs its timestamp.
         LogFormat::Human if terminal => builder.with_ansi(true).without_time().try_init(),
         LogFormat::Human => builder.with_ansi(false).try_init(),
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_span_list(true)
-            .try_init(),
+        LogFormat::Json => {
+            use tracing_subscriber::layer::SubscriberExt;
+            let subscriber = tracing_subscriber::registry()
+                .with(EnvFilter::new(format!("{sdk},embark={own}")))
+                .with(JsonLines);
+            tracing::subscriber::set_global_default(subscriber).map_err(|e| e.into())
+        }
     };
     // A second initialisation (tests calling into the library) keeps the first subscriber.
     drop(result);
+}
+
+/// JSON lines for log shippers: one object per event, flat — the event's fields and the fields of every
+/// span it happens in (a step's `step` and `instance_id`) at the same level as `message`, so that a
+/// query on `step` finds every line of that step.
+struct JsonLines;
+
+/// The fields a span was created with, kept for the events inside it.
+struct SpanFields(serde_json::Map<String, serde_json::Value>);
+
+/// Collects fields into a JSON map.
+struct Fields<'a>(&'a mut serde_json::Map<String, serde_json::Value>);
+
+impl tracing::field::Visit for Fields<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0
+            .insert(field.name().to_string(), format!("{value:?}").into());
+    }
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.insert(field.name().to_string(), value.into());
+    }
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        self.0.insert(field.name().to_string(), value.into());
+    }
+    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+        self.0.insert(field.name().to_string(), value.into());
+    }
+    fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
+        self.0.insert(field.name().to_string(), value.into());
+    }
+}
+
+impl<S> tracing_subscriber::Layer<S> for JsonLines
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let mut map = serde_json::Map::new();
+        attrs.record(&mut Fields(&mut map));
+        if let Some(span) = ctx.span(id) {
+            span.extensions_mut().insert(SpanFields(map));
+        }
+    }
+
+    fn on_event(&self, event: &tracing::Event<'_>, ctx: tracing_subscriber::layer::Context<'_, S>) {
+        use std::io::Write;
+        let mut line = serde_json::Map::new();
+        line.insert(
+            "timestamp".into(),
+            humantime::format_rfc3339_micros(std::time::SystemTime::now())
+                .to_string()
+                .into(),
+        );
+        line.insert("level".into(), event.metadata().level().as_str().into());
+        if let Some(scope) = ctx.event_scope(event) {
+            for span in scope.from_root() {
+                if let Some(fields) = span.extensions().get::<SpanFields>() {
+                    line.extend(fields.0.clone());
+                }
+            }
+        }
+        event.record(&mut Fields(&mut line));
+        if let Ok(mut text) = serde_json::to_string(&line) {
+            text.push('\n');
+            let _ = std::io::stderr().lock().write_all(text.as_bytes());
+        }
+    }
 }
 
 /// The sentence a failed command ends with: `embark: error: …` for people, one more JSON line (with

@@ -218,3 +218,25 @@ fn the_release_archive_has_the_binary_its_docs_and_checksums() {
         );
     }
 }
+
+#[test]
+fn json_lines_carry_the_step_and_the_instance_at_the_top_level() {
+    let emu = common::emulator();
+    let inst = emu.launch_one(json!({"az": "eu-west-1a"}));
+    let run = Embark::new(emu, &inst)
+        .config("[boot]\nrequire = []\n")
+        .run(&["--log-format", "json", "-v", "boot"])
+        .expect_code(0);
+    let err = run.stderr();
+    let lines: Vec<Value> = err
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let in_steps: Vec<&Value> = lines.iter().filter(|l| l.get("step").is_some()).collect();
+    assert!(!in_steps.is_empty(), "{err}");
+    for line in &in_steps {
+        assert_eq!(line["instance_id"], json!(inst.id), "{line}");
+    }
+    assert!(lines.iter().all(|l| l.get("spans").is_none()), "{err}");
+}

@@ -502,3 +502,22 @@ fn a_pointer_write_whose_answer_was_lost_is_not_taken_for_a_rival_push() {
         .collect();
     assert!(puts.contains(&412), "the retry met 412: {puts:?}");
 }
+
+#[test]
+fn a_release_pull_has_a_deadline_of_its_own() {
+    let emu = common::Emulator::start();
+    let src = source(&emu);
+    push(&emu, tree(&[("a.php", "v1")]).path(), &src);
+    let inst = instance(&emu, &src);
+    emu.fault(json!({"service": "s3", "operation": "GetObject", "latency_ms": 4000}));
+    let root = tempfile::tempdir().expect("root");
+    let run = Embark::new(&emu, &inst)
+        .config(&format!(
+            "deadline = \"2s\"\n[release]\nroot = \"{}\"\n",
+            root.path().display()
+        ))
+        .run(&["release", "pull"])
+        .expect_code(1);
+    assert_has(&run.stderr(), "did not finish within the deadline of 2s");
+    assert_eq!(current(root.path()), None);
+}

@@ -34,7 +34,16 @@ pub async fn pull_release(ctx: &Context, plan: bool, json: bool) -> Result<(), E
     let store = Store::new(&instance.aws, source_of(&instance.config)?);
     let settings = settings(&instance.config)?;
     let http = ctx.http_client()?;
-    let pulled = pull::pull(&store, &settings, &http, plan).await?;
+    // The same bound as the boot's: a pull run by hand or by a script ends.
+    let deadline = instance.config.deadline;
+    let pulled = tokio::time::timeout(deadline, pull::pull(&store, &settings, &http, plan))
+        .await
+        .map_err(|_| {
+            ReleaseError::Failed(format!(
+                "the pull did not finish within the deadline of {} (`deadline` in the config file); current is unchanged unless it says otherwise above",
+                humantime::format_duration(deadline)
+            ))
+        })??;
     if let Some(text) = &pulled.plan {
         say_line(text);
         return Ok(());
