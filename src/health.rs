@@ -415,12 +415,7 @@ mod tests {
     use super::*;
 
     fn lifecycle() -> Lifecycle {
-        Lifecycle {
-            group: "web".into(),
-            hook: "boot".into(),
-            instance_id: "i-1".into(),
-            heartbeat_timeout: Duration::from_secs(300),
-        }
+        Lifecycle::sample()
     }
 
     #[test]

@@ -248,6 +248,19 @@ pub async fn set_unhealthy(
 }
 
 #[cfg(test)]
+impl Lifecycle {
+    /// The action of hook `boot` of group `web` for `i-1`, for unit tests.
+    pub(crate) fn sample() -> Lifecycle {
+        Lifecycle {
+            group: "web".into(),
+            hook: "boot".into(),
+            instance_id: "i-1".into(),
+            heartbeat_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use aws_sdk_autoscaling::operation::complete_lifecycle_action::{
@@ -284,12 +297,7 @@ mod tests {
     }
 
     fn lifecycle() -> Lifecycle {
-        Lifecycle {
-            group: "web".into(),
-            hook: "boot".into(),
-            instance_id: "i-1".into(),
-            heartbeat_timeout: Duration::from_secs(300),
-        }
+        Lifecycle::sample()
     }
 
     #[tokio::test]
