@@ -387,6 +387,9 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
             let trigger = crate::drain::pending_trigger(&ctx.imds(), instance.config.drain.on_spot)
                 .await?
                 .unwrap_or(crate::drain::Trigger::Command);
+            if matches!(trigger, crate::drain::Trigger::Warmed(_)) && !*plan {
+                give_back_address(&instance).await;
+            }
             drain_now(&instance, &http, *plan, trigger).await?;
         }
         Command::Logs {
@@ -481,6 +484,9 @@ fn agent_after_poll(
                 let on_spot = instance.config.drain.on_spot;
                 match crate::drain::pending_trigger(&imds, on_spot).await {
                     Ok(Some(trigger)) => {
+                        if matches!(trigger, crate::drain::Trigger::Warmed(_)) {
+                            give_back_address(&instance).await;
+                        }
                         let drain = crate::drain::Drain {
                             instance: &instance,
                             http: &http,
@@ -501,6 +507,20 @@ fn agent_after_poll(
                 }
             })
         }))
+    }
+}
+
+/// Going into a warm pool: the Elastic IP goes back to the pool (a stopped instance must not hold one;
+/// the boot out of the pool binds one again).
+async fn give_back_address(instance: &crate::context::Instance) {
+    match eip::give_back(instance).await {
+        Ok(Some(address)) => tracing::info!(
+            "gave {} ({}) back to the pool: the instance is going into its warm pool",
+            address.public_ip,
+            address.allocation_id
+        ),
+        Ok(None) => {}
+        Err(err) => tracing::error!("cannot give the Elastic IP back to the pool: {err}"),
     }
 }
 

@@ -292,6 +292,14 @@ async fn deregister(
     arn: &str,
     id: &str,
 ) -> Result<(), String> {
+    // Not registered (never was, or an earlier drain left already): nothing to leave. Deregistering
+    // an unknown target is an error (InvalidTarget).
+    let registered = crate::targets::state(elb, arn, id)
+        .await
+        .map_err(|e| e.to_string())?;
+    if registered.is_none() {
+        return Ok(());
+    }
     crate::targets::deregister(elb, arn, id)
         .await
         .map_err(|e| e.to_string())?;

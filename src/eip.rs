@@ -682,6 +682,30 @@ pub fn place(instance: &Instance) -> Place<'_> {
     }
 }
 
+/// Gives this instance's address back to its pool (an instance going into a warm pool must not hold
+/// one while it is stopped); `None` when it held none.
+pub async fn give_back(instance: &Instance) -> Result<Option<PoolAddress>, EipError> {
+    let Some(settings) = settings(&instance.config, None) else {
+        return Ok(None);
+    };
+    let ec2 = instance.aws.ec2();
+    let pool = describe_pool(&ec2, &settings.pool).await?;
+    let Some(held) = pool.held_here(&place(instance)).cloned() else {
+        return Ok(None);
+    };
+    let Some(association) = held.association_id.clone() else {
+        return Ok(None);
+    };
+    ec2.disassociate_address()
+        .association_id(&association)
+        .send()
+        .await
+        .map_err(|e| {
+            AwsError::new("ec2:DisassociateAddress", &e).on(format!("for {}", held.public_ip))
+        })?;
+    Ok(Some(held))
+}
+
 /// `embark eip status`: the pool as it is now, seen from this instance.
 pub async fn status(instance: &Instance, pool: Option<&str>) -> Result<Status, EipError> {
     let settings = settings(&instance.config, pool).ok_or(EipError::NoPool)?;

@@ -205,9 +205,16 @@ fn eip_statements(f: &Features) -> Vec<Value> {
         json!(format!("arn:{}:ec2:*:*:elastic-ip/*", f.partition)),
     );
     bind["Condition"] = json!({"StringEquals": {"aws:ResourceTag/embark:pool": f.pools}});
+    let mut give_back = statement(
+        "ElasticIpGiveBackFromWarmPool",
+        &["ec2:DisassociateAddress"],
+        json!(format!("arn:{}:ec2:*:*:elastic-ip/*", f.partition)),
+    );
+    give_back["Condition"] = bind["Condition"].clone();
     vec![
         statement("ElasticIpPoolRead", &["ec2:DescribeAddresses"], json!("*")),
         bind,
+        give_back,
         statement(
             "ElasticIpBindToInstance",
             &["ec2:AssociateAddress"],

@@ -334,3 +334,33 @@ fn the_agent_recovers_when_imds_stops_accepting_its_token_early() {
         "the emulator refused an expired token at least once"
     );
 }
+
+#[test]
+fn going_into_a_warm_pool_gives_the_address_back_and_drains() {
+    let emu = emulator();
+    let f = fleet(emu);
+    let inst = emu.launch_one(json!({"group": f.name}));
+    let state = tempfile::tempdir().expect("state");
+    f.on(emu, &inst, state.path(), "")
+        .run(&["eip", "bind"])
+        .expect_code(0);
+    let held = |emu: &Emulator| {
+        emu.addresses(&f.name)
+            .iter()
+            .filter(|a| a["instance_id"] == inst.id.as_str())
+            .count()
+    };
+    assert_eq!(held(emu), 1);
+    emu.control(
+        "POST",
+        &format!("instances/{}", inst.id),
+        json!({"warmed": "Warmed:Stopped"}),
+    );
+    let run = f
+        .on(emu, &inst, state.path(), "")
+        .run(&["drain"])
+        .expect_code(0);
+    assert_has(&run.stdout(), "warm pool (Warmed:Stopped)");
+    assert_eq!(held(emu), 0, "the address went back to the pool");
+    assert_eq!(hook_lines(&f).len(), 2);
+}

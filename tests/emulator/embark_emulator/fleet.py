@@ -59,6 +59,9 @@ class Member:
     # lifetime, as EC2 does ahead of expiry
     # (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/instancedata-data-categories.html, iam/).
     role: str | None = None
+    # A warm pool's state for IMDS (`Warmed:Stopped`, `Warmed:Running`, …) when the group is taking the
+    # instance (back) into its warm pool; moto has no warm pools.
+    warmed: str | None = None
     credential_lifetime: float = 3600.0
     credentials: dict | None = None
     credentials_issued: float = 0.0
@@ -346,6 +349,8 @@ class Fleet:
 
     def target_lifecycle_state(self, member: Member) -> str | None:
         """IMDS autoscaling/target-lifecycle-state: where the group is taking the instance."""
+        if member.warmed:
+            return member.warmed
         _, state = self.instance_state(member.region, member.instance_id)
         if state is None:
             return "Terminated" if member.group else None

@@ -5,7 +5,8 @@ Everything listens on 127.0.0.1 only. The control API lives under /_embark/ on t
   POST   /_embark/seed                {region?, name?, pool_size?, ...} -> ids of a ready-made account
   POST   /_embark/launch              {region?, group?, az?, count?, tags?, metadata_tags?, extra_enis?,
                                        role?, credential_lifetime?}: role → IMDS serves rotating credentials
-  POST   /_embark/instances/<id>      {http_endpoint?: "enabled"|"disabled", metadata_tags?: bool}
+  POST   /_embark/instances/<id>      {http_endpoint?: "enabled"|"disabled", metadata_tags?: bool,
+                                       warmed?: "Warmed:Stopped"|…|null (IMDS target-lifecycle-state)}
   GET    /_embark/instances/<id>      the instance as IMDS shows it, with its lifecycle state
   POST   /_embark/addresses           {count, pool?, az?, region?}: allocate (tagged) Elastic IPs
   GET    /_embark/addresses?pool=P    addresses (of a pool) with their associations
@@ -416,6 +417,9 @@ class Emulator:
                     member.http_endpoint = spec["http_endpoint"]
                 if "metadata_tags" in spec:
                     member.metadata_tags = bool(spec["metadata_tags"])
+                if "warmed" in spec:
+                    # https://docs.aws.amazon.com/autoscaling/ec2/userguide/warm-pool-instance-lifecycle.html
+                    member.warmed = spec["warmed"]
             info = self.fleet.describe(iid) or {"instance_id": iid, "state": "unknown"}
             info["lifecycle_state"] = self.fleet.lifecycle_state(member.region, iid)
             info["imds_endpoint"] = self.imds_endpoint(iid)
