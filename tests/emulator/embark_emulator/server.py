@@ -250,13 +250,14 @@ class Emulator:
                 if before is not None and status_holder.get("status") == 200:
                     self.remember_changes(region, before)
         elif service == "ec2" and operation == "DescribeAddresses" and self.address_lag:
-            chunks = [self.lagging_addresses(b"".join(run()))]
+            chunks = self.rewritten(environ, start_response, status_holder, self.lagging_addresses)
         elif service == "elasticloadbalancing" and operation == "DeregisterTargets" and self.draining_for:
             chunks = list(run())
             if status_holder.get("status") == 200:
                 self.start_draining(params)
         elif service == "elasticloadbalancing" and operation == "DescribeTargetHealth" and self.draining:
-            chunks = [self.with_draining(params, b"".join(run()))]
+            chunks = self.rewritten(environ, start_response, status_holder,
+                                    lambda body: self.with_draining(params, body))
         else:
             chunks = run()
         return self._counted(chunks, entry, status_holder)
@@ -283,6 +284,25 @@ class Emulator:
             environ["wsgi.input"] = io.BytesIO(body)
             environ["CONTENT_LENGTH"] = str(len(body))
         return None
+
+    def rewritten(self, environ, start_response, status_holder, rewrite) -> list[bytes]:
+        """moto's answer with its body rewritten: the status and headers are held back until the new
+        body is known, so that Content-Length matches it (a client reading a shorter body than announced
+        would see a broken answer and retry, hiding what the rewrite shows)."""
+        held = {}
+
+        def hold(status, headers, exc_info=None):
+            held["status"], held["headers"] = status, headers
+            status_holder["status"] = int(status.split(" ", 1)[0])
+            return lambda _data: None
+
+        body = b"".join(self.moto(environ, hold))
+        if status_holder.get("status") == 200:
+            body = rewrite(body)
+        headers = [(k, v) for k, v in held.get("headers", []) if k.lower() != "content-length"]
+        headers.append(("Content-Length", str(len(body))))
+        start_response(held.get("status", "500 Internal Server Error"), headers)
+        return [body]
 
     def start_draining(self, params: dict) -> None:
         arn = params.get("TargetGroupArn", "")
