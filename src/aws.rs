@@ -74,6 +74,18 @@ impl Aws {
     }
 }
 
+/// Does this look like a region name (`eu-west-1`, `us-gov-west-1`)? Lowercase words and digits joined
+/// by dashes: what a config file or an S3 answer may name before embark builds a client with it.
+pub fn is_region(name: &str) -> bool {
+    (4..=32).contains(&name.len())
+        && name.contains('-')
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && !name.ends_with('-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
 /// An AWS partition: ARNs and DNS names differ in China and GovCloud.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Partition {
@@ -276,6 +288,25 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn region_names_are_checked() {
+        for good in ["eu-west-1", "us-gov-west-1", "cn-north-1", "ap-southeast-5"] {
+            assert!(is_region(good), "{good}");
+        }
+        for bad in [
+            "",
+            "eu",
+            "EU-WEST-1",
+            "eu-west-1.evil.com",
+            "eu west 1",
+            "-eu-1",
+            "eu-west-",
+            "eu/west-1",
+        ] {
+            assert!(!is_region(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn partitions_follow_the_region() {

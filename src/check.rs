@@ -228,7 +228,8 @@ async fn release_check(instance: &Instance) -> CheckLine {
         Ok(source) => source,
         Err(err) => return CheckLine::usage("release", err.to_string()),
     };
-    let store = release::store::Store::new(&instance.aws, source);
+    let store = release::store::Store::new(&instance.aws, source)
+        .in_region(instance.config.release.region.as_deref());
     match release::pull::read_target(&store, instance.config.release.format).await {
         Ok(target) => CheckLine::ok(
             "release",

@@ -126,6 +126,8 @@ pub enum ReleaseFormat {
 pub struct ReleaseConfig {
     /// `s3://bucket/prefix`; the group's `embark:release` tag wins. None → no release step.
     pub source: Option<String>,
+    /// The bucket's region, when it is not the instance's (else learnt from S3's redirect).
+    pub region: Option<String>,
     pub format: ReleaseFormat,
     /// `releases/` and the link live here.
     pub root: PathBuf,
@@ -139,6 +141,7 @@ impl Default for ReleaseConfig {
     fn default() -> Self {
         ReleaseConfig {
             source: None,
+            region: None,
             format: ReleaseFormat::Embark,
             root: PathBuf::from("/var/www/app"),
             link: "current".to_string(),
@@ -574,6 +577,14 @@ impl Config {
         if let Some(source) = &self.release.source {
             if let Err(message) = check_s3_url(source) {
                 return Err(invalid("source", message));
+            }
+        }
+        if let Some(region) = &self.release.region {
+            if !crate::aws::is_region(region) {
+                return Err(invalid(
+                    "region",
+                    format!("{region:?} is not an AWS region name such as \"eu-west-1\""),
+                ));
             }
         }
         if self.release.keep < 2 {

@@ -537,6 +537,86 @@ fn a_corrupt_object_is_refused_and_current_stays() {
     assert!(!root.path().join("releases").join(&v2).exists());
 }
 
+/// A source in a bucket of another region than the instance's (and than the workstation's).
+fn far_source(emu: &Emulator, region: &str) -> Source {
+    let bucket = unique("far");
+    emu.bucket_in(&bucket, region);
+    let url = format!("s3://{bucket}/app");
+    Source { bucket, url }
+}
+
+#[test]
+fn a_bucket_in_another_region_is_asked_there_after_one_redirect() {
+    let emu = emulator();
+    let src = far_source(emu, "us-west-2");
+    let tree = tempfile::tempdir().expect("tree");
+    small_tree(tree.path(), 5);
+    // The workstation's region is the instance's (eu-west-1): push follows the redirect too.
+    let id = push(emu, tree.path(), &src, "v1");
+    let puts = emu.s3_requests(&src.bucket, "PutObject");
+    assert!(!puts.is_empty());
+    assert!(
+        puts.iter()
+            .all(|r| r["status"] == 200 && r["region"] == "us-west-2"),
+        "{puts:#?}"
+    );
+    let before = emu.s3_requests(&src.bucket, "GetObject").len();
+    let inst = instance(emu, &src, "web");
+    let root = tempfile::tempdir().expect("root");
+    let run = pull(emu, &inst, root.path(), "").expect_code(0);
+    assert_eq!(current(root.path()), Some(id));
+    assert_has(
+        &run.stderr(),
+        &format!("s3://{} is in us-west-2, not {}", src.bucket, emu.region),
+    );
+    // One detour, on the first read; every later read goes straight to the bucket's region.
+    let gets = emu.s3_requests(&src.bucket, "GetObject");
+    let pulled = &gets[before..];
+    assert!(pulled.len() > 2, "{pulled:#?}");
+    assert_eq!(pulled[0]["status"], 301, "{pulled:#?}");
+    assert!(
+        pulled[1..]
+            .iter()
+            .all(|r| r["status"] == 200 && r["region"] == "us-west-2"),
+        "{pulled:#?}"
+    );
+}
+
+#[test]
+fn a_configured_release_region_is_asked_without_a_detour() {
+    let emu = emulator();
+    let src = far_source(emu, "ap-southeast-2");
+    let tree = tempfile::tempdir().expect("tree");
+    small_tree(tree.path(), 3);
+    let id = push(emu, tree.path(), &src, "v1");
+    let before = emu.s3_requests(&src.bucket, "GetObject").len();
+    let inst = instance(emu, &src, "web");
+    let root = tempfile::tempdir().expect("root");
+    pull(emu, &inst, root.path(), "region = \"ap-southeast-2\"").expect_code(0);
+    assert_eq!(current(root.path()), Some(id));
+    let gets = emu.s3_requests(&src.bucket, "GetObject");
+    let pulled = &gets[before..];
+    assert!(!pulled.is_empty());
+    assert!(
+        pulled
+            .iter()
+            .all(|r| r["status"] == 200 && r["region"] == "ap-southeast-2"),
+        "{pulled:#?}"
+    );
+}
+
+#[test]
+fn a_release_region_that_is_not_a_region_is_refused() {
+    let emu = emulator();
+    let src = source(emu);
+    let inst = instance(emu, &src, "web");
+    let root = tempfile::tempdir().expect("root");
+    let run = pull(emu, &inst, root.path(), "region = \"s3.evil.example\"").expect_code(2);
+    assert_has(&run.stderr(), "is not an AWS region name");
+    assert!(emu.s3_requests(&src.bucket, "GetObject").is_empty());
+    assert_eq!(current(root.path()), None);
+}
+
 #[test]
 fn no_pointer_is_a_clear_error() {
     let emu = emulator();

@@ -7,7 +7,7 @@ use super::error::ReleaseError;
 use super::format::SourceUrl;
 use super::listing::{list, Listing};
 use super::store::Store;
-use super::{layout, pull, push, settings, source_of};
+use super::{layout, pull, push, settings, store_of};
 use crate::aws::Aws;
 use crate::context::Context;
 use crate::error::Error;
@@ -31,7 +31,7 @@ pub async fn push_release(ctx: &Context, dir: &Path, to: &str, message: &str) ->
 /// `release pull [--plan] [--json]`.
 pub async fn pull_release(ctx: &Context, plan: bool, json: bool) -> Result<(), Error> {
     let instance = ctx.instance().await?;
-    let store = Store::new(&instance.aws, source_of(&instance.config)?);
+    let store = store_of(&instance.aws, &instance.config)?;
     let settings = settings(&instance.config)?;
     let http = ctx.http_client()?;
     // The same bound as the boot's: a pull run by hand or by a script ends.
@@ -59,7 +59,7 @@ pub async fn run_agent(
 ) -> Result<(), Error> {
     let instance = ctx.instance().await?;
     let config = &instance.config;
-    let store = Store::new(&instance.aws, source_of(config)?);
+    let store = store_of(&instance.aws, config)?;
     let settings = settings(config)?;
     let http = ctx.http_client()?;
     let agent = super::watch::Agent {
@@ -90,7 +90,7 @@ pub async fn rollback_release(
         Some(url) => standalone_store(ctx, url).await?,
         None => {
             let instance = ctx.instance().await?;
-            Store::new(&instance.aws, source_of(&instance.config)?)
+            store_of(&instance.aws, &instance.config)?
         }
     };
     let (from_id, to_id) = super::watch::rollback(&store, to).await?;
@@ -107,8 +107,7 @@ pub async fn list_releases(ctx: &Context, from: Option<&str>, json: bool) -> Res
         Some(url) => (standalone_store(ctx, url).await?, ctx.config.clone()),
         None => {
             let instance = ctx.instance().await?;
-            let source = source_of(&instance.config)?;
-            (Store::new(&instance.aws, source), instance.config)
+            (store_of(&instance.aws, &instance.config)?, instance.config)
         }
     };
     let listing = list(&store, &layout(&config)).await?;

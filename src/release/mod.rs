@@ -35,6 +35,11 @@ pub fn source_of(config: &Config) -> Result<SourceUrl, ReleaseError> {
     SourceUrl::parse(text).map_err(ReleaseError::Usage)
 }
 
+/// The configured source's store, in the bucket's region when `[release] region` names it.
+pub fn store_of(aws: &crate::aws::Aws, config: &Config) -> Result<Store, ReleaseError> {
+    Ok(Store::new(aws, source_of(config)?).in_region(config.release.region.as_deref()))
+}
+
 pub fn layout(config: &Config) -> Layout {
     Layout {
         root: config.release.root.clone(),
@@ -98,7 +103,7 @@ pub async fn step(
     if config.release.source.is_none() {
         return Ok(StepOutcome::NotConfigured);
     }
-    let store = Store::new(&instance.aws, source_of(config)?);
+    let store = store_of(&instance.aws, config)?;
     let settings = settings(config)?;
     let mut pulled = pull::pull(&store, &settings, http, plan).await?;
     Ok(match pulled.plan.take() {

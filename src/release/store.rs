@@ -3,7 +3,8 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::operation::list_objects_v2::ListObjectsV2Error;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
@@ -17,7 +18,8 @@ use super::format::{Pointer, SourceUrl};
 use super::progress::Progress;
 use crate::aws::{Aws, AwsError};
 use crate::retry::{retry, Failure, Policy, Verdict};
-use std::sync::Mutex;
+use std::future::Future;
+use std::sync::{Mutex, PoisonError, RwLock};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
@@ -33,10 +35,11 @@ pub const MANIFEST_LIMIT: u64 = 256 << 20;
 pub const POINTER_LIMIT: u64 = 1 << 20;
 
 pub struct Store {
-    client: aws_sdk_s3::Client,
+    /// The bucket's region and a client for it: the configured region until S3 names another.
+    located: RwLock<(String, aws_sdk_s3::Client)>,
+    /// What a client for another region is built from.
+    config: aws_sdk_s3::Config,
     pub source: SourceUrl,
-    /// The client's region (for ARNs in messages).
-    region: String,
 }
 
 /// How a write must relate to what is there.
@@ -70,11 +73,91 @@ impl Store {
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
             .build();
+        Store::from_conf(config, source)
+    }
+
+    fn from_conf(config: aws_sdk_s3::Config, source: SourceUrl) -> Store {
+        let region = config.region().map(|r| r.to_string()).unwrap_or_default();
         Store {
-            client: aws_sdk_s3::Client::from_conf(config),
+            located: RwLock::new((region, aws_sdk_s3::Client::from_conf(config.clone()))),
+            config,
             source,
-            region: aws.region(),
         }
+    }
+
+    /// The bucket is in `region` (`[release] region`), not the instance's: ask there from the start.
+    pub fn in_region(self, region: Option<&str>) -> Store {
+        match region {
+            Some(region) => {
+                let config = self
+                    .config
+                    .to_builder()
+                    .region(Region::new(region.to_string()))
+                    .build();
+                Store::from_conf(config, self.source)
+            }
+            None => self,
+        }
+    }
+
+    fn client(&self) -> aws_sdk_s3::Client {
+        self.located
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .1
+            .clone()
+    }
+
+    fn region(&self) -> String {
+        self.located
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .0
+            .clone()
+    }
+
+    /// One S3 call, asked again in the bucket's region when S3 answers that the bucket lives in
+    /// another (301 `PermanentRedirect` naming it in `x-amz-bucket-region`; the SDK does not follow
+    /// it). The region learnt is kept for every later call of this store.
+    async fn call<T, E, F, Fut>(&self, send: F) -> Result<T, SdkError<E, HttpResponse>>
+    where
+        F: Fn(aws_sdk_s3::Client) -> Fut,
+        Fut: Future<Output = Result<T, SdkError<E, HttpResponse>>>,
+    {
+        match send(self.client()).await {
+            Err(err) if self.relocate(&err) => send(self.client()).await,
+            other => other,
+        }
+    }
+
+    /// Follow a redirect to the bucket's region; false when the answer is not one (or names no
+    /// usable region, or the one already asked).
+    fn relocate<E>(&self, err: &SdkError<E, HttpResponse>) -> bool {
+        let Some(response) = err.raw_response() else {
+            return false;
+        };
+        if !matches!(response.status().as_u16(), 301 | 400) {
+            return false;
+        }
+        let Some(region) = response.headers().get("x-amz-bucket-region") else {
+            return false;
+        };
+        let mut located = self.located.write().unwrap_or_else(PoisonError::into_inner);
+        if !crate::aws::is_region(region) || located.0 == region {
+            return false;
+        }
+        tracing::info!(
+            "s3://{} is in {region}, not {}: asking there (set [release] region = \"{region}\" to save the detour)",
+            self.source.bucket,
+            located.0
+        );
+        let config = self
+            .config
+            .to_builder()
+            .region(Region::new(region.to_string()))
+            .build();
+        *located = (region.to_string(), aws_sdk_s3::Client::from_conf(config));
+        true
     }
 
     pub fn url(&self, key: &str) -> String {
@@ -96,7 +179,7 @@ impl Store {
             .on(self.url(key))
             .resource(format!(
                 "arn:{}:s3:::{}/{}",
-                crate::aws::Partition::of_region(&self.region).name,
+                crate::aws::Partition::of_region(&self.region()).name,
                 self.source.bucket,
                 self.source.key("*")
             ));
@@ -114,12 +197,9 @@ impl Store {
         &self,
         key: &str,
     ) -> Result<Option<aws_sdk_s3::operation::get_object::GetObjectOutput>, ReleaseError> {
+        let bucket = &self.source.bucket;
         match self
-            .client
-            .get_object()
-            .bucket(&self.source.bucket)
-            .key(key)
-            .send()
+            .call(|c| async move { c.get_object().bucket(bucket).key(key).send().await })
             .await
         {
             Ok(response) => Ok(Some(response)),
@@ -183,15 +263,18 @@ impl Store {
 
     /// Has `key` changed since `etag`? A conditional GET: cheap when it has not (304).
     pub async fn changed(&self, key: &str, etag: Option<&str>) -> Result<Polled, ReleaseError> {
-        let mut request = self
-            .client
-            .get_object()
-            .bucket(&self.source.bucket)
-            .key(key);
-        if let Some(etag) = etag {
-            request = request.if_none_match(etag);
-        }
-        match request.send().await {
+        let bucket = &self.source.bucket;
+        let answer = self
+            .call(|c| async move {
+                c.get_object()
+                    .bucket(bucket)
+                    .key(key)
+                    .set_if_none_match(etag.map(str::to_string))
+                    .send()
+                    .await
+            })
+            .await;
+        match answer {
             Ok(response) => Ok(Polled::Changed(
                 response.e_tag().unwrap_or_default().to_string(),
             )),
@@ -202,11 +285,8 @@ impl Store {
     }
 
     pub async fn delete(&self, key: &str) -> Result<(), ReleaseError> {
-        self.client
-            .delete_object()
-            .bucket(&self.source.bucket)
-            .key(key)
-            .send()
+        let bucket = &self.source.bucket;
+        self.call(|c| async move { c.delete_object().bucket(bucket).key(key).send().await })
             .await
             .map_err(|err| self.failed("s3:DeleteObject", key, &err))?;
         Ok(())
@@ -241,23 +321,25 @@ impl Store {
         let result = retry(
             policy,
             |_| async {
-                let mut request = self
-                    .client
-                    .put_object()
-                    .bucket(&self.source.bucket)
-                    .key(key)
-                    .content_type(if key.ends_with(".json") || key.ends_with("current") {
-                        "application/json"
-                    } else {
-                        "application/octet-stream"
-                    })
-                    .body(ByteStream::from(bytes.clone()));
-                request = match &condition {
-                    Condition::None => request,
-                    Condition::Absent => request.if_none_match("*"),
-                    Condition::Unchanged(etag) => request.if_match(etag),
-                };
-                match request.send().await {
+                let sent = self.call(|c| {
+                    let mut request = c
+                        .put_object()
+                        .bucket(&self.source.bucket)
+                        .key(key)
+                        .content_type(if key.ends_with(".json") || key.ends_with("current") {
+                            "application/json"
+                        } else {
+                            "application/octet-stream"
+                        })
+                        .body(ByteStream::from(bytes.clone()));
+                    request = match &condition {
+                        Condition::None => request,
+                        Condition::Absent => request.if_none_match("*"),
+                        Condition::Unchanged(etag) => request.if_match(etag),
+                    };
+                    request.send()
+                });
+                match sent.await {
                     Ok(_) => Verdict::Done(()),
                     Err(err) if is_busy(&err) => Verdict::Retry(()),
                     Err(err) if is_conflict(&err) => Verdict::Stop(PutError::Conflict),
@@ -291,23 +373,39 @@ impl Store {
         path: &Path,
         sha256_hex: &str,
     ) -> Result<(), ReleaseError> {
-        let body = ByteStream::from_path(path).await.map_err(|err| {
+        let cannot_read = |err: aws_smithy_types::byte_stream::error::Error| {
             ReleaseError::Failed(format!(
                 "cannot read {}: {}",
                 path.display(),
                 crate::output::error_chain(&err)
             ))
-        })?;
-        let digest = hex::decode(sha256_hex).unwrap_or_default();
-        self.client
-            .put_object()
-            .bucket(&self.source.bucket)
-            .key(key)
-            .checksum_sha256(aws_smithy_types::base64::encode(digest))
-            .body(body)
-            .send()
-            .await
-            .map_err(|err| self.failed("s3:PutObject", key, &err))?;
+        };
+        let body = ByteStream::from_path(path).await.map_err(cannot_read)?;
+        let body = Mutex::new(Some(body));
+        let checksum =
+            aws_smithy_types::base64::encode(hex::decode(sha256_hex).unwrap_or_default());
+        let bucket = &self.source.bucket;
+        let checksum = &checksum;
+        let body = &body;
+        self.call(|c| async move {
+            // The body opened above; opened again only for a second try in the bucket's region.
+            let opened = body.lock().unwrap_or_else(PoisonError::into_inner).take();
+            let body = match opened {
+                Some(body) => body,
+                None => ByteStream::from_path(path)
+                    .await
+                    .map_err(SdkError::construction_failure)?,
+            };
+            c.put_object()
+                .bucket(bucket)
+                .key(key)
+                .checksum_sha256(checksum)
+                .body(body)
+                .send()
+                .await
+        })
+        .await
+        .map_err(|err| self.failed("s3:PutObject", key, &err))?;
         Ok(())
     }
 
@@ -321,37 +419,12 @@ impl Store {
         self.list(prefix, true).await
     }
 
-    /// ListObjectsV2 over every page: the keys, or with `dirs` the common prefixes at `/`.
+    /// ListObjectsV2 over every page (asked again from the start after a redirect).
     async fn list(&self, prefix: &str, dirs: bool) -> Result<Vec<String>, ReleaseError> {
-        let mut found = Vec::new();
-        let mut request = self
-            .client
-            .list_objects_v2()
-            .bucket(&self.source.bucket)
-            .prefix(prefix);
-        if dirs {
-            request = request.delimiter("/");
-        }
-        let mut pages = request.into_paginator().send();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|err| self.failed("s3:ListObjectsV2", prefix, &err))?;
-            if dirs {
-                found.extend(
-                    page.common_prefixes()
-                        .iter()
-                        .filter_map(|c| c.prefix())
-                        .map(str::to_string),
-                );
-            } else {
-                found.extend(
-                    page.contents()
-                        .iter()
-                        .filter_map(|o| o.key())
-                        .map(str::to_string),
-                );
-            }
-        }
-        Ok(found)
+        let bucket = &self.source.bucket;
+        self.call(|c| async move { list_pages(c, bucket, prefix, dirs).await })
+            .await
+            .map_err(|err| self.failed("s3:ListObjectsV2", prefix, &err))
     }
 
     /// Upload what arrives on `chunks` (each at least [`PART_SIZE`] except the last) as one object:
@@ -365,23 +438,29 @@ impl Store {
         let first = chunks.recv().await.unwrap_or_default();
         let Some(second) = chunks.recv().await else {
             let size = first.len() as u64;
-            self.client
-                .put_object()
-                .bucket(&self.source.bucket)
-                .key(key)
-                .body(ByteStream::from(first))
-                .send()
-                .await
-                .map_err(|err| self.failed("s3:PutObject", key, &err))?;
+            let (bucket, first) = (&self.source.bucket, &first);
+            self.call(|c| async move {
+                c.put_object()
+                    .bucket(bucket)
+                    .key(key)
+                    .body(ByteStream::from(first.clone()))
+                    .send()
+                    .await
+            })
+            .await
+            .map_err(|err| self.failed("s3:PutObject", key, &err))?;
             sent(size);
             return Ok(size);
         };
+        let bucket = &self.source.bucket;
         let upload = self
-            .client
-            .create_multipart_upload()
-            .bucket(&self.source.bucket)
-            .key(key)
-            .send()
+            .call(|c| async move {
+                c.create_multipart_upload()
+                    .bucket(bucket)
+                    .key(key)
+                    .send()
+                    .await
+            })
             .await
             .map_err(|err| self.failed("s3:CreateMultipartUpload", key, &err))?;
         let upload_id = upload.upload_id().unwrap_or_default().to_string();
@@ -390,7 +469,7 @@ impl Store {
             .await;
         if result.is_err() {
             let _ = self
-                .client
+                .client()
                 .abort_multipart_upload()
                 .bucket(&self.source.bucket)
                 .key(key)
@@ -424,7 +503,7 @@ impl Store {
             let number = parts.len() as i32 + 1;
             let size = chunk.len() as u64;
             let part = self
-                .client
+                .client()
                 .upload_part()
                 .bucket(&self.source.bucket)
                 .key(key)
@@ -443,7 +522,7 @@ impl Store {
             total += size;
             sent(size);
         }
-        self.client
+        self.client()
             .complete_multipart_upload()
             .bucket(&self.source.bucket)
             .key(key)
@@ -518,6 +597,40 @@ impl Store {
             return Ok(hash.finish());
         }
     }
+}
+
+/// ListObjectsV2 over every page: the keys, or with `dirs` the common prefixes at `/`.
+async fn list_pages(
+    client: aws_sdk_s3::Client,
+    bucket: &str,
+    prefix: &str,
+    dirs: bool,
+) -> Result<Vec<String>, SdkError<ListObjectsV2Error, HttpResponse>> {
+    let mut found = Vec::new();
+    let mut request = client.list_objects_v2().bucket(bucket).prefix(prefix);
+    if dirs {
+        request = request.delimiter("/");
+    }
+    let mut pages = request.into_paginator().send();
+    while let Some(page) = pages.next().await {
+        let page = page?;
+        if dirs {
+            found.extend(
+                page.common_prefixes()
+                    .iter()
+                    .filter_map(|c| c.prefix())
+                    .map(str::to_string),
+            );
+        } else {
+            found.extend(
+                page.contents()
+                    .iter()
+                    .filter_map(|o| o.key())
+                    .map(str::to_string),
+            );
+        }
+    }
+    Ok(found)
 }
 
 fn status<E>(err: &SdkError<E, HttpResponse>) -> Option<u16> {
@@ -599,14 +712,13 @@ mod tests {
                     .build(),
             )
         });
-        let store = Store {
-            client: aws_sdk_s3::Client::from_conf(crate::testing::mocked_config(
-                aws_sdk_s3::Config::builder(),
+        let store = Store::from_conf(
+            crate::testing::mocked_config(
+                aws_sdk_s3::Config::builder().region(Region::new("eu-west-1")),
                 &[&denied],
-            )),
-            source: SourceUrl::parse("s3://deploy-bucket/app").unwrap(),
-            region: "eu-west-1".into(),
-        };
+            ),
+            SourceUrl::parse("s3://deploy-bucket/app").unwrap(),
+        );
         let err = store.get_small("app/current", 1024).await.unwrap_err();
         let text = err.to_string();
         assert!(

@@ -400,6 +400,11 @@ impl Emulator {
         self.control("POST", "buckets", json!({"name": name}));
     }
 
+    /// A bucket in `region`: requests signed for another region are answered 301 PermanentRedirect.
+    pub fn bucket_in(&self, name: &str, region: &str) {
+        self.control("POST", "buckets", json!({"name": name, "region": region}));
+    }
+
     pub fn s3_put(&self, bucket: &str, key: &str, body: Vec<u8>) {
         let url = format!("{}/_embark/s3/{bucket}/{key}", self.endpoint);
         let resp = self.http.put(&url).body(body).send().expect("s3 put");

@@ -192,6 +192,11 @@ def _s3_backend():
     return s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
 
 
+def s3_bucket(name: str):
+    """moto's bucket of that name (it knows its region), or None."""
+    return _s3_backend().buckets.get(name)
+
+
 def s3_object(emulator, method: str, path: str, request):
     """Objects read and written behind embark's back: straight in moto's backend, so neither the
     request log nor the fault rules see them."""

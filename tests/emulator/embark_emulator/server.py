@@ -20,7 +20,8 @@ Everything listens on 127.0.0.1 only. The control API lives under /_embark/ on t
   POST   /_embark/imds/unavailable    {seconds}: IMDS refuses connections for that long
   POST   /_embark/imds/token-lifetime {seconds|null}: tokens stop working that soon, whatever their TTL
   GET    /_embark/requests            the request log (?service=, ?operation= filter);  DELETE clears it
-  POST   /_embark/buckets             {name, region?}: create a bucket
+  POST   /_embark/buckets             {name, region?}: create a bucket; requests signed for another
+                                      region are answered 301 PermanentRedirect (x-amz-bucket-region)
   PUT    /_embark/s3/<bucket>/<key>   write an object as it is (corrupting a release on purpose)
   GET    /_embark/s3/<bucket>/<key>   read an object;  GET /_embark/s3/<bucket>?prefix= lists keys
   POST   /_embark/target-groups       {name, region?}: a target group in the default VPC -> {arn}
@@ -204,6 +205,12 @@ class Emulator:
 
         if seed.CONTROL_AGENT in environ.get("HTTP_USER_AGENT", ""):
             return self.moto(environ, start_response)
+        if service == "s3" and operation not in ("ListBuckets", "CreateBucket"):
+            redirect = self.s3_redirect(region, path, method)
+            if redirect is not None:
+                entry.update(status=redirect.status_code, bytes_out=len(redirect.get_data()))
+                self.log.add(entry)
+                return redirect(environ, start_response)
         if service == "ec2" and operation == "AssociateAddress":
             refusal = self.ec2_strictness(region, params, environ)
             if refusal is not None:
@@ -261,6 +268,25 @@ class Emulator:
         else:
             chunks = run()
         return self._counted(chunks, entry, status_holder)
+
+    # ---- S3 as AWS documents it: a bucket is reached in its own region ----
+    def s3_redirect(self, region: str, path: str, method: str) -> Response | None:
+        """A request signed for another region than the bucket's is answered 301 PermanentRedirect with
+        the bucket's region in `x-amz-bucket-region` (moto serves every bucket from every region).
+        https://docs.aws.amazon.com/AmazonS3/latest/API/ErrorResponses.html (PermanentRedirect, 301) and
+        https://docs.aws.amazon.com/AmazonS3/latest/API/API_HeadBucket.html (x-amz-bucket-region)."""
+        name = path.strip("/").split("/", 1)[0]
+        bucket = seed.s3_bucket(name)
+        if bucket is None or bucket.region_name == region:
+            return None
+        body = b"" if method == "HEAD" else (
+            '<?xml version="1.0" encoding="UTF-8"?><Error><Code>PermanentRedirect</Code>'
+            "<Message>The bucket you are attempting to access must be addressed using the specified "
+            "endpoint. Please send all future requests to this endpoint.</Message>"
+            f"<Bucket>{name}</Bucket><Endpoint>{name}.s3.{bucket.region_name}.amazonaws.com</Endpoint>"
+            f"<RequestId>{request_id()}</RequestId></Error>").encode()
+        return Response(body, status=301, content_type="application/xml",
+                        headers={"x-amz-bucket-region": bucket.region_name})
 
     # ---- EC2 as AWS documents it, where moto is more forgiving ----
     def ec2_strictness(self, region: str, params: dict, environ) -> Response | None:
