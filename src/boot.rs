@@ -148,6 +148,7 @@ impl<'a> Boot<'a> {
                 steps,
                 error: None,
                 lifecycle_completed: false,
+                warm: false,
             },
             state_dir: ctx.config.state_dir.clone(),
             lifecycle: LifecycleState::default(),
@@ -175,7 +176,13 @@ impl<'a> Boot<'a> {
         };
         self.report.instance_id = Some(identity.metadata.instance_id.clone());
         self.report.group = identity.auto_scaling_group.clone();
-        self.remember_earlier_boot(&identity.metadata.instance_id);
+        let meta = &identity.metadata;
+        self.lifecycle.warm = meta
+            .target_lifecycle_state
+            .clone()
+            .filter(|state| state.starts_with("Warmed:"));
+        self.report.warm = self.lifecycle.warm.is_some();
+        self.remember_earlier_boot(&meta.instance_id);
         // The file's settings first: the hook lookup must not depend on tags that may be broken.
         let file_only = Instance {
             identity: identity.clone(),
@@ -213,12 +220,18 @@ impl<'a> Boot<'a> {
     }
 
     /// Reads the last report: a boot of this very instance that completed the lifecycle action
-    /// (or succeeded) makes this one a rerun.
+    /// (or succeeded) makes this one a rerun. A warm pool's boot does not count for the boot out of
+    /// the pool: that one has its own lifecycle action, and is the first to serve.
     fn remember_earlier_boot(&mut self, instance_id: &str) {
         match Report::read(&self.state_dir) {
             Ok(Some(prev)) if prev.instance_id.as_deref() == Some(instance_id) => {
-                self.lifecycle.completed_before = prev.lifecycle_completed;
-                self.rerun = prev.status == RunStatus::Done;
+                // Drained since (back into the warm pool, or a shutdown): a new lifecycle action may
+                // be waiting, and this boot rejoins the fleet.
+                let drained = matches!(Report::read_drain(&self.state_dir), Ok(Some(d))
+                    if d.instance_id == prev.instance_id && d.started > prev.started);
+                let same_phase = prev.warm == self.report.warm && !drained;
+                self.lifecycle.completed_before = prev.lifecycle_completed && same_phase;
+                self.rerun = prev.status == RunStatus::Done && same_phase;
             }
             Ok(Some(prev)) => tracing::info!(
                 "ignoring the status left by instance {} (an image baked after a test boot?)",
@@ -288,6 +301,11 @@ impl<'a> Boot<'a> {
     ) -> Result<Box<dyn Reported + Send>, Error> {
         let asked = self.options.plan_steps.contains(&step);
         let plan = self.options.plan || asked;
+        if let Some(state) = &self.lifecycle.warm {
+            if matches!(step, Step::Eip | Step::Efs | Step::Logs) {
+                return Ok(Box::new(WarmPool(state.clone())));
+            }
+        }
         Ok(match step {
             Step::Identity => {
                 return Err(Error::Failed(
@@ -387,6 +405,10 @@ impl<'a> Boot<'a> {
                 tracing::info!(
                     "an earlier boot of this instance succeeded; no notification sent again"
                 );
+            } else if let Some(state) = &self.lifecycle.warm {
+                tracing::info!(
+                    "staged for the warm pool ({state}); the boot out of the pool binds, mounts, registers and notifies"
+                );
             } else if let Some(topic) = &notify.success_topic {
                 send(instance, topic, "boot succeeded", &self.report).await;
             }
@@ -413,6 +435,23 @@ impl<'a> Boot<'a> {
                 step.name()
             )),
         })
+    }
+}
+
+/// A step left for the boot out of the warm pool: an Elastic IP, a mount or log shipping would be held
+/// by a stopped instance.
+struct WarmPool(String);
+
+impl Reported for WarmPool {
+    fn status(&self) -> Outcome {
+        Outcome::Skipped
+    }
+
+    fn detail(&self) -> String {
+        format!(
+            "the instance is going into its warm pool ({}): this step runs when it leaves the pool",
+            self.0
+        )
     }
 }
 

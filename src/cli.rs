@@ -482,7 +482,10 @@ fn agent_after_poll(
             Box::pin(async move {
                 sync_logs(&instance).await;
                 let on_spot = instance.config.drain.on_spot;
+                let state_dir = &instance.config.state_dir;
                 match crate::drain::pending_trigger(&imds, on_spot).await {
+                    Ok(Some(trigger))
+                        if !crate::drain::worth_draining(&trigger, state_dir, instance.id()) => {}
                     Ok(Some(trigger)) => {
                         if matches!(trigger, crate::drain::Trigger::Warmed(_)) {
                             give_back_address(&instance).await;

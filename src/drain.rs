@@ -107,6 +107,23 @@ pub enum Drained {
     Done(Report),
 }
 
+/// The instance booted after this drain (a reboot, or out of its warm pool): it rejoined the fleet,
+/// and the next trigger drains it again. Reports' times are RFC 3339 in UTC: they sort as text.
+pub fn booted_since(state_dir: &std::path::Path, drain: &Report) -> bool {
+    matches!(Report::read(state_dir), Ok(Some(boot))
+        if boot.instance_id == drain.instance_id && boot.started > drain.started)
+}
+
+/// A warm-pool trigger drains an instance that served; the instance's first trip into the pool (its
+/// boot staged it for the pool: nothing serves yet) has nothing to drain.
+pub fn worth_draining(trigger: &Trigger, state_dir: &std::path::Path, instance_id: &str) -> bool {
+    if !matches!(trigger, Trigger::Warmed(_)) {
+        return true;
+    }
+    !matches!(Report::read(state_dir), Ok(Some(boot))
+        if boot.instance_id.as_deref() == Some(instance_id) && boot.warm)
+}
+
 /// Runs the drain once: a drain already done for this instance is a no-op; a second trigger while one
 /// runs waits for it (a lock in the state dir) and then finds it done.
 pub async fn run(drain: &Drain<'_>) -> Result<Drained, String> {
@@ -120,6 +137,7 @@ pub async fn run(drain: &Drain<'_>) -> Result<Drained, String> {
     if let Ok(Some(last)) = Report::read_drain(&state_dir) {
         if last.instance_id.as_deref() == Some(drain.instance.id())
             && last.status != RunStatus::Running
+            && !booted_since(&state_dir, &last)
         {
             return Ok(Drained::Already);
         }
@@ -139,10 +157,11 @@ pub async fn run(drain: &Drain<'_>) -> Result<Drained, String> {
         steps: Vec::new(),
         error: None,
         lifecycle_completed: false,
+        warm: false,
     };
     tracing::info!(instance_id = %drain.instance.id(), "draining: {}", drain.trigger.says());
     let started = Instant::now();
-    let terminating = find_terminating(drain.instance).await;
+    let terminating = find_action(drain).await;
     let heartbeat = match (&terminating, drain.plan) {
         (Ok(Some(l)), false) => Some(lifecycle::start_heartbeat(
             drain.instance.autoscaling(),
@@ -172,7 +191,7 @@ pub async fn run(drain: &Drain<'_>) -> Result<Drained, String> {
         handle.abort();
     }
     let t = Instant::now();
-    let completed = complete_terminating(drain, terminating).await;
+    let completed = complete_action(drain, terminating).await;
     report.lifecycle_completed = completed.is_ok() && !drain.plan;
     record(&mut report, "lifecycle", t, completed);
     finish(drain, report, started).await.map(Drained::Done)
@@ -371,49 +390,75 @@ async fn stop_hooks(drain: &Drain<'_>) -> Result<String, String> {
     }
 }
 
-async fn find_terminating(instance: &Instance) -> Result<Option<lifecycle::Lifecycle>, String> {
+/// The transition whose action this drain completes: going back into a warm pool is a launching
+/// transition (`Warmed:Pending:Wait`), leaving the group a terminating one.
+fn transition(trigger: &Trigger) -> Transition {
+    match trigger {
+        Trigger::Warmed(_) => Transition::Launching,
+        _ => Transition::Terminating,
+    }
+}
+
+fn word(transition: Transition) -> &'static str {
+    match transition {
+        Transition::Launching => "launching (warm pool)",
+        Transition::Terminating => "terminating",
+    }
+}
+
+async fn find_action(drain: &Drain<'_>) -> Result<Option<lifecycle::Lifecycle>, String> {
+    let instance = drain.instance;
     let Some(group) = instance.group() else {
         return Ok(None);
     };
-    let setting = &instance.config.drain.lifecycle_hook;
+    let transition = transition(&drain.trigger);
+    let setting = match transition {
+        Transition::Launching => &instance.config.health.lifecycle_hook,
+        Transition::Terminating => &instance.config.drain.lifecycle_hook,
+    };
     lifecycle::find_hook(
         &instance.autoscaling(),
         group,
         instance.id(),
         setting,
-        Transition::Terminating,
+        transition,
     )
     .await
     .map_err(|e| e.to_string())
 }
 
-/// CONTINUE the terminating action (ABANDON would do the same for a terminating hook: the instance is
-/// terminated either way).
-async fn complete_terminating(
+/// CONTINUE the action (ABANDON would do the same for a terminating hook: the instance is terminated
+/// either way).
+async fn complete_action(
     drain: &Drain<'_>,
     found: Result<Option<lifecycle::Lifecycle>, String>,
 ) -> Result<String, String> {
+    let word = word(transition(&drain.trigger));
     let Some(action) = found? else {
         return Ok(match drain.instance.group() {
-            Some(group) => format!("skipped: group {group} has no terminating lifecycle hook"),
+            Some(group) => format!("skipped: group {group} has no {word} lifecycle hook"),
             None => "skipped: not in an Auto Scaling group".to_string(),
         });
     };
     if drain.plan {
         return Ok(format!(
-            "would complete the terminating action of hook {} with CONTINUE",
+            "would complete the {word} action of hook {} with CONTINUE",
             action.hook
         ));
     }
     let asg = drain.instance.autoscaling();
     match lifecycle::complete(&asg, &action, LifecycleResult::Continue).await {
         Ok(true) => Ok(format!(
-            "terminating action completed: CONTINUE (hook {})",
+            "{word} action completed: CONTINUE (hook {})",
             action.hook
         )),
         Ok(false) => Ok(format!(
-            "skipped: no terminating action of hook {} is waiting (not being terminated by the group)",
-            action.hook
+            "skipped: no {word} action of hook {} is waiting ({})",
+            action.hook,
+            match transition(&drain.trigger) {
+                Transition::Launching => "completed earlier, or timed out",
+                Transition::Terminating => "not being terminated by the group",
+            }
         )),
         Err(err) => Err(err.to_string()),
     }
@@ -422,6 +467,56 @@ async fn complete_terminating(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn report(command: &str, started: &str, warm: bool) -> Report {
+        Report {
+            command: command.into(),
+            status: RunStatus::Done,
+            instance_id: Some("i-0abc".into()),
+            group: None,
+            started: started.into(),
+            finished: None,
+            duration_ms: 0,
+            steps: Vec::new(),
+            error: None,
+            lifecycle_completed: true,
+            warm,
+        }
+    }
+
+    #[test]
+    fn the_first_trip_into_the_warm_pool_has_nothing_to_drain() {
+        let dir = tempfile::tempdir().unwrap();
+        let warmed = Trigger::Warmed("Warmed:Stopped".into());
+        assert!(worth_draining(&warmed, dir.path(), "i-0abc"), "no boot yet");
+        report("boot", "2026-11-27T09:00:00.000Z", true)
+            .write(dir.path())
+            .unwrap();
+        assert!(!worth_draining(&warmed, dir.path(), "i-0abc"));
+        assert!(worth_draining(&Trigger::Terminating, dir.path(), "i-0abc"));
+        assert!(worth_draining(&warmed, dir.path(), "i-0other"));
+        report("boot", "2026-11-27T09:05:00.000Z", false)
+            .write(dir.path())
+            .unwrap();
+        assert!(
+            worth_draining(&warmed, dir.path(), "i-0abc"),
+            "it served since"
+        );
+    }
+
+    #[test]
+    fn a_boot_after_a_drain_makes_the_next_trigger_drain_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let drained = report("drain", "2026-11-27T09:10:00.000Z", false);
+        report("boot", "2026-11-27T09:00:00.000Z", false)
+            .write(dir.path())
+            .unwrap();
+        assert!(!booted_since(dir.path(), &drained));
+        report("boot", "2026-11-27T09:20:00.000Z", false)
+            .write(dir.path())
+            .unwrap();
+        assert!(booted_since(dir.path(), &drained));
+    }
 
     #[test]
     fn a_spot_notice_shortens_the_deadline_to_fit() {

@@ -168,12 +168,17 @@ pub struct LifecycleState {
     pub waiting: Option<Lifecycle>,
     /// An earlier boot of this very instance completed the action.
     pub completed_before: bool,
+    /// The group is taking the instance into its warm pool (`target-lifecycle-state` `Warmed:*`):
+    /// only the lifecycle action is completed; no probe, no target groups.
+    pub warm: Option<String>,
 }
 
 /// The local probe's part of the step.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Probe {
     NotConfigured,
+    /// Going into the warm pool: probed when it leaves.
+    Warm,
     Planned {
         url: String,
         timeout: Duration,
@@ -212,6 +217,8 @@ pub enum Action {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Targets {
     None,
+    /// Going into the warm pool (this state): registered when it leaves.
+    Warm(String),
     Planned {
         instance_id: String,
         arns: Vec<String>,
@@ -253,6 +260,7 @@ impl Reported for StepOutcome {
     fn detail(&self) -> String {
         let mut lines = vec![match &self.probe {
             Probe::NotConfigured => "no health URL configured: no local probe".to_string(),
+            Probe::Warm => "no local probe: the instance is going into the warm pool".to_string(),
             Probe::Planned { url, timeout } => format!(
                 "would GET {url} until it answers 2xx (within {})",
                 humantime::format_duration(*timeout)
@@ -285,6 +293,9 @@ impl Reported for StepOutcome {
         });
         match &self.targets {
             Targets::None => {}
+            Targets::Warm(state) => lines.push(format!(
+                "target groups: none registered in {state} (the boot out of the warm pool registers them)"
+            )),
             Targets::Planned { instance_id, arns } => lines.push(format!(
                 "would register {instance_id} in {}",
                 arns.join(", ")
@@ -307,6 +318,7 @@ pub async fn step(
 ) -> Result<StepOutcome, HealthError> {
     let config = &instance.config.health;
     let probe = match &config.url {
+        _ if lifecycle.warm.is_some() => Probe::Warm,
         None => Probe::NotConfigured,
         Some(url) if plan => Probe::Planned {
             url: url.clone(),
@@ -350,6 +362,8 @@ pub async fn step(
     let arns = &config.target_groups;
     let targets = if arns.is_empty() {
         Targets::None
+    } else if let Some(state) = &lifecycle.warm {
+        Targets::Warm(state.clone())
     } else if plan {
         Targets::Planned {
             instance_id: instance.id().to_string(),
@@ -392,6 +406,7 @@ pub async fn run_alone(
     let state = LifecycleState {
         waiting,
         completed_before: false,
+        warm: None,
     };
     match step(instance, http, &state, false).await {
         Ok(outcome) => Ok(outcome),

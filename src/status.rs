@@ -84,6 +84,10 @@ pub struct Report {
     /// The lifecycle action was completed (CONTINUE) by this boot.
     #[serde(default)]
     pub lifecycle_completed: bool,
+    /// This boot ran as the instance went into its warm pool (`Warmed:*`): its lifecycle action was
+    /// the warm pool's, and the boot out of the pool has its own.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub warm: bool,
 }
 
 /// The time now, as the reports write it (RFC 3339, milliseconds).

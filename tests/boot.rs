@@ -420,7 +420,7 @@ fn plan_changes_nothing() {
     let out = run.stdout();
     assert_has(&out, "would switch current from nothing to release");
     assert_has(&out, "would complete the lifecycle action of hook");
-    assert_has(&out, "plan: associate one of the 3 candidate(s)");
+    assert_has(&out, "plan: associate one of the 3 candidates");
     assert_eq!(emu.addresses(&acct.name), addresses);
     assert_eq!(state_of(emu, &inst.id), "Pending:Wait");
     assert_eq!(fs::read_dir(root.path()).expect("root").count(), 0);
@@ -646,4 +646,106 @@ fn current_release(root: &Path) -> Option<String> {
             .trim_start_matches("releases/")
             .to_string()
     })
+}
+
+/// A warm pool (issue 14, item 1): the launching hook fires twice for one instance id. The boot into
+/// the pool stages the release and completes the pool's action, and holds nothing a stopped instance
+/// must not (no address, no targets, no success message); the boot out of the pool completes its own.
+#[test]
+fn a_warm_pool_boot_stages_and_the_boot_out_of_the_pool_completes_its_own_action() {
+    let emu = emulator();
+    let acct = account(emu, true, 300);
+    let inst = emu.launch_one(json!({"group": acct.name, "warm_pool": "Warmed:Stopped"}));
+    assert_eq!(state_of(emu, &inst.id), "Warmed:Pending:Wait");
+    let root = tempfile::tempdir().expect("root");
+    let state = tempfile::tempdir().expect("state");
+    let config = acct.config(root.path(), "");
+    let run = on(emu, &inst, state.path(), &config)
+        .run(&["boot"])
+        .expect_code(0);
+    assert_has(&run.stdout(), "going into its warm pool (Warmed:Stopped)");
+    assert!(
+        bound_to(emu, &acct.name, &inst.id).is_empty(),
+        "no address in the pool"
+    );
+    assert!(
+        root.path().join("current/public/index.php").is_file(),
+        "staged"
+    );
+    assert_eq!(state_of(emu, &inst.id), "Warmed:Stopped");
+    assert_eq!(the_action(emu, &inst.id)["result"], "CONTINUE");
+    assert!(
+        acct.messages(emu, "ok").is_empty(),
+        "no success message yet"
+    );
+
+    // Out of the pool: a second launching action for the same instance; the boot completes it.
+    emu.control(
+        "POST",
+        &format!("instances/{}", inst.id),
+        json!({"warmed": null}),
+    );
+    assert_eq!(state_of(emu, &inst.id), "Pending:Wait");
+    let run = on(emu, &inst, state.path(), &config)
+        .run(&["boot"])
+        .expect_code(0);
+    assert_has(&run.stdout(), "lifecycle action completed: CONTINUE");
+    assert_eq!(state_of(emu, &inst.id), "InService");
+    assert_eq!(bound_to(emu, &acct.name, &inst.id).len(), 1);
+    let actions = lifecycle_of(emu, &inst.id);
+    assert_eq!(actions.len(), 2, "{actions:?}");
+    assert!(actions
+        .iter()
+        .all(|a| a["result"] == "CONTINUE" && a["timed_out"] == false));
+    acct.the_message(emu, "ok");
+}
+
+/// An instance back in its warm pool and out again: the drain completes the pool's action, and the
+/// next boot out of the pool completes the new one (a finished boot of the same instance earlier does
+/// not make it a rerun).
+#[test]
+fn back_into_the_warm_pool_and_out_again_completes_every_action() {
+    let emu = emulator();
+    let acct = account(emu, true, 300);
+    let inst = acct.launch(emu);
+    let root = tempfile::tempdir().expect("root");
+    let state = tempfile::tempdir().expect("state");
+    let config = acct.config(root.path(), "");
+    on(emu, &inst, state.path(), &config)
+        .run(&["boot"])
+        .expect_code(0);
+    emu.control(
+        "POST",
+        &format!("instances/{}", inst.id),
+        json!({"warmed": "Warmed:Stopped"}),
+    );
+    assert_eq!(state_of(emu, &inst.id), "Warmed:Pending:Wait");
+    let run = on(emu, &inst, state.path(), &config)
+        .run(&["drain"])
+        .expect_code(0);
+    assert_has(
+        &run.stdout(),
+        "launching (warm pool) action completed: CONTINUE",
+    );
+    assert_eq!(state_of(emu, &inst.id), "Warmed:Stopped");
+    assert!(
+        bound_to(emu, &acct.name, &inst.id).is_empty(),
+        "the address went back"
+    );
+
+    emu.control(
+        "POST",
+        &format!("instances/{}", inst.id),
+        json!({"warmed": null}),
+    );
+    on(emu, &inst, state.path(), &config)
+        .run(&["boot"])
+        .expect_code(0);
+    assert_eq!(state_of(emu, &inst.id), "InService");
+    assert_eq!(bound_to(emu, &acct.name, &inst.id).len(), 1);
+    let actions = lifecycle_of(emu, &inst.id);
+    assert_eq!(actions.len(), 3, "{actions:?}");
+    assert!(actions
+        .iter()
+        .all(|a| a["result"] == "CONTINUE" && a["timed_out"] == false));
 }

@@ -202,6 +202,7 @@ async fn deploy(
         steps: Vec::new(),
         error: None,
         lifecycle_completed: false,
+        warm: false,
     };
     let result = deploy_steps(agent, target, stop, &mut report.steps).await;
     if matches!(result, Ok(Deployed::Current)) {

@@ -115,7 +115,7 @@ class Fleet:
     def launch(self, region: str, group: str | None, az: str | None, count: int,
                tags: dict[str, str], metadata_tags: bool, instance_type: str,
                extra_enis: int = 0, role: str | None = None,
-               credential_lifetime: float = 3600.0) -> list[dict]:
+               credential_lifetime: float = 3600.0, warm_pool: str | None = None) -> list[dict]:
         ec2 = self.ec2(region)
         asg = self.asg(region)
         with self.lock:
@@ -153,22 +153,55 @@ class Fleet:
                     eni = ec2.create_network_interface(subnet, None)
                     ec2.attach_network_interface(eni.id, inst.id, index)
                 self.members[inst.id] = Member(inst.id, region, group, metadata_tags, role=role,
-                                               credential_lifetime=credential_lifetime)
+                                               credential_lifetime=credential_lifetime,
+                                               warmed=warm_pool)
                 state = "InService"
                 if grp is not None:
                     grp.max_size = max(grp.max_size or 0, len(grp.instance_states) + 1)
                     asg.attach_instances(group, [inst.id])
                     hook = self.launching_hook(region, group)
+                    _, istate = self.instance_state(region, inst.id)
                     if hook is not None:
-                        _, istate = self.instance_state(region, inst.id)
-                        istate.lifecycle_state = state = "Pending:Wait"
-                        timeout = float(hook.heartbeat_timeout)
-                        self.actions[inst.id] = LifecycleAction(
-                            inst.id, region, group, hook.name, str(uuid.uuid4()), timeout,
-                            hook.default_result, time.monotonic() + timeout)
+                        # Launched into a warm pool, the hook's action comes at Warmed:Pending:Wait.
+                        state = "Warmed:Pending:Wait" if warm_pool else "Pending:Wait"
+                        self._wait(region, group, inst.id, hook, state)
+                    elif warm_pool:
+                        istate.lifecycle_state = state = warm_pool
                 out.append({"instance_id": inst.id, "availability_zone": subnet.availability_zone,
                             "lifecycle_state": state, "group": group})
             return out
+
+    def _wait(self, region: str, group: str, instance_id: str, hook, state: str) -> None:
+        """A new launching action: the instance waits in `state` until it completes or times out."""
+        _, istate = self.instance_state(region, instance_id)
+        istate.lifecycle_state = state
+        timeout = float(hook.heartbeat_timeout)
+        self.actions[instance_id] = LifecycleAction(
+            instance_id, region, group, hook.name, str(uuid.uuid4()), timeout,
+            hook.default_result, time.monotonic() + timeout)
+
+    def set_warm(self, instance_id: str, warmed: str | None) -> None:
+        """The group takes the instance into its warm pool (`warmed`: Warmed:Stopped, …) or out of it
+        (None). Either way the launching hook fires again, for the same instance id: at
+        Warmed:Pending:Wait going in, at Pending:Wait coming out
+        (https://docs.aws.amazon.com/autoscaling/ec2/userguide/warm-pool-instance-lifecycle.html)."""
+        with self.lock:
+            member = self.members[instance_id]
+            was = member.warmed
+            member.warmed = warmed
+            if was == warmed or member.group is None:
+                return
+            action = self.actions.get(instance_id)
+            if action is not None and action.result is None:
+                return  # the action under way (the instance never finished launching) stays
+            hook = self.launching_hook(member.region, member.group)
+            if hook is not None:
+                state = "Warmed:Pending:Wait" if warmed else "Pending:Wait"
+                self._wait(member.region, member.group, instance_id, hook, state)
+            else:
+                _, istate = self.instance_state(member.region, instance_id)
+                if istate is not None:
+                    istate.lifecycle_state = warmed or "InService"
 
     # ---- lifecycle API ----
     def _find_action(self, region: str, params: dict) -> LifecycleAction:
@@ -218,7 +251,10 @@ class Fleet:
             self.asg(action.region).detach_instances(group.name, [action.instance_id], True)
             self.ec2(action.region).terminate_instances([action.instance_id])
             return
-        if result == "CONTINUE":
+        if result == "CONTINUE" and state.lifecycle_state.startswith("Warmed:"):
+            member = self.members.get(action.instance_id)
+            state.lifecycle_state = (member.warmed if member else None) or "Warmed:Stopped"
+        elif result == "CONTINUE":
             state.lifecycle_state = "InService"
         else:
             # The group terminates an abandoned instance. No replacement is launched here.

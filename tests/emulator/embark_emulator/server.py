@@ -4,9 +4,12 @@ Everything listens on 127.0.0.1 only. The control API lives under /_embark/ on t
 
   POST   /_embark/seed                {region?, name?, pool_size?, ...} -> ids of a ready-made account
   POST   /_embark/launch              {region?, group?, az?, count?, tags?, metadata_tags?, extra_enis?,
-                                       role?, credential_lifetime?}: role → IMDS serves rotating credentials
+                                       role?, credential_lifetime?, warm_pool?}: role → IMDS serves rotating
+                                       credentials; warm_pool ("Warmed:Stopped", …) → launched into the
+                                       group's warm pool (Warmed:Pending:Wait with a launching hook)
   POST   /_embark/instances/<id>      {http_endpoint?: "enabled"|"disabled", metadata_tags?: bool,
-                                       warmed?: "Warmed:Stopped"|…|null (IMDS target-lifecycle-state)}
+                                       warmed?: "Warmed:Stopped"|…|null: into the warm pool or out of it
+                                       (IMDS target-lifecycle-state; the launching hook fires again)}
   GET    /_embark/instances/<id>      the instance as IMDS shows it, with its lifecycle state
   POST   /_embark/addresses           {count, pool?, az?, region?}: allocate (tagged) Elastic IPs
   GET    /_embark/addresses?pool=P    addresses (of a pool) with their associations
@@ -449,7 +452,8 @@ class Emulator:
                                          spec.get("instance_type", "t3.micro"),
                                          int(spec.get("extra_enis", 0)),
                                          spec.get("role"),
-                                         float(spec.get("credential_lifetime", 3600)))
+                                         float(spec.get("credential_lifetime", 3600)),
+                                         spec.get("warm_pool"))
             for item in launched:
                 item["imds_endpoint"] = self.imds_endpoint(item["instance_id"])
             return json_response(launched)
@@ -464,8 +468,7 @@ class Emulator:
                 if "metadata_tags" in spec:
                     member.metadata_tags = bool(spec["metadata_tags"])
                 if "warmed" in spec:
-                    # https://docs.aws.amazon.com/autoscaling/ec2/userguide/warm-pool-instance-lifecycle.html
-                    member.warmed = spec["warmed"]
+                    self.fleet.set_warm(iid, spec["warmed"])
             info = self.fleet.describe(iid) or {"instance_id": iid, "state": "unknown"}
             info["lifecycle_state"] = self.fleet.lifecycle_state(member.region, iid)
             info["imds_endpoint"] = self.imds_endpoint(iid)
