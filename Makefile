@@ -45,6 +45,7 @@ lint:
 
 # What ships around the binary: scripts, cloud-config, Packer template, units, and the IAM policy.
 LINTVENV := .ci/.lintvenv
+LINT_KMS_KEY := arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab
 lint-shipping: static $(LINTVENV)/.installed
 	shellcheck userdata/boot.sh packer/install.sh scripts/*.sh bench/*.sh .ci/run
 	cloud-init schema --config-file userdata/cloud-config.yaml
@@ -57,8 +58,8 @@ lint-shipping: static $(LINTVENV)/.installed
 	    for u in packer/*.service; do \
 	    sed "s#/usr/local/bin/embark#$(CURDIR)/$(STATIC)#g" "$$u" >"$$tmp/$$(basename "$$u")"; done && \
 	    MANPATH="$$tmp/man" systemd-analyze verify "$$tmp"/*.service; status=$$?; rm -rf "$$tmp"; exit $$status
-	$(STATIC) --config .ci/iam-lint.toml iam-policy --group web | $(LINTVENV)/bin/parliament
-	$(STATIC) --config .ci/iam-lint.toml iam-policy --publisher | $(LINTVENV)/bin/parliament
+	$(STATIC) --config .ci/iam-lint.toml iam-policy --group web --kms-key $(LINT_KMS_KEY) | $(LINTVENV)/bin/parliament
+	$(STATIC) --config .ci/iam-lint.toml iam-policy --publisher --kms-key $(LINT_KMS_KEY) | $(LINTVENV)/bin/parliament
 	@echo "shipping files: shellcheck, cloud-init schema, packer validate, systemd-analyze verify, parliament: clean"
 
 $(LINTVENV)/.installed: .ci/lint-requirements.txt

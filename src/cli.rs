@@ -219,6 +219,9 @@ pub struct IamPolicyArgs {
     /// The policy for the CI role that runs `release push` / `rollback` instead of the instance's
     #[arg(long)]
     pub publisher: bool,
+    /// The KMS key of an SSE-KMS release bucket, as a key ARN (repeatable)
+    #[arg(long = "kms-key")]
+    pub kms_keys: Vec<String>,
     /// The AWS partition of the account: aws, aws-cn (China) or aws-us-gov (GovCloud)
     #[arg(long, default_value = "aws", value_parser = ["aws", "aws-cn", "aws-us-gov"])]
     pub partition: String,
@@ -557,13 +560,17 @@ fn iam_policy(config_path: &ConfigPath, args: &IamPolicyArgs) -> Result<(), Erro
     features.topics.sort();
     features.topics.dedup();
     features.partition = crate::aws::Partition::of_name(&args.partition).name;
+    for key in &args.kms_keys {
+        crate::iam::check_kms_key(key).map_err(Error::Usage)?;
+    }
+    features.kms_keys = args.kms_keys.clone();
     let policy = if args.publisher {
         let source = features.release.as_ref().ok_or_else(|| {
             Error::Usage(
                 "--publisher needs the release source: --release s3://bucket/prefix or [release] source".into(),
             )
         })?;
-        crate::iam::publisher_policy(source, features.partition)
+        crate::iam::publisher_policy(source, features.partition, &features.kms_keys)
     } else {
         crate::iam::instance_policy(&features)
     };

@@ -21,6 +21,8 @@ pub struct Features {
     pub log_groups: Vec<String>,
     /// `aws`, `aws-cn` or `aws-us-gov`: the ARNs' partition.
     pub partition: &'static str,
+    /// KMS keys of an SSE-KMS release bucket: reading (and writing) its objects uses them.
+    pub kms_keys: Vec<String>,
 }
 
 impl Default for Features {
@@ -36,6 +38,7 @@ impl Default for Features {
             topics: Vec::new(),
             log_groups: Vec::new(),
             partition: "aws",
+            kms_keys: Vec::new(),
         }
     }
 }
@@ -74,6 +77,7 @@ impl Features {
                 .map(|f| wildcard_placeholders(&f.group))
                 .collect(),
             partition: "aws",
+            kms_keys: Vec::new(),
         };
         f.log_groups.sort();
         f.log_groups.dedup();
@@ -86,6 +90,45 @@ impl Features {
 
 fn statement(sid: &str, actions: &[&str], resource: Value) -> Value {
     json!({"Sid": sid, "Effect": "Allow", "Action": actions, "Resource": resource})
+}
+
+/// Is this a KMS key ARN (`arn:aws:kms:REGION:ACCOUNT:key/ID`)? An alias or a bare id would not
+/// match the key S3 asks KMS to use.
+pub fn check_kms_key(arn: &str) -> Result<(), String> {
+    let parts: Vec<&str> = arn.splitn(6, ':').collect();
+    let ok = parts.len() == 6
+        && parts[0] == "arn"
+        && parts[1].starts_with("aws")
+        && parts[2] == "kms"
+        && crate::aws::is_region(parts[3])
+        && parts[4].len() == 12
+        && parts[4].bytes().all(|b| b.is_ascii_digit())
+        && parts[5].strip_prefix("key/").is_some_and(|id| {
+            !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "--kms-key {arn:?} is not a KMS key ARN (arn:aws:kms:REGION:ACCOUNT:key/ID; an alias does not name the key S3 uses)"
+        ))
+    }
+}
+
+/// SSE-KMS objects: S3 asks KMS on the caller's behalf to decrypt a read and to make a data key for a
+/// write (https://docs.aws.amazon.com/AmazonS3/latest/userguide/UsingKMSEncryption.html), only through S3.
+fn release_kms(keys: &[String], partition: &str) -> Option<Value> {
+    if keys.is_empty() {
+        return None;
+    }
+    let suffix = crate::aws::Partition::of_name(partition).dns_suffix;
+    let mut kms = statement(
+        "ReleaseKms",
+        &["kms:Decrypt", "kms:GenerateDataKey"],
+        json!(keys),
+    );
+    kms["Condition"] = json!({"StringLike": {"kms:ViaService": format!("s3.*.{suffix}")}});
+    Some(kms)
 }
 
 fn s3_prefix(source: &SourceUrl) -> String {
@@ -127,6 +170,7 @@ pub fn instance_policy(f: &Features) -> Value {
                 f.partition, source.bucket
             )),
         ));
+        statements.extend(release_kms(&f.kms_keys, f.partition));
         statements.push(statement(
             "DeployAgentReadyMarkers",
             &["s3:PutObject", "s3:DeleteObject"],
@@ -253,6 +297,8 @@ fn efs_statements(f: &Features) -> Vec<Value> {
             &[
                 "elasticfilesystem:ClientMount",
                 "elasticfilesystem:ClientWrite",
+                // embark mounts as root; without it an IAM-authorised mount squashes root.
+                "elasticfilesystem:ClientRootAccess",
             ],
             json!(iam),
         ));
@@ -300,16 +346,18 @@ fn group_statements(f: &Features) -> Vec<Value> {
 }
 
 /// The policy for whoever publishes (`release push`, `release rollback`, `release list`): a CI role.
-pub fn publisher_policy(source: &SourceUrl, partition: &str) -> Value {
+pub fn publisher_policy(source: &SourceUrl, partition: &str, kms_keys: &[String]) -> Value {
     let prefix = s3_prefix(source);
-    json!({"Version": "2012-10-17", "Statement": [
+    let mut statements = vec![
         release_list(source, partition),
         statement(
             "ReleasePublish",
             &["s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload"],
             json!(format!("arn:{partition}:s3:::{}/{prefix}*", source.bucket)),
         ),
-    ]})
+    ];
+    statements.extend(release_kms(kms_keys, partition));
+    json!({"Version": "2012-10-17", "Statement": statements})
 }
 
 #[cfg(test)]
@@ -328,11 +376,61 @@ mod tests {
         assert!(text.contains("arn:aws-cn:s3:::bucket-b/app/*"), "{text}");
         assert!(text.contains("arn:aws-cn:ec2:*:*:elastic-ip/*"), "{text}");
         assert!(!text.contains("arn:aws:"), "{text}");
-        let publisher = publisher_policy(f.release.as_ref().unwrap(), "aws-us-gov").to_string();
+        let publisher =
+            publisher_policy(f.release.as_ref().unwrap(), "aws-us-gov", &[]).to_string();
         assert!(
             publisher.contains("arn:aws-us-gov:s3:::bucket-b"),
             "{publisher}"
         );
+    }
+
+    #[test]
+    fn an_sse_kms_bucket_adds_its_key_through_s3_only() {
+        let key = "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+        let f = Features {
+            release: Some(SourceUrl::parse("s3://bucket-b/app").unwrap()),
+            kms_keys: vec![key.into()],
+            ..Features::default()
+        };
+        for policy in [
+            instance_policy(&f),
+            publisher_policy(f.release.as_ref().unwrap(), "aws", &f.kms_keys),
+        ] {
+            let kms = policy["Statement"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["Sid"] == "ReleaseKms")
+                .cloned()
+                .unwrap_or_else(|| panic!("no ReleaseKms in {policy}"));
+            assert_eq!(kms["Action"], json!(["kms:Decrypt", "kms:GenerateDataKey"]));
+            assert_eq!(kms["Resource"], json!([key]));
+            assert_eq!(
+                kms["Condition"]["StringLike"]["kms:ViaService"],
+                "s3.*.amazonaws.com"
+            );
+        }
+        let without = instance_policy(&Features {
+            kms_keys: Vec::new(),
+            ..f
+        });
+        assert!(!without.to_string().contains("kms:"), "{without}");
+    }
+
+    #[test]
+    fn kms_keys_must_be_key_arns() {
+        assert!(check_kms_key("arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab").is_ok());
+        assert!(check_kms_key("arn:aws-cn:kms:cn-north-1:123456789012:key/abc").is_ok());
+        for bad in [
+            "arn:aws:kms:eu-west-1:123456789012:alias/deploy",
+            "1234abcd-12ab",
+            "arn:aws:kms:eu-west-1:1234:key/abc",
+            "arn:aws:s3:eu-west-1:123456789012:key/abc",
+            "arn:aws:kms:eu-west-1:123456789012:key/a*",
+        ] {
+            let err = check_kms_key(bad).unwrap_err();
+            assert!(err.contains("not a KMS key ARN"), "{bad}: {err}");
+        }
     }
 
     #[test]

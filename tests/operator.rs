@@ -240,3 +240,41 @@ fn json_lines_carry_the_step_and_the_instance_at_the_top_level() {
     }
     assert!(lines.iter().all(|l| l.get("spans").is_none()), "{err}");
 }
+
+/// An SSE-KMS release bucket (issue 14, item 9): the key's statement, and an alias refused.
+#[test]
+fn iam_policy_takes_a_kms_key_arn_and_refuses_an_alias() {
+    let key = "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+    for extra in [&[][..], &["--publisher"][..]] {
+        let mut args = vec![
+            "--config",
+            "/dev/null",
+            "iam-policy",
+            "--release",
+            "s3://my-deploy-bucket/app",
+            "--kms-key",
+            key,
+        ];
+        args.extend_from_slice(extra);
+        let policy: Value = serde_json::from_str(&stdout(&embark(&args))).expect("policy JSON");
+        let kms = policy["Statement"]
+            .as_array()
+            .expect("statements")
+            .iter()
+            .find(|s| s["Sid"] == "ReleaseKms")
+            .cloned()
+            .unwrap_or_else(|| panic!("{extra:?}: no ReleaseKms in {policy}"));
+        assert_eq!(kms["Resource"], json!([key]));
+    }
+    let alias = embark(&[
+        "--config",
+        "/dev/null",
+        "iam-policy",
+        "--kms-key",
+        "arn:aws:kms:eu-west-1:123456789012:alias/deploy",
+    ]);
+    assert_eq!(alias.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&alias.stderr);
+    assert!(err.contains("is not a KMS key ARN"), "{err}");
+    assert!(alias.stdout.is_empty());
+}
