@@ -1,7 +1,7 @@
 //! `embark drain`: the mirror of the boot when an instance leaves the fleet (scale-in, instance
 //! refresh, a Spot notice, a shutdown). Leave the target groups and wait for draining, run the stop
 //! hooks, complete the terminating lifecycle action (heartbeats while it runs), notify. Every step is
-//! timed, bounded and reported in `drain.json`; a drain runs once per instance (docs/drain.md).
+//! timed, bounded and reported in `drain.json`; a drain runs once per time in the fleet (docs/drain.md).
 
 use std::time::{Duration, Instant};
 
