@@ -375,21 +375,7 @@ fn image_checks(config: &Config) -> Vec<CheckLine> {
         ),
         Err(why) => CheckLine::fail("no_state", why),
     });
-    let dir = systemd_dir();
-    for unit in ["embark-boot.service", "embark-watch.service"] {
-        let file = dir.join(unit);
-        let wanted = dir.join("multi-user.target.wants").join(unit);
-        lines.push(if !file.is_file() {
-            CheckLine::fail("units", format!("{} is not installed", file.display()))
-        } else if !wanted.exists() {
-            CheckLine::fail(
-                "units",
-                format!("{unit} is installed but not enabled (systemctl enable {unit})"),
-            )
-        } else {
-            CheckLine::ok("units", format!("{unit} installed and enabled"))
-        });
-    }
+    lines.extend(unit_checks());
     let releases = config.release.root.join("releases");
     let baked = std::fs::read_dir(&releases).map(|d| d.count()).unwrap_or(0);
     if baked > 0 {
@@ -403,6 +389,28 @@ fn image_checks(config: &Config) -> Vec<CheckLine> {
         ));
     }
     lines
+}
+
+/// The image's systemd units: installed and enabled.
+fn unit_checks() -> Vec<CheckLine> {
+    let dir = systemd_dir();
+    ["embark-boot.service", "embark-watch.service"]
+        .into_iter()
+        .map(|unit| {
+            let file = dir.join(unit);
+            let wanted = dir.join("multi-user.target.wants").join(unit);
+            if !file.is_file() {
+                CheckLine::fail("units", format!("{} is not installed", file.display()))
+            } else if !wanted.exists() {
+                CheckLine::fail(
+                    "units",
+                    format!("{unit} is installed but not enabled (systemctl enable {unit})"),
+                )
+            } else {
+                CheckLine::ok("units", format!("{unit} installed and enabled"))
+            }
+        })
+        .collect()
 }
 
 /// Writable without writing anything lasting: a probe file is created and removed; a state dir that

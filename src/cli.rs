@@ -356,45 +356,10 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         }
         Command::Efs {
             command: EfsCommand::Mount { plan },
-        } => {
-            let ctx = load()?;
-            let instance = ctx.instance().await?;
-            let paths = efs::Paths::system();
-            match efs::step(&instance, &ctx.resolver, &paths, *plan).await? {
-                efs::StepOutcome::NotConfigured => say_line(
-                    "no file systems configured ([[efs]] or the group's embark:efs tag): nothing to do",
-                ),
-                done => say_line(&done.detail()),
-            }
-        }
-        Command::Eip { command } => {
-            let instance = load()?.instance().await?;
-            match command {
-                EipCommand::Bind { pool, plan } => {
-                    match eip::step(&instance, pool.as_deref(), *plan).await? {
-                        eip::StepOutcome::NotConfigured => return Err(eip::EipError::NoPool.into()),
-                        done => say_line(&done.detail()),
-                    }
-                }
-                EipCommand::Status { pool, json } => {
-                    let status = eip::status(&instance, pool.as_deref()).await?;
-                    print_either(&status, *json, eip::Status::human);
-                }
-            }
-        }
+        } => efs_mount(&load()?, *plan).await?,
+        Command::Eip { command } => eip_command(&load()?, command).await?,
         Command::Release { command } => release_command(&load()?, command).await?,
-        Command::Drain { plan } => {
-            let ctx = load()?;
-            let instance = ctx.instance().await?;
-            let http = ctx.http_client()?;
-            let trigger = crate::drain::pending_trigger(&ctx.imds(), instance.config.drain.on_spot)
-                .await?
-                .unwrap_or(crate::drain::Trigger::Command);
-            if matches!(trigger, crate::drain::Trigger::Warmed(_)) && !*plan {
-                give_back_address(&instance).await;
-            }
-            drain_now(&instance, &http, *plan, trigger).await?;
-        }
+        Command::Drain { plan } => drain_command(&load()?, *plan).await?,
         Command::Logs {
             command: LogsCommand::Sync { plan },
         } => {
@@ -420,6 +385,50 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// `efs mount [--plan]`.
+async fn efs_mount(ctx: &Context, plan: bool) -> Result<(), Error> {
+    let instance = ctx.instance().await?;
+    let paths = efs::Paths::system();
+    match efs::step(&instance, &ctx.resolver, &paths, plan).await? {
+        efs::StepOutcome::NotConfigured => say_line(
+            "no file systems configured ([[efs]] or the group's embark:efs tag): nothing to do",
+        ),
+        done => say_line(&done.detail()),
+    }
+    Ok(())
+}
+
+/// `eip bind` / `eip status`.
+async fn eip_command(ctx: &Context, command: &EipCommand) -> Result<(), Error> {
+    let instance = ctx.instance().await?;
+    match command {
+        EipCommand::Bind { pool, plan } => {
+            match eip::step(&instance, pool.as_deref(), *plan).await? {
+                eip::StepOutcome::NotConfigured => return Err(eip::EipError::NoPool.into()),
+                done => say_line(&done.detail()),
+            }
+        }
+        EipCommand::Status { pool, json } => {
+            let status = eip::status(&instance, pool.as_deref()).await?;
+            print_either(&status, *json, eip::Status::human);
+        }
+    }
+    Ok(())
+}
+
+/// `drain [--plan]`: why IMDS says the instance is leaving, or "by hand".
+async fn drain_command(ctx: &Context, plan: bool) -> Result<(), Error> {
+    let instance = ctx.instance().await?;
+    let http = ctx.http_client()?;
+    let trigger = crate::drain::pending_trigger(&ctx.imds(), instance.config.drain.on_spot)
+        .await?
+        .unwrap_or(crate::drain::Trigger::Command);
+    if matches!(trigger, crate::drain::Trigger::Warmed(_)) && !plan {
+        give_back_address(&instance).await;
+    }
+    drain_now(&instance, &http, plan, trigger).await
 }
 
 /// The complete, commented configuration `embark config example` prints (tested to parse).

@@ -186,6 +186,18 @@ fn pax_size(record: &[u8]) -> Option<u64> {
         .and_then(|(_, v)| v.trim().parse().ok())
 }
 
+fn corrupt(id: &str, why: String) -> ReleaseError {
+    ReleaseError::Failed(format!(
+        "the bundle of release {id} is corrupt: {why}; nothing was switched"
+    ))
+}
+
+fn refused(id: &str, why: String) -> ReleaseError {
+    ReleaseError::Failed(format!(
+        "refusing release {id}: its bundle {why}; nothing was switched"
+    ))
+}
+
 /// Unpacks a `bundle.tar.zst` read from `reader` into `dest`: every entry must be the manifest's
 /// entry of that path and kind, every file's bytes its size and sha256; anything else is refused.
 pub fn unpack(
@@ -194,16 +206,8 @@ pub fn unpack(
     dest: &Path,
     id: &str,
 ) -> Result<(), ReleaseError> {
-    let corrupt = |why: String| {
-        ReleaseError::Failed(format!(
-            "the bundle of release {id} is corrupt: {why}; nothing was switched"
-        ))
-    };
-    let refused = |why: String| {
-        ReleaseError::Failed(format!(
-            "refusing release {id}: its bundle {why}; nothing was switched"
-        ))
-    };
+    let corrupt = |why: String| corrupt(id, why);
+    let refused = |why: String| refused(id, why);
     let mut decoder = zstd::Decoder::new(reader).map_err(|e| corrupt(e.to_string()))?;
     decoder
         .window_log_max(ZSTD_WINDOW_LOG_MAX)
@@ -239,49 +243,60 @@ pub fn unpack(
         if !seen.insert(path.clone()) {
             return Err(refused(format!("repeats the entry '{}'", quote(&path))));
         }
-        let target = dest.join(&path);
-        match (kind, node) {
-            (tar::EntryType::Directory, Node::Dir { .. }) => {
-                create_dir(&target)?;
-            }
-            (tar::EntryType::Symlink, Node::Symlink { target: want, .. }) => {
-                let link = entry
-                    .link_name_bytes()
-                    .map(|b| b.into_owned())
-                    .unwrap_or_default();
-                if link != want.as_bytes() {
-                    return Err(refused(format!(
-                        "has the symlink '{path}' pointing elsewhere than the manifest says"
-                    )));
-                }
-                make_symlink(want, &target)?;
-            }
-            (tar::EntryType::Regular | tar::EntryType::Continuous, Node::File { size, .. }) => {
-                // The entry's own size, a PAX `size` record included: what the tar crate will read.
-                if entry.size() != *size {
-                    return Err(corrupt(format!(
-                        "'{path}' has another size than the manifest says"
-                    )));
-                }
-                write_verified(&mut entry, &target, node, id)?;
-            }
-            (kind, _) if !kind.is_file() && !kind.is_dir() && !kind.is_symlink() => {
-                return Err(refused(format!(
-                    "holds '{path}' as a {}; a release holds only files, directories and symlinks",
-                    kind_name(kind)
-                )));
-            }
-            _ => {
-                return Err(refused(format!(
-                    "holds '{path}' as another kind of entry than the manifest says"
-                )))
-            }
-        }
+        place(&mut entry, node, &path, dest, id)?;
     }
     if let Some(missing) = nodes.keys().find(|p| !seen.contains(*p)) {
         return Err(corrupt(format!("it lacks '{missing}'")));
     }
     Ok(())
+}
+
+/// One entry, written where the manifest says, only if it is the manifest's kind (and size, link).
+fn place<R: Read>(
+    entry: &mut tar::Entry<R>,
+    node: &Node,
+    path: &str,
+    dest: &Path,
+    id: &str,
+) -> Result<(), ReleaseError> {
+    let target = dest.join(path);
+    match (entry.header().entry_type(), node) {
+        (tar::EntryType::Directory, Node::Dir { .. }) => create_dir(&target),
+        (tar::EntryType::Symlink, Node::Symlink { target: want, .. }) => {
+            let link = entry
+                .link_name_bytes()
+                .map(|b| b.into_owned())
+                .unwrap_or_default();
+            if link != want.as_bytes() {
+                return Err(refused(
+                    id,
+                    format!("has the symlink '{path}' pointing elsewhere than the manifest says"),
+                ));
+            }
+            make_symlink(want, &target)
+        }
+        (tar::EntryType::Regular | tar::EntryType::Continuous, Node::File { size, .. }) => {
+            // The entry's own size, a PAX `size` record included: what the tar crate will read.
+            if entry.size() != *size {
+                return Err(corrupt(
+                    id,
+                    format!("'{path}' has another size than the manifest says"),
+                ));
+            }
+            write_verified(entry, &target, node, id)
+        }
+        (kind, _) if !kind.is_file() && !kind.is_dir() && !kind.is_symlink() => Err(refused(
+            id,
+            format!(
+                "holds '{path}' as a {}; a release holds only files, directories and symlinks",
+                kind_name(kind)
+            ),
+        )),
+        _ => Err(refused(
+            id,
+            format!("holds '{path}' as another kind of entry than the manifest says"),
+        )),
+    }
 }
 
 fn kind_name(kind: tar::EntryType) -> &'static str {
