@@ -138,17 +138,8 @@ impl<'a> Boot<'a> {
             options,
             started: Instant::now(),
             report: Report {
-                command: "boot".into(),
-                status: RunStatus::Running,
-                instance_id: None,
-                group: None,
-                started: now(),
-                finished: None,
-                duration_ms: 0,
                 steps,
-                error: None,
-                lifecycle_completed: false,
-                warm: false,
+                ..Report::running("boot".into(), None, None)
             },
             state_dir: ctx.config.state_dir.clone(),
             lifecycle: LifecycleState::default(),

@@ -146,19 +146,11 @@ pub async fn run(drain: &Drain<'_>) -> Result<Drained, String> {
         Trigger::Spot { time, .. } => spot_deadline(time.as_deref(), config.drain.deadline),
         _ => config.drain.deadline,
     };
-    let mut report = Report {
-        command: "drain".into(),
-        status: RunStatus::Running,
-        instance_id: Some(drain.instance.id().to_string()),
-        group: drain.instance.group().map(str::to_string),
-        started: now(),
-        finished: None,
-        duration_ms: 0,
-        steps: Vec::new(),
-        error: None,
-        lifecycle_completed: false,
-        warm: false,
-    };
+    let mut report = Report::running(
+        "drain".into(),
+        Some(drain.instance.id().to_string()),
+        drain.instance.group().map(str::to_string),
+    );
     tracing::info!(instance_id = %drain.instance.id(), "draining: {}", drain.trigger.says());
     let started = Instant::now();
     let terminating = find_action(drain).await;
@@ -470,17 +462,11 @@ mod tests {
 
     fn report(command: &str, started: &str, warm: bool) -> Report {
         Report {
-            command: command.into(),
             status: RunStatus::Done,
-            instance_id: Some("i-0abc".into()),
-            group: None,
             started: started.into(),
-            finished: None,
-            duration_ms: 0,
-            steps: Vec::new(),
-            error: None,
             lifecycle_completed: true,
             warm,
+            ..Report::running(command.into(), Some("i-0abc".into()), None)
         }
     }
 

@@ -100,6 +100,23 @@ pub fn path(state_dir: &Path) -> PathBuf {
 }
 
 impl Report {
+    /// A run that starts now: no steps recorded yet, nothing completed.
+    pub fn running(command: String, instance_id: Option<String>, group: Option<String>) -> Report {
+        Report {
+            command,
+            status: RunStatus::Running,
+            instance_id,
+            group,
+            started: now(),
+            finished: None,
+            duration_ms: 0,
+            steps: Vec::new(),
+            error: None,
+            lifecycle_completed: false,
+            warm: false,
+        }
+    }
+
     pub fn read(state_dir: &Path) -> Result<Option<Report>, String> {
         Report::read_from(&path(state_dir))
     }

@@ -5,7 +5,7 @@ mod common;
 use std::fs;
 use std::path::Path;
 
-use common::{assert_has, emulator, unique, Embark, Emulator, Instance};
+use common::{assert_has, current_release, emulator, unique, Embark, Emulator, Instance};
 use serde_json::{json, Value};
 
 /// A seeded account of this test's own: group (with or without a launching hook), pool, bucket with a
@@ -638,14 +638,6 @@ fn a_boot_and_the_agent_run_on_instance_profile_credentials_across_a_rotation() 
         "{}",
         run.stderr()
     );
-}
-
-fn current_release(root: &Path) -> Option<String> {
-    fs::read_link(root.join("current")).ok().map(|t| {
-        t.to_string_lossy()
-            .trim_start_matches("releases/")
-            .to_string()
-    })
 }
 
 /// A warm pool (issue 14, item 1): the launching hook fires twice for one instance id. The boot into

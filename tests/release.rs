@@ -7,21 +7,14 @@ use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use common::{assert_has, emulator, unique, Embark, Emulator, Instance};
+use common::{
+    assert_has, current_release, emulator, pull, unique, Embark, Emulator, Instance, Source,
+};
 use embark::release::format::sha256_hex;
 use serde_json::{json, Value};
 
-/// A bucket and a source of this test's own.
-struct Source {
-    bucket: String,
-    url: String,
-}
-
 fn source(emu: &Emulator) -> Source {
-    let bucket = unique("rel");
-    emu.bucket(&bucket);
-    let url = format!("s3://{bucket}/app");
-    Source { bucket, url }
+    emu.source("rel")
 }
 
 /// An instance whose group tags name the source (and a role).
@@ -30,45 +23,11 @@ fn instance(emu: &Emulator, src: &Source, role: &str) -> Instance {
 }
 
 fn push(emu: &Emulator, dir: &Path, src: &Source, message: &str) -> String {
-    let run = emu
-        .workstation()
-        .run(&[
-            "release",
-            "push",
-            path(dir),
-            "--to",
-            &src.url,
-            "-m",
-            message,
-        ])
-        .expect_code(0);
-    let out = run.stdout();
-    out.split_whitespace()
-        .nth(2)
-        .unwrap_or_else(|| panic!("no release id in: {out}"))
-        .to_string()
+    emu.push_dir(dir, &src.url, Some(message))
 }
 
 fn path(p: &Path) -> &str {
     p.to_str().expect("utf-8 temp path")
-}
-
-/// `release pull` on `inst` into `root`, with extra config lines.
-fn pull(emu: &Emulator, inst: &Instance, root: &Path, extra: &str) -> common::Run {
-    Embark::new(emu, inst)
-        .config(&format!(
-            "[release]\nroot = \"{}\"\n{extra}",
-            root.display()
-        ))
-        .run(&["release", "pull"])
-}
-
-fn current(root: &Path) -> Option<String> {
-    fs::read_link(root.join("current")).ok().map(|t| {
-        t.to_string_lossy()
-            .trim_start_matches("releases/")
-            .to_string()
-    })
 }
 
 /// Every entry below `dir`: kind, mode and content digest or link target.
@@ -130,7 +89,7 @@ fn small_tree(dir: &Path, n: usize) {
 
 /// Check that `root`'s current release matches its manifest copy byte for byte.
 fn verify_current(root: &Path) -> String {
-    let id = current(root).expect("a current release");
+    let id = current_release(root).expect("a current release");
     let manifest: Value = serde_json::from_slice(
         &fs::read(root.join(format!(".embark/manifests/{id}.json"))).expect("manifest copy"),
     )
@@ -373,7 +332,10 @@ http_get = "http://127.0.0.1:{port}/opcache-reset.php"
         &run.stderr(),
         &format!("switched current to release {second}, but the hook `false` failed: it exited with status 1"),
     );
-    assert_eq!(current(root.path()).as_deref(), Some(second.as_str()));
+    assert_eq!(
+        current_release(root.path()).as_deref(),
+        Some(second.as_str())
+    );
     let env = fs::read_to_string(&out).expect("hook output");
     assert_has(&env, &format!("previous={first}"));
     assert!(!env.contains("cron-only"), "{env}");
@@ -440,7 +402,7 @@ fn hostile_manifests_are_refused_before_anything_is_written() {
         let run = pull(emu, &inst, root.path(), "").expect_code(1);
         assert_has(&run.stderr(), &format!("refusing release {id}"));
         assert_has(&run.stderr(), why);
-        assert_eq!(current(root.path()), None, "{entry}");
+        assert_eq!(current_release(root.path()), None, "{entry}");
         let written: Vec<_> = fs::read_dir(root.path().join("releases"))
             .into_iter()
             .flatten()
@@ -504,7 +466,7 @@ fn a_bundle_with_a_device_or_unlisted_entry_is_refused_and_leaves_nothing() {
         let root = tempfile::tempdir().expect("root");
         let run = pull(emu, &inst, root.path(), "").expect_code(1);
         assert_has(&run.stderr(), why);
-        assert_eq!(current(root.path()), None);
+        assert_eq!(current_release(root.path()), None);
         assert_eq!(leftovers(root.path()), Vec::<String>::new());
         assert!(!root.path().join("releases").join(&id).exists());
     }
@@ -532,7 +494,7 @@ fn a_corrupt_object_is_refused_and_current_stays() {
     let run = pull(emu, &inst, root.path(), "").expect_code(1);
     assert_has(&run.stderr(), "'vendor/pkg0/f0.php' of release");
     assert_has(&run.stderr(), "does not match its sha256");
-    assert_eq!(current(root.path()).as_deref(), Some(v1.as_str()));
+    assert_eq!(current_release(root.path()).as_deref(), Some(v1.as_str()));
     assert_eq!(leftovers(root.path()), Vec::<String>::new());
     assert!(!root.path().join("releases").join(&v2).exists());
 }
@@ -564,7 +526,7 @@ fn a_bucket_in_another_region_is_asked_there_after_one_redirect() {
     let inst = instance(emu, &src, "web");
     let root = tempfile::tempdir().expect("root");
     let run = pull(emu, &inst, root.path(), "").expect_code(0);
-    assert_eq!(current(root.path()), Some(id));
+    assert_eq!(current_release(root.path()), Some(id));
     assert_has(
         &run.stderr(),
         &format!("s3://{} is in us-west-2, not {}", src.bucket, emu.region),
@@ -593,7 +555,7 @@ fn a_configured_release_region_is_asked_without_a_detour() {
     let inst = instance(emu, &src, "web");
     let root = tempfile::tempdir().expect("root");
     pull(emu, &inst, root.path(), "region = \"ap-southeast-2\"").expect_code(0);
-    assert_eq!(current(root.path()), Some(id));
+    assert_eq!(current_release(root.path()), Some(id));
     let gets = emu.s3_requests(&src.bucket, "GetObject");
     let pulled = &gets[before..];
     assert!(!pulled.is_empty());
@@ -614,7 +576,7 @@ fn a_release_region_that_is_not_a_region_is_refused() {
     let run = pull(emu, &inst, root.path(), "region = \"s3.evil.example\"").expect_code(2);
     assert_has(&run.stderr(), "is not an AWS region name");
     assert!(emu.s3_requests(&src.bucket, "GetObject").is_empty());
-    assert_eq!(current(root.path()), None);
+    assert_eq!(current_release(root.path()), None);
 }
 
 #[test]
@@ -851,7 +813,7 @@ fn sigkill_at_random_moments_never_leaves_current_broken() {
             killed_mid_way += 1;
         }
         let _ = running.wait();
-        if current(root.path()).is_some() {
+        if current_release(root.path()).is_some() {
             verify_current(root.path());
         }
     }

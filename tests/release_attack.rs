@@ -6,20 +6,14 @@ mod common;
 use std::fs;
 use std::path::Path;
 
-use common::{assert_has, emulator, unique, Embark, Emulator, Instance};
+use common::{
+    assert_has, current_release, emulator, pull, unique, Embark, Emulator, Instance, Source,
+};
 use embark::release::format::sha256_hex;
 use serde_json::{json, Value};
 
-struct Source {
-    bucket: String,
-    url: String,
-}
-
 fn source(emu: &Emulator) -> Source {
-    let bucket = unique("atk");
-    emu.bucket(&bucket);
-    let url = format!("s3://{bucket}/app");
-    Source { bucket, url }
+    emu.source("atk")
 }
 
 fn instance(emu: &Emulator, src: &Source) -> Instance {
@@ -27,21 +21,7 @@ fn instance(emu: &Emulator, src: &Source) -> Instance {
 }
 
 fn push(emu: &Emulator, dir: &Path, src: &Source) -> String {
-    let run = emu
-        .workstation()
-        .run(&[
-            "release",
-            "push",
-            dir.to_str().expect("utf-8"),
-            "--to",
-            &src.url,
-        ])
-        .expect_code(0);
-    let out = run.stdout();
-    out.split_whitespace()
-        .nth(2)
-        .expect("release id")
-        .to_string()
+    emu.push_dir(dir, &src.url, None)
 }
 
 fn tree(files: &[(&str, &str)]) -> tempfile::TempDir {
@@ -52,23 +32,6 @@ fn tree(files: &[(&str, &str)]) -> tempfile::TempDir {
         fs::write(p, body).expect("write");
     }
     dir
-}
-
-fn pull(emu: &Emulator, inst: &Instance, root: &Path, extra: &str) -> common::Run {
-    Embark::new(emu, inst)
-        .config(&format!(
-            "[release]\nroot = \"{}\"\n{extra}",
-            root.display()
-        ))
-        .run(&["release", "pull"])
-}
-
-fn current(root: &Path) -> Option<String> {
-    fs::read_link(root.join("current")).ok().map(|t| {
-        t.to_string_lossy()
-            .trim_start_matches("releases/")
-            .to_string()
-    })
 }
 
 fn manifest(emu: &Emulator, src: &Source, id: &str) -> Value {
@@ -146,7 +109,7 @@ fn finding_1_a_symlink_chain_out_of_the_release_is_refused() {
     let root = tempfile::tempdir().expect("root");
     let run = pull(emu, &inst, root.path(), "").expect_code(1);
     assert_has(&run.stderr(), "through the release's own symlink 'l1'");
-    assert_eq!(current(root.path()), None);
+    assert_eq!(current_release(root.path()), None);
     assert!(!root.path().join("releases").join(&id).exists());
 }
 
@@ -175,7 +138,7 @@ fn finding_2_a_pax_size_beyond_the_manifest_writes_nothing_beyond_it() {
         "{} bytes written",
         disk_bytes(root.path())
     );
-    assert_eq!(current(root.path()), None);
+    assert_eq!(current_release(root.path()), None);
 }
 
 #[test]
@@ -190,7 +153,7 @@ fn finding_3_a_huge_extension_record_is_refused_from_its_header() {
     let root = tempfile::tempdir().expect("root");
     let run = pull(emu, &inst, root.path(), "").expect_code(1);
     assert_has(&run.stderr(), "an extension record of 1073741824 bytes");
-    assert_eq!(current(root.path()), None);
+    assert_eq!(current_release(root.path()), None);
 }
 
 #[test]
@@ -207,7 +170,7 @@ fn finding_4_a_local_release_with_the_same_id_but_other_content_is_fetched_again
     let run = pull(emu, &inst, root.path(), "").expect_code(0);
     assert_has(&run.stderr(), "cannot be used");
     assert_eq!(fs::read_to_string(&local).expect("read"), "<?php echo 1;");
-    assert_eq!(current(root.path()).as_deref(), Some(id.as_str()));
+    assert_eq!(current_release(root.path()).as_deref(), Some(id.as_str()));
 }
 
 #[test]
@@ -226,7 +189,7 @@ fn finding_5a_a_half_pruned_release_is_fetched_again_before_a_rollback_switches_
         .run(&["release", "rollback", "--to", &v1, "--from", &src.url])
         .expect_code(0);
     pull(emu, &inst, root.path(), "").expect_code(0);
-    assert_eq!(current(root.path()).as_deref(), Some(v1.as_str()));
+    assert_eq!(current_release(root.path()).as_deref(), Some(v1.as_str()));
     let b = root.path().join("releases").join(&v1).join("b.php");
     assert_eq!(fs::read_to_string(b).expect("b.php is back"), "v1");
     assert_ne!(v1, v2);
@@ -330,7 +293,7 @@ fn finding_6_pointer_format_manifest_summary_oversize_object_and_hook_path() {
         "{}",
         disk_bytes(root.path())
     );
-    assert_eq!(current(root.path()).as_deref(), Some(id.as_str()));
+    assert_eq!(current_release(root.path()).as_deref(), Some(id.as_str()));
 }
 
 #[test]
@@ -401,7 +364,7 @@ fn finding_7_a_pax_global_header_is_accepted_and_a_repeated_member_is_named() {
     let id = with_bundle(emu, &src, good);
     let root = tempfile::tempdir().expect("root");
     pull(emu, &inst, root.path(), "").expect_code(0);
-    assert_eq!(current(root.path()).as_deref(), Some(id.as_str()));
+    assert_eq!(current_release(root.path()).as_deref(), Some(id.as_str()));
 
     // A repeated member (a directory here: no body, so no byte bound is reached first).
     let src2 = source(emu);
@@ -519,5 +482,5 @@ fn a_release_pull_has_a_deadline_of_its_own() {
         .run(&["release", "pull"])
         .expect_code(1);
     assert_has(&run.stderr(), "did not finish within the deadline of 2s");
-    assert_eq!(current(root.path()), None);
+    assert_eq!(current_release(root.path()), None);
 }

@@ -6,7 +6,9 @@ use std::fs;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{assert_has, emulator, unique, wait_until, Embark, Emulator, Instance, Running};
+use common::{
+    assert_has, current_release, emulator, unique, wait_until, Embark, Emulator, Instance, Running,
+};
 use serde_json::{json, Value};
 
 struct Fleet {
@@ -110,19 +112,11 @@ fn start(emu: &Emulator, fleet: &Fleet, inst: Instance, barrier: &str, policy: &
     }
 }
 
-fn current(root: &Path) -> Option<String> {
-    fs::read_link(root.join("current")).ok().map(|t| {
-        t.to_string_lossy()
-            .trim_start_matches("releases/")
-            .to_string()
-    })
-}
-
 fn all_on(agents: &[Agent], id: &str, limit: Duration) -> bool {
     wait_until(limit, || {
         agents
             .iter()
-            .all(|a| current(a.root.path()).as_deref() == Some(id))
+            .all(|a| current_release(a.root.path()).as_deref() == Some(id))
     })
 }
 
@@ -239,7 +233,9 @@ fn a_stopped_agent_holds_the_barrier_until_its_deadline_then_the_policy_applies(
         let reached = all_on(&agents, &v1, Duration::from_secs(30));
         assert_eq!(reached, policy == "switch", "{policy}");
         if policy == "hold" {
-            assert!(agents.iter().all(|a| current(a.root.path()).is_none()));
+            assert!(agents
+                .iter()
+                .all(|a| current_release(a.root.path()).is_none()));
         }
         let notes = fleet.errors(emu);
         let subject = format!(
@@ -314,7 +310,10 @@ fn a_failed_deploy_keeps_the_release_is_notified_once_and_the_next_one_deploys()
     let v2 = fleet.push(emu, tree.path(), "v2");
     // Several polls go by; the agent stays on v1 and notifies once.
     std::thread::sleep(Duration::from_secs(5));
-    assert_eq!(current(agent.root.path()).as_deref(), Some(v1.as_str()));
+    assert_eq!(
+        current_release(agent.root.path()).as_deref(),
+        Some(v1.as_str())
+    );
     let notes: Vec<Value> = fleet
         .errors(emu)
         .into_iter()
@@ -384,7 +383,7 @@ fn the_pull_deploy_layout_is_pulled_watched_and_a_wrong_count_refused() {
         &run.stdout(),
         "switched current to release 20261120T100000Z-",
     );
-    let id = current(root.path()).expect("current");
+    let id = current_release(root.path()).expect("current");
     assert_eq!(
         fs::read_to_string(root.path().join(format!("releases/{id}/lib/b/c.php"))).expect("file"),
         "<?php"
@@ -402,7 +401,7 @@ fn the_pull_deploy_layout_is_pulled_watched_and_a_wrong_count_refused() {
         1,
     );
     assert!(wait_until(Duration::from_secs(30), || {
-        current(root.path()).is_some_and(|c| c.starts_with("20261121T093000Z-"))
+        current_release(root.path()).is_some_and(|c| c.starts_with("20261121T093000Z-"))
     }));
     running.terminate();
     assert_eq!(running.wait().code(), 0);
@@ -420,7 +419,7 @@ fn the_pull_deploy_layout_is_pulled_watched_and_a_wrong_count_refused() {
         .run(&["release", "pull"])
         .expect_code(1);
     assert_has(&run.stderr(), "latest-deploy says 5 files");
-    assert!(current(root.path()).is_some_and(|c| c.starts_with("20261121T093000Z-")));
+    assert!(current_release(root.path()).is_some_and(|c| c.starts_with("20261121T093000Z-")));
 }
 
 #[test]
@@ -462,14 +461,16 @@ fn sigterm_during_staging_exits_promptly_and_the_next_start_resumes() {
     );
     let run = running.wait();
     assert_eq!(run.code(), 0, "{}", run.stderr());
-    assert_eq!(current(root.path()), None);
+    assert_eq!(current_release(root.path()), None);
 
     emu.control("DELETE", "faults", json!({}));
     let running = Embark::new(emu, &inst)
         .config(&conf)
         .spawn(&["release", "watch"]);
-    assert!(wait_until(Duration::from_secs(30), || current(root.path())
-        .as_deref()
+    assert!(wait_until(Duration::from_secs(30), || current_release(
+        root.path()
+    )
+    .as_deref()
         == Some(v1.as_str())));
     running.terminate();
     assert_eq!(running.wait().code(), 0);
@@ -496,7 +497,9 @@ fn an_instance_that_booted_onto_the_release_does_not_hold_the_barrier() {
         .collect();
     // The third instance is InService without an agent: the first two wait for it at v1's barrier.
     std::thread::sleep(Duration::from_secs(3));
-    assert!(agents.iter().all(|a| current(a.root.path()).is_none()));
+    assert!(agents
+        .iter()
+        .all(|a| current_release(a.root.path()).is_none()));
     // It boots onto v1 (pull, as `embark boot` does), then its agent starts: already current, it must
     // still write its marker, or the others would hold until their 120 s deadline.
     let root = tempfile::tempdir().expect("root");

@@ -191,19 +191,11 @@ async fn deploy(
     stop: &mut Stop,
 ) -> Result<Deployed, ReleaseError> {
     let started = Instant::now();
-    let mut report = Report {
-        command: format!("release watch: deploy {}", target.id),
-        status: RunStatus::Running,
-        instance_id: Some(agent.instance_id.clone()),
-        group: agent.group.clone(),
-        started: crate::status::now(),
-        finished: None,
-        duration_ms: 0,
-        steps: Vec::new(),
-        error: None,
-        lifecycle_completed: false,
-        warm: false,
-    };
+    let mut report = Report::running(
+        format!("release watch: deploy {}", target.id),
+        Some(agent.instance_id.clone()),
+        agent.group.clone(),
+    );
     let result = deploy_steps(agent, target, stop, &mut report.steps).await;
     if matches!(result, Ok(Deployed::Current)) {
         return result; // nothing happened: keep the last real deploy's report

@@ -447,6 +447,34 @@ impl Emulator {
             .collect()
     }
 
+    /// A bucket of a test's own (named from `prefix`) and the source `s3://bucket/app` in it.
+    pub fn source(&self, prefix: &str) -> Source {
+        let bucket = unique(prefix);
+        self.bucket(&bucket);
+        let url = format!("s3://{bucket}/app");
+        Source { bucket, url }
+    }
+
+    /// `release push DIR --to SOURCE [-m MESSAGE]` with the real binary; the new release's id.
+    pub fn push_dir(&self, dir: &Path, source: &str, message: Option<&str>) -> String {
+        let mut args = vec![
+            "release",
+            "push",
+            dir.to_str().expect("utf-8"),
+            "--to",
+            source,
+        ];
+        if let Some(message) = message {
+            args.extend(["-m", message]);
+        }
+        let run = self.workstation().run(&args).expect_code(0);
+        let out = run.stdout();
+        out.split_whitespace()
+            .nth(2)
+            .unwrap_or_else(|| panic!("no release id in: {out}"))
+            .to_string()
+    }
+
     /// Push a tree of `files` (path, content) to `source` with the real binary, as CI would.
     pub fn push_files(&self, source: &str, files: &[(&str, &str)]) -> String {
         let tree = tempfile::tempdir().expect("tree");
@@ -457,21 +485,7 @@ impl Emulator {
             }
             std::fs::write(p, body).expect("write");
         }
-        let run = self
-            .workstation()
-            .run(&[
-                "release",
-                "push",
-                tree.path().to_str().expect("utf-8"),
-                "--to",
-                source,
-            ])
-            .expect_code(0);
-        run.stdout()
-            .split_whitespace()
-            .nth(2)
-            .expect("release id")
-            .to_string()
+        self.push_dir(tree.path(), source, None)
     }
 
     /// `embark` as a developer machine runs it (`release push`, `release list --from`): no instance.
@@ -482,4 +496,29 @@ impl Emulator {
             .env("AWS_SECRET_ACCESS_KEY", SECRET)
             .env("AWS_REGION", &self.region)
     }
+}
+
+/// A release source of a test's own.
+pub struct Source {
+    pub bucket: String,
+    pub url: String,
+}
+
+/// `release pull` on `inst` into `root`, with extra `[release]` lines.
+pub fn pull(emu: &Emulator, inst: &Instance, root: &Path, extra: &str) -> Run {
+    Embark::new(emu, inst)
+        .config(&format!(
+            "[release]\nroot = \"{}\"\n{extra}",
+            root.display()
+        ))
+        .run(&["release", "pull"])
+}
+
+/// The release the `current` link under `root` points at.
+pub fn current_release(root: &Path) -> Option<String> {
+    std::fs::read_link(root.join("current")).ok().map(|t| {
+        t.to_string_lossy()
+            .trim_start_matches("releases/")
+            .to_string()
+    })
 }
