@@ -157,6 +157,9 @@ pub enum Kind {
     Denied,
     /// No credentials were found at all.
     NoCredentials,
+    /// A profile's credentials could not be loaded (`credential_process` failed, an SSO session
+    /// expired): the provider's own reason says why.
+    CredentialsFailed,
     /// Anything else: the service's code and message say what.
     Other,
 }
@@ -240,6 +243,11 @@ impl AwsError {
                 self.action,
                 credential_chain(&self.detail)
             ),
+            Kind::CredentialsFailed => format!(
+                "could not load AWS credentials for {}{target}: {}. For an SSO profile sign in again (`aws sso login`); for `credential_process`, run the program by hand",
+                self.action,
+                loading_reason(&self.detail)
+            ),
             Kind::Other => format!("{}{target} failed: {}", self.action, self.detail),
         }
     }
@@ -256,6 +264,14 @@ fn credential_chain(detail: &str) -> String {
         .join(" ")
 }
 
+const LOADING: &str = "an error occurred while loading credentials: ";
+
+/// The provider's reason, without the SDK's repeated preamble.
+fn loading_reason(detail: &str) -> &str {
+    let reason = detail.rsplit(LOADING).next().unwrap_or(detail).trim();
+    reason.strip_prefix("service error: ").unwrap_or(reason)
+}
+
 /// Denied, no credentials, or anything else, from the code, the status and the error chain.
 pub fn classify(code: Option<&str>, status: Option<u16>, chain: &str) -> Kind {
     if code.is_some_and(|c| DENIED_CODES.contains(&c)) || (code.is_none() && status == Some(403)) {
@@ -264,6 +280,8 @@ pub fn classify(code: Option<&str>, status: Option<u16>, chain: &str) -> Kind {
         && (chain.contains("no credentials") || chain.contains("credentials provider"))
     {
         Kind::NoCredentials
+    } else if status.is_none() && chain.contains(LOADING) {
+        Kind::CredentialsFailed
     } else {
         Kind::Other
     }
@@ -351,6 +369,21 @@ mod tests {
         assert_eq!(
             credential_chain(detail),
             "no credentials found in chain. Attempted: Environment: not set Profile: not enabled"
+        );
+    }
+
+    #[test]
+    fn a_profile_whose_credentials_fail_to_load_says_why() {
+        let chain = "dispatch failure: other: an error occurred while loading credentials: service error: UnauthorizedException: Session token not found or invalid";
+        assert_eq!(classify(None, None, chain), Kind::CredentialsFailed);
+        assert_eq!(
+            loading_reason(chain),
+            "UnauthorizedException: Session token not found or invalid"
+        );
+        assert_eq!(
+            classify(Some("ExpiredToken"), Some(400), chain),
+            Kind::Other,
+            "a service answered: the credentials loaded"
         );
     }
 

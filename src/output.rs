@@ -22,7 +22,13 @@ pub fn init_logging(format: LogFormat, verbosity: i8) {
         1 => "debug",
         _ => "trace",
     };
-    let sdk = if verbosity >= 2 { "info" } else { "warn" };
+    // aws_config's warnings about a credential provider repeat, in Debug form, the reason that
+    // embark's own error sentence gives once.
+    let sdk = if verbosity >= 2 {
+        "info"
+    } else {
+        "warn,aws_config=error"
+    };
     let filter = EnvFilter::new(format!("{sdk},embark={own}"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

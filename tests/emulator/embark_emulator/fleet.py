@@ -73,6 +73,8 @@ class Fleet:
         self.actions: dict[str, LifecycleAction] = {}
         self.members: dict[str, Member] = {}
         self.history: list[dict] = []
+        # Issues a role's credentials through STS when IAM enforcement knows the role (identity.Iam).
+        self.issuer = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._expire_loop, daemon=True)
         self._thread.start()
@@ -304,6 +306,8 @@ class Fleet:
             if member.credentials is None or now - member.credentials_issued >= member.credential_lifetime / 2:
                 member.credentials_issued = now
                 stamp = lambda t: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))  # noqa: E731
+                issued = self.issuer and self.issuer(member.role, instance_id, member.region,
+                                                     member.credential_lifetime)
                 member.credentials = {
                     "Code": "Success",
                     "LastUpdated": stamp(now),
@@ -312,6 +316,7 @@ class Fleet:
                     "SecretAccessKey": _secrets.token_urlsafe(30),
                     "Token": _secrets.token_urlsafe(60),
                     "Expiration": stamp(now + member.credential_lifetime),
+                    **(issued or {}),
                 }
             return dict(member.credentials)
 

@@ -18,8 +18,10 @@ CONTROL_AGENT = "embark-emulator-control"
 def client(emulator, service: str, region: str):
     from botocore.config import Config
 
+    # With IAM enforcement on, the control calls are signed by the emulator's own administrator.
+    key, secret = emulator.iam.admin_keys or ("testing", "testing")
     return boto3.client(service, region_name=region, endpoint_url=emulator.endpoint,
-                        aws_access_key_id="testing", aws_secret_access_key="testing",
+                        aws_access_key_id=key, aws_secret_access_key=secret,
                         config=Config(user_agent_extra=CONTROL_AGENT))
 
 

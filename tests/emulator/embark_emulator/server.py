@@ -61,12 +61,25 @@ from werkzeug.wrappers import Request, Response
 from . import seed
 from .faults import Faults, RequestLog, request_id
 from .fleet import Fleet, LifecycleError
+from .identity import Iam, Sso
 from .imds import Imds
 
 ASG_NS = "http://autoscaling.amazonaws.com/doc/2011-01-01/"
 # moto checks and sets an address's association in two steps; AWS does it atomically. Serialise the
 # calls that change associations so that a race test measures embark, not the emulator.
 ATOMIC_EC2 = {"AssociateAddress", "DisassociateAddress", "AllocateAddress", "ReleaseAddress"}
+
+
+class RequestHandler(MotoRequestHandler):
+    """Werkzeug drops headers with an underscore in their name; the SSO portal's bearer token comes in
+    one (`x-amz-sso_bearer_token`)."""
+
+    def make_environ(self):
+        environ = super().make_environ()
+        token = self.headers.get("x-amz-sso_bearer_token")
+        if token is not None:
+            environ["embark.sso_bearer_token"] = token
+        return environ
 
 
 def service_of(environ) -> str:
@@ -150,6 +163,9 @@ class Emulator:
         self.faults = Faults()
         self.log = RequestLog()
         self.fleet = Fleet()
+        self.sso = Sso()
+        self.iam = Iam()
+        self.fleet.issuer = self.iam.role_credentials
         self.imds = Imds(self.fleet, self.faults, self.log, host, imds_port)
         self.ec2_lock = threading.Lock()
         self.address_lag = 0.0
@@ -159,7 +175,7 @@ class Emulator:
         # moto drops them at once.
         self.draining_for = 0.0
         self.draining: dict[tuple[str, str], float] = {}
-        self.server = make_server(host, port, self, threaded=True, request_handler=MotoRequestHandler)
+        self.server = make_server(host, port, self, threaded=True, request_handler=RequestHandler)
         self.port = self.server.server_address[1]
         self.endpoint = f"http://{host}:{self.port}"
 
@@ -174,6 +190,8 @@ class Emulator:
         started = time.time()
         method = environ.get("REQUEST_METHOD", "GET")
         path = environ.get("PATH_INFO", "")
+        if path == "/federation/credentials" and method == "GET":
+            return self.sso_credentials(environ, started)(environ, start_response)
         query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
         service = service_of(environ)
         length = int(environ.get("CONTENT_LENGTH") or 0)
@@ -231,7 +249,8 @@ class Emulator:
             response = error_response(service, *error[:3])
         elif service == "autoscaling" and operation in ("CompleteLifecycleAction",
                                                         "RecordLifecycleActionHeartbeat"):
-            response = self.lifecycle_call(region, operation, params)
+            response = (self.iam.denial(environ, body, params, operation)
+                        or self.lifecycle_call(region, operation, params))
         else:
             response = None
 
@@ -426,6 +445,16 @@ class Emulator:
                 chunks.close()
             log()
 
+    def sso_credentials(self, environ, started: float) -> Response:
+        args = parse_qs(environ.get("QUERY_STRING", ""))
+        response = self.sso.role_credentials(environ.get("embark.sso_bearer_token"),
+                                             args.get("account_id", [""])[0], args.get("role_name", [""])[0])
+        self.log.add({"time": started, "service": "sso", "operation": "GetRoleCredentials", "method": "GET",
+                      "path": environ.get("PATH_INFO", ""), "query": environ.get("QUERY_STRING", ""),
+                      "region": self.default_region, "access_key": None,
+                      "status": response.status_code, "bytes_out": len(response.get_data())})
+        return response
+
     def region_of(self, environ) -> str:
         auth = environ.get("HTTP_AUTHORIZATION", "")
         if "Credential=" in auth:
@@ -490,6 +519,11 @@ class Emulator:
             info["lifecycle_state"] = self.fleet.lifecycle_state(member.region, iid)
             info["imds_endpoint"] = self.imds_endpoint(iid)
             return json_response(info)
+        if path == "sso" and method == "POST":
+            self.sso.sign_in(spec["token"], str(spec["account_id"]), spec["role_name"])
+            return json_response({"ok": True})
+        if path == "iam" and method == "POST":
+            return json_response(self.iam.enforce(spec))
         if path == "addresses" and method == "POST":
             return json_response(seed.allocate(self, spec))
         if path == "addresses" and method == "GET":
@@ -566,6 +600,8 @@ class Emulator:
             self.faults.clear()
             self.log.clear()
             self.imds.reset()
+            self.sso.reset()
+            self.iam.reset()
             self.address_lag = 0.0
             self.address_changes.clear()
             self.draining_for = 0.0
