@@ -122,6 +122,14 @@ class Iam:
                             max_session_duration=None)
             iam.put_role_policy(name, "embark", json.dumps(moto_evaluable(policy)))
             self.roles.add(name)
+        # moto recomputes a query-API call's signature over the form as it re-encodes it (werkzeug has
+        # consumed the body the client signed), which differs from the Rust SDK's encoding of a space or
+        # a parenthesis: an SNS Publish with a subject fails SignatureDoesNotMatch although it is signed
+        # right. What is proven here is permission, not signing: the signature is not checked (the
+        # access key must still be one IAM or STS issued).
+        from moto.iam.access_control import IAMRequestBase
+
+        IAMRequestBase.check_signature = lambda _self: None
         settings.INITIAL_NO_AUTH_ACTION_COUNT = 0
         return {"users": keys}
 
