@@ -27,21 +27,7 @@ export AWS_ENDPOINT_URL=$endpoint EMBARK_STATE_DIR=$work/state
 control POST buckets '{"name": "bench-deploy"}' >/dev/null
 
 echo "generating $files files..." >&2
-python3 - "$work/tree" "$files" <<'PY'
-import os, random, sys
-root, n = sys.argv[1], int(sys.argv[2])
-rng = random.Random(7)
-words = [b"function", b"return", b"$this->", b"namespace", b"public", b"static", b"array(", b"=>", b"if (",
-         b"foreach", b"use ", b"class ", b"// ", b"null", b"true", b"\n", b"    ", b"{", b"}", b";"]
-for i in range(n):
-    d = os.path.join(root, "vendor", f"pkg{i % 97}", f"src{i % 13}")
-    os.makedirs(d, exist_ok=True)
-    # vendor-like sizes: mostly small files, a long tail of large ones (mean ~10 KB)
-    size = int(min(rng.lognormvariate(8.4, 1.1), 400_000))
-    body = b"<?php\n" + b" ".join(rng.choice(words) for _ in range(size // 6)) + rng.randbytes(size // 8)
-    with open(os.path.join(d, f"File{i}.php"), "wb") as f:
-        f.write(body[:size])
-PY
+python3 "$here/bench/gen-tree.py" "$work/tree" "$files"
 du -sb "$work/tree" | awk '{printf "tree: %.1f MB\n", $1/1e6}' >&2
 
 peak() { awk '/Maximum resident/ {print $6}' "$1"; }  # KiB
@@ -95,6 +81,6 @@ files: $files, rounds: $rounds (alternating)
 cold embark release pull: median ${e}s
 aws s3 sync:              median ${s}s   -> embark is $(echo "scale=1; $s / $e" | bc)x faster
 GET | zstd -d | tar x:    median ${f}s   -> embark takes $(echo "scale=2; $e / $f" | bc)x the floor
-incremental (1% of files changed): changed ${changed} bytes, fetched ${fetched} bytes (objects), ratio $(echo "scale=3; $fetched / $changed" | bc)
+incremental (1% of files changed): changed ${changed} bytes, fetched ${fetched} bytes (objects only; every byte: bench/warm-pull.sh), ratio $(echo "scale=3; $fetched / $changed" | bc)
 peak RSS: push $((push_rss / 1024)) MiB, cold pull $((pull_rss / 1024)) MiB
 OUT

@@ -218,6 +218,16 @@ fn incremental_pull_fetches_only_changed_objects_and_a_rerun_fetches_nothing() {
         !gets.iter().any(|p| p.ends_with("bundle.tar.zst")),
         "{gets:?}"
     );
+    // The manifest came as a delta against v1's, which this instance holds (issue 16, item 1).
+    assert!(
+        gets.iter()
+            .any(|p| p.ends_with(&format!("releases/{v2}/manifest.delta.zst"))),
+        "{gets:?}"
+    );
+    assert!(
+        !gets.iter().any(|p| p.ends_with("manifest.json")),
+        "{gets:?}"
+    );
 
     // Already current: one GET of the pointer, nothing else.
     let before = emu.s3_requests(&src.bucket, "").len();
@@ -229,6 +239,69 @@ fn incremental_pull_fetches_only_changed_objects_and_a_rerun_fetches_nothing() {
         .as_str()
         .unwrap_or_default()
         .ends_with("/app/current"));
+}
+
+/// The pointer's manifest delta, as pushed.
+fn pointer_delta(emu: &Emulator, src: &Source) -> Value {
+    let pointer: Value =
+        serde_json::from_slice(&emu.s3_get(&src.bucket, "app/current")).expect("pointer JSON");
+    pointer["delta"].clone()
+}
+
+#[test]
+fn a_bad_manifest_delta_is_passed_over_for_the_whole_manifest_and_a_new_instance_never_uses_one() {
+    let emu = emulator();
+    let src = source(emu);
+    let tree = tempfile::tempdir().expect("tree");
+    small_tree(tree.path(), 50);
+    let v1 = push(emu, tree.path(), &src, "v1");
+    assert!(
+        pointer_delta(emu, &src).is_null(),
+        "a first release has no base"
+    );
+    let inst = instance(emu, &src, "web");
+    let root = tempfile::tempdir().expect("root");
+    pull(emu, &inst, root.path(), "").expect_code(0);
+
+    fs::write(tree.path().join("vendor/pkg0/f0.php"), "<?php // v2\n").expect("write");
+    let v2 = push(emu, tree.path(), &src, "v2");
+    let delta = pointer_delta(emu, &src);
+    assert_eq!(delta["base"], v1.as_str(), "{delta}");
+    // Whoever can write the bucket rewrites the delta: the pull notices, fetches the whole manifest
+    // (which the pointer's sha256 still vouches for) and switches.
+    let key = format!("app/releases/{v2}/manifest.delta.zst");
+    let mut bytes = emu.s3_get(&src.bucket, &key);
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    emu.s3_put(&src.bucket, &key, bytes);
+    let before = emu.s3_requests(&src.bucket, "GetObject").len();
+    let run = pull(emu, &inst, root.path(), "").expect_code(0);
+    assert_has(
+        &run.stderr(),
+        "is not usable (it does not match the sha256 in the pointer)",
+    );
+    assert_eq!(verify_current(root.path()), v2);
+    let gets: Vec<String> = emu.s3_requests(&src.bucket, "GetObject")[before..]
+        .iter()
+        .map(|r| r["path"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(
+        gets.iter()
+            .any(|p| p.ends_with(&format!("releases/{v2}/manifest.json"))),
+        "{gets:?}"
+    );
+
+    // An instance without v1's manifest fetches the whole manifest, and never the delta.
+    let fresh = instance(emu, &src, "web");
+    let other_root = tempfile::tempdir().expect("root");
+    let before = emu.s3_requests(&src.bucket, "GetObject").len();
+    pull(emu, &fresh, other_root.path(), "").expect_code(0);
+    let gets: Vec<String> = emu.s3_requests(&src.bucket, "GetObject")[before..]
+        .iter()
+        .map(|r| r["path"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(!gets.iter().any(|p| p.contains("delta")), "{gets:?}");
+    assert_eq!(verify_current(other_root.path()), v2);
 }
 
 #[test]

@@ -53,6 +53,9 @@ impl SourceUrl {
     pub fn manifest_key(&self, id: &str) -> String {
         self.key(&format!("releases/{id}/manifest.json"))
     }
+    pub fn delta_key(&self, id: &str) -> String {
+        self.key(&format!("releases/{id}/manifest.delta.zst"))
+    }
     pub fn bundle_key(&self, id: &str) -> String {
         self.key(&format!("releases/{id}/bundle.tar.zst"))
     }
@@ -81,6 +84,40 @@ pub struct Pointer {
     pub who: String,
     #[serde(default)]
     pub message: String,
+    /// The manifest as a delta against an earlier release's, for instances that hold that one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta: Option<ManifestDelta>,
+}
+
+/// `releases/<id>/manifest.delta.zst`: the manifest as zstd with the `base` release's manifest as its
+/// dictionary (docs/release-format.md). Sizes and hashes are promises the pull holds it to.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ManifestDelta {
+    /// The release whose manifest is the dictionary.
+    pub base: String,
+    /// The sha256 of that manifest.
+    pub base_sha256: String,
+    /// The delta object's sha256 and size.
+    pub sha256: String,
+    pub size: u64,
+    /// The size of the manifest it rebuilds (whose sha256 is the pointer's `manifest_sha256`).
+    pub manifest_size: u64,
+}
+
+impl ManifestDelta {
+    fn check(&self, limit: u64) -> Result<(), String> {
+        check_id(&self.base).map_err(|r| format!("its delta base: {}", r.0))?;
+        if !is_sha256(&self.base_sha256) || !is_sha256(&self.sha256) {
+            return Err("its delta names something that is not a sha256".into());
+        }
+        if self.manifest_size > limit || self.size > self.manifest_size {
+            return Err(format!(
+                "its delta promises {} bytes rebuilding {} (a manifest is at most {limit} bytes, a delta no larger than it)",
+                self.size, self.manifest_size
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Pointer {
@@ -96,6 +133,9 @@ impl Pointer {
         check_id(&pointer.release).map_err(|r| r.0)?;
         if !is_sha256(&pointer.manifest_sha256) {
             return Err("its manifest_sha256 is not a sha256".to_string());
+        }
+        if let Some(delta) = &pointer.delta {
+            delta.check(super::store::MANIFEST_LIMIT)?;
         }
         Ok(pointer)
     }
@@ -507,6 +547,32 @@ mod tests {
             size: 1,
             sha256: "a".repeat(64),
             mode: 0o644,
+        }
+    }
+
+    #[test]
+    fn a_pointer_delta_is_held_to_sizes_and_hashes() {
+        let pointer = |delta: serde_json::Value| {
+            let sha = "a".repeat(64);
+            serde_json::json!({"format": POINTER_FORMAT, "release": "20261127T101010Z-abcdef",
+                "manifest_sha256": sha, "time": "t", "who": "w", "delta": delta})
+            .to_string()
+        };
+        let good = serde_json::json!({"base": "20261126T101010Z-abcdef", "base_sha256": "b".repeat(64),
+            "sha256": "c".repeat(64), "size": 10, "manifest_size": 100});
+        assert!(Pointer::parse(pointer(good.clone()).as_bytes()).is_ok());
+        for (field, value) in [
+            ("base", serde_json::json!("../x")),
+            ("sha256", serde_json::json!("nope")),
+            (
+                "manifest_size",
+                serde_json::json!(super::super::store::MANIFEST_LIMIT + 1),
+            ),
+            ("size", serde_json::json!(101)),
+        ] {
+            let mut bad = good.clone();
+            bad[field] = value;
+            assert!(Pointer::parse(pointer(bad).as_bytes()).is_err(), "{field}");
         }
     }
 

@@ -1,6 +1,7 @@
 //! Releases in S3 (DESIGN.md "Releases in S3", docs/release-format.md): push, pull, verify, switch.
 
 pub mod commands;
+pub mod delta;
 pub mod error;
 pub mod format;
 pub mod legacy;

@@ -109,7 +109,11 @@ pub async fn read_manifest(
     let local = fs::read(layout.manifest_copy(id))
         .ok()
         .filter(|b| sha256_hex(b) == pointer.manifest_sha256);
-    let bytes = match local {
+    let rebuilt = match local {
+        Some(bytes) => Some(bytes),
+        None => from_delta(store, pointer, layout).await,
+    };
+    let bytes = match rebuilt {
         Some(bytes) => bytes,
         None => {
             let key = store.source.manifest_key(id);
@@ -146,6 +150,42 @@ pub async fn read_manifest(
     }
     let nodes = manifest.validate().map_err(|r| refused(r.0))?;
     Ok((bytes, nodes))
+}
+
+/// The manifest rebuilt from the pointer's delta, when this instance holds the delta's base manifest.
+/// None (and a warning when the delta is bad) sends the pull to the whole manifest: a delta only
+/// saves bytes, and what it rebuilds must still be the manifest the pointer names.
+async fn from_delta(store: &Store, pointer: &Pointer, layout: &Layout) -> Option<Vec<u8>> {
+    let delta = pointer.delta.as_ref()?;
+    let base = fs::read(layout.manifest_copy(&delta.base))
+        .ok()
+        .filter(|b| sha256_hex(b) == delta.base_sha256)?;
+    let key = store.source.delta_key(&pointer.release);
+    let bad = |why: String| {
+        tracing::warn!(
+            "the manifest delta {} is not usable ({why}); fetching the whole manifest",
+            store.url(&key)
+        );
+        None
+    };
+    let bytes = match store.get_small(&key, delta.size).await {
+        Ok(Some((bytes, _))) => bytes,
+        Ok(None) => return bad("it is missing".into()),
+        Err(err) => return bad(err.to_string()),
+    };
+    if sha256_hex(&bytes) != delta.sha256 {
+        return bad("it does not match the sha256 in the pointer".into());
+    }
+    let size = delta.manifest_size;
+    let rebuilt = tokio::task::spawn_blocking(move || super::delta::decode(&base, &bytes, size))
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))
+        .and_then(|r| r);
+    match rebuilt {
+        Ok(manifest) if sha256_hex(&manifest) == pointer.manifest_sha256 => Some(manifest),
+        Ok(_) => bad("what it rebuilds is not the manifest the pointer names".into()),
+        Err(err) => bad(err.to_string()),
+    }
 }
 
 /// What the source says is current: an embark pointer, or a pull-deploy `latest-deploy`.

@@ -16,9 +16,12 @@ use ignore::gitignore::{Gitignore, GitignoreBuilder};
 use tokio::sync::mpsc;
 
 use super::error::{io_failed, ReleaseError};
-use super::format::{check_mode, check_nodes, new_id, Manifest, Node, Pointer, POINTER_FORMAT};
+use super::format::{
+    check_mode, check_nodes, new_id, sha256_hex, Manifest, ManifestDelta, Node, Pointer,
+    POINTER_FORMAT,
+};
 use super::progress::{human_bytes, Progress};
-use super::store::{Condition, PutError, Store, PART_SIZE};
+use super::store::{Condition, PutError, Store, MANIFEST_LIMIT, PART_SIZE};
 
 pub const IGNORE_FILE: &str = ".embarkignore";
 const UPLOADS_AT_ONCE: usize = 8;
@@ -221,9 +224,9 @@ pub async fn push(store: &Store, root: &Path, message: &str) -> Result<Pushed, R
     .map_err(|e| ReleaseError::Failed(format!("hashing the tree stopped: {e}")))??;
 
     // What `current` is now: the pointer is replaced only if nobody changed it meanwhile.
-    let base = match store.read_pointer().await? {
-        Some((_, etag)) => Condition::Unchanged(etag),
-        None => Condition::Absent,
+    let (base, previous) = match store.read_pointer().await? {
+        Some((pointer, etag)) => (Condition::Unchanged(etag), Some(pointer)),
+        None => (Condition::Absent, None),
     };
 
     let created = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
@@ -248,7 +251,11 @@ pub async fn push(store: &Store, root: &Path, message: &str) -> Result<Pushed, R
 
     let manifest_bytes = serde_json::to_vec_pretty(&manifest)
         .map_err(|e| ReleaseError::Failed(format!("cannot encode the manifest: {e}")))?;
-    let manifest_sha256 = super::format::sha256_hex(&manifest_bytes);
+    let manifest_sha256 = sha256_hex(&manifest_bytes);
+    let delta = match &previous {
+        Some(previous) => upload_delta(store, previous, &id, &manifest_bytes).await,
+        None => None,
+    };
     match store
         .put_bytes(
             &store.source.manifest_key(&id),
@@ -267,7 +274,7 @@ pub async fn push(store: &Store, root: &Path, message: &str) -> Result<Pushed, R
         Err(PutError::Failed(err)) => return Err(err),
     }
 
-    write_pointer(store, &manifest, manifest_sha256, base).await?;
+    write_pointer(store, &manifest, manifest_sha256, delta, base).await?;
     Ok(Pushed {
         release: id,
         files: manifest.files,
@@ -278,12 +285,63 @@ pub async fn push(store: &Store, root: &Path, message: &str) -> Result<Pushed, R
     })
 }
 
-/// Upload the content-addressed objects the source does not have yet.
+/// The manifest as a delta against the release it replaces, uploaded next to it, for the instances
+/// that run that release. Only an optimisation: when the base cannot be read or the delta would not
+/// save much, the release goes without one (and instances fetch the whole manifest).
+async fn upload_delta(
+    store: &Store,
+    previous: &Pointer,
+    id: &str,
+    manifest: &[u8],
+) -> Option<ManifestDelta> {
+    let key = store.source.manifest_key(&previous.release);
+    let base = match store.get_small(&key, MANIFEST_LIMIT).await {
+        Ok(Some((bytes, _))) if sha256_hex(&bytes) == previous.manifest_sha256 => bytes,
+        Ok(_) => {
+            tracing::warn!(
+                "{} is missing or not the manifest its pointer named: no manifest delta for release {id}",
+                store.url(&key)
+            );
+            return None;
+        }
+        Err(err) => {
+            tracing::warn!("no manifest delta for release {id}: {err}");
+            return None;
+        }
+    };
+    let (base_sha256, manifest_size, new) =
+        (sha256_hex(&base), manifest.len() as u64, manifest.to_vec());
+    let encoded = tokio::task::spawn_blocking(move || super::delta::encode(&base, &new)).await;
+    let bytes = match encoded {
+        Ok(Ok(bytes)) if (bytes.len() as u64) * 2 < manifest_size => bytes,
+        _ => return None,
+    };
+    let delta = ManifestDelta {
+        base: previous.release.clone(),
+        base_sha256,
+        sha256: sha256_hex(&bytes),
+        size: bytes.len() as u64,
+        manifest_size,
+    };
+    match store
+        .put_bytes(&store.source.delta_key(id), bytes, Condition::Absent)
+        .await
+    {
+        Ok(()) => Some(delta),
+        Err(PutError::Conflict) => None,
+        Err(PutError::Failed(err)) => {
+            tracing::warn!("no manifest delta for release {id}: {err}");
+            None
+        }
+    }
+}
+
 /// `current`, last and conditionally: a push that raced another is told, not silently overwritten.
 async fn write_pointer(
     store: &Store,
     manifest: &Manifest,
     manifest_sha256: String,
+    delta: Option<ManifestDelta>,
     base: Condition,
 ) -> Result<(), ReleaseError> {
     let pointer = Pointer {
@@ -293,6 +351,7 @@ async fn write_pointer(
         time: manifest.created.clone(),
         who: manifest.who.clone(),
         message: manifest.message.clone(),
+        delta,
     };
     let pointer_bytes = serde_json::to_vec_pretty(&pointer)
         .map_err(|e| ReleaseError::Failed(format!("cannot encode the pointer: {e}")))?;
@@ -324,6 +383,7 @@ async fn write_pointer(
     Ok(())
 }
 
+/// Upload the content-addressed objects the source does not have yet.
 async fn upload_objects(
     store: &Store,
     root: &Path,

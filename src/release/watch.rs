@@ -558,6 +558,8 @@ pub async fn rollback(store: &Store, to: Option<&str>) -> Result<(String, String
         time: crate::status::now(),
         who: super::push::who(),
         message: format!("rollback from {}", current.release),
+        // Instances keep the releases they ran: the one rolled back to is usually still there.
+        delta: None,
     };
     let body = serde_json::to_vec_pretty(&pointer)
         .map_err(|e| ReleaseError::Failed(format!("cannot encode the pointer: {e}")))?;
