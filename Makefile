@@ -59,7 +59,7 @@ lint-shipping: static $(LINTVENV)/.installed
 	    sed "s#/usr/local/bin/embark#$(CURDIR)/$(STATIC)#g" "$$u" >"$$tmp/$$(basename "$$u")"; done && \
 	    MANPATH="$$tmp/man" systemd-analyze verify "$$tmp"/*.service; status=$$?; rm -rf "$$tmp"; exit $$status
 	$(STATIC) --config .ci/iam-lint.toml iam-policy --group web --kms-key $(LINT_KMS_KEY) | $(LINTVENV)/bin/parliament
-	$(STATIC) --config .ci/iam-lint.toml iam-policy --publisher --kms-key $(LINT_KMS_KEY) | $(LINTVENV)/bin/parliament
+	$(STATIC) --config .ci/iam-lint.toml iam-policy --publisher --kms-key $(LINT_KMS_KEY) --sign-key $(LINT_KMS_KEY) | $(LINTVENV)/bin/parliament
 	@echo "shipping files: shellcheck, cloud-init schema, packer validate, systemd-analyze verify, parliament: clean"
 
 $(LINTVENV)/.installed: .ci/lint-requirements.txt

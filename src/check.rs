@@ -22,6 +22,8 @@ pub struct CheckLine {
     pub detail: String,
     /// A failure of the configuration (file or tags) rather than of the machine: exit 2.
     pub usage: bool,
+    /// Works, but not as safely as it could (shown as WARN; does not fail the check).
+    pub warn: bool,
 }
 
 impl CheckLine {
@@ -31,6 +33,13 @@ impl CheckLine {
             ok: true,
             detail: detail.into(),
             usage: false,
+            warn: false,
+        }
+    }
+    fn warn(name: &'static str, detail: impl Into<String>) -> Self {
+        CheckLine {
+            warn: true,
+            ..CheckLine::ok(name, detail)
         }
     }
     fn fail(name: &'static str, detail: impl Into<String>) -> Self {
@@ -39,6 +48,7 @@ impl CheckLine {
             ok: false,
             detail: detail.into(),
             usage: false,
+            warn: false,
         }
     }
     fn usage(name: &'static str, detail: impl Into<String>) -> Self {
@@ -51,7 +61,11 @@ impl CheckLine {
 
 impl std::fmt::Display for CheckLine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mark = if self.ok { "ok  " } else { "FAIL" };
+        let mark = match (self.ok, self.warn) {
+            (false, _) => "FAIL",
+            (true, true) => "WARN",
+            (true, false) => "ok  ",
+        };
         write!(f, "{mark} {:<10} {}", self.name, self.detail)
     }
 }
@@ -141,7 +155,7 @@ async fn instance_checks(ctx: &Context) -> Vec<CheckLine> {
                     });
                     lines.push(eip_check(&instance).await);
                     lines.push(efs_check(&instance.config));
-                    lines.push(release_check(&instance).await);
+                    lines.extend(release_check(&instance).await);
                     lines.push(logs_check(&instance.config));
                 }
                 Err(err) => lines.push(CheckLine::usage("tags", err.to_string())),
@@ -219,23 +233,64 @@ async fn eip_check(instance: &Instance) -> CheckLine {
 }
 
 /// The release source answers and has a current release.
-async fn release_check(instance: &Instance) -> CheckLine {
+/// The current release at the source, and whether releases are verified (signatures).
+async fn release_check(instance: &Instance) -> Vec<CheckLine> {
     use crate::release;
     if instance.config.release.source.is_none() {
-        return CheckLine::ok("release", "no release source configured: no release step");
+        return vec![CheckLine::ok(
+            "release",
+            "no release source configured: no release step",
+        )];
     }
     let source = match release::source_of(&instance.config) {
         Ok(source) => source,
-        Err(err) => return CheckLine::usage("release", err.to_string()),
+        Err(err) => return vec![CheckLine::usage("release", err.to_string())],
     };
     let store = release::store::Store::new(&instance.aws, source)
         .in_region(instance.config.release.region.as_deref());
-    match release::pull::read_target(&store, instance.config.release.format).await {
-        Ok(target) => CheckLine::ok(
-            "release",
-            format!("{} is current at {}", target.id, store.source),
+    let target = match release::pull::read_target(&store, instance.config.release.format).await {
+        Ok(target) => target,
+        Err(err) => return vec![CheckLine::fail("release", err.to_string())],
+    };
+    let current = CheckLine::ok(
+        "release",
+        format!("{} is current at {}", target.id, store.source),
+    );
+    vec![current, signing_check(&instance.config, &store, &target)]
+}
+
+/// WARN without `require_signature`; with it, whether the current release's signature verifies.
+fn signing_check(
+    config: &Config,
+    store: &crate::release::store::Store,
+    target: &crate::release::pull::Target,
+) -> CheckLine {
+    let trust = match crate::release::trust(config) {
+        Ok(trust) => trust,
+        Err(err) => return CheckLine::usage("signing", err.to_string()),
+    };
+    if !trust.required {
+        return CheckLine::warn(
+            "signing",
+            "releases are not verified: whoever can write the bucket can run code here; set [release] trusted_keys and require_signature = true (docs/signing.md)",
+        );
+    }
+    let checked = match &target.pointer {
+        Some(pointer) => trust.check(&store.source, pointer),
+        None => Err(crate::release::ReleaseError::Failed(
+            "a pull-deploy release cannot be signed".into(),
+        )),
+    };
+    match checked {
+        Ok(()) => CheckLine::ok(
+            "signing",
+            format!(
+                "{} is signed by a trusted key ({} trusted)",
+                target.id,
+                trust.keys.len()
+            ),
         ),
-        Err(err) => CheckLine::fail("release", err.to_string()),
+        Err(err) => CheckLine::fail("signing", err.to_string()),
     }
 }
 

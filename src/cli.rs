@@ -222,6 +222,10 @@ pub struct IamPolicyArgs {
     /// The KMS key of an SSE-KMS release bucket, as a key ARN (repeatable)
     #[arg(long = "kms-key")]
     pub kms_keys: Vec<String>,
+    /// With --publisher: the KMS key that signs releases (`release push --sign`), as a key ARN
+    /// (repeatable); instances need no KMS permission to verify
+    #[arg(long = "sign-key")]
+    pub sign_keys: Vec<String>,
     /// The AWS partition of the account: aws, aws-cn (China) or aws-us-gov (GovCloud)
     #[arg(long, default_value = "aws", value_parser = ["aws", "aws-cn", "aws-us-gov"])]
     pub partition: String,
@@ -232,7 +236,8 @@ pub enum ReleaseCommand {
     /// Publish DIR as a new release and make it current (the pointer is written last, conditionally)
     #[command(after_help = "EXAMPLES:
   embark release push ./build --to s3://my-deploy-bucket/app -m \"v2.3.1\"
-  AWS_PROFILE=deploy embark release push . --to s3://my-deploy-bucket/app")]
+  AWS_PROFILE=deploy embark release push . --to s3://my-deploy-bucket/app
+  embark release push ./build --to s3://my-deploy-bucket/app --sign kms:alias/embark-releases")]
     Push {
         /// The tree to publish (`.git` and what `.embarkignore` at its root names are left out)
         dir: PathBuf,
@@ -242,6 +247,10 @@ pub enum ReleaseCommand {
         /// A message stored with the release (shown by `release list`)
         #[arg(long, short, default_value = "")]
         message: String,
+        /// Sign the release: kms:alias/NAME or kms:<key ARN> (an ECC_NIST_P256 KMS key), or the path
+        /// of an ed25519 private key (PKCS#8 PEM)
+        #[arg(long, value_name = "KEY")]
+        sign: Option<String>,
     },
     /// Fetch, verify and switch to the current release (nothing to do when already on it)
     #[command(after_help = "EXAMPLES:
@@ -265,6 +274,17 @@ pub enum ReleaseCommand {
         /// The release to go back to (default: the release before the current one)
         #[arg(long)]
         to: Option<String>,
+        /// The release source (default: the group's embark:release tag, else [release] source)
+        #[arg(long)]
+        from: Option<String>,
+    },
+    /// Check a release's signature and manifest against [release] trusted_keys, installing nothing
+    #[command(after_help = "EXAMPLES:
+  embark release verify --from s3://my-deploy-bucket/app
+  embark release verify --from s3://my-deploy-bucket/app 20261126T130455Z-3fa9c1")]
+    Verify {
+        /// The release to check (default: the current one)
+        id: Option<String>,
         /// The release source (default: the group's embark:release tag, else [release] source)
         #[arg(long)]
         from: Option<String>,
@@ -437,13 +457,19 @@ pub const EXAMPLE_CONFIG: &str = include_str!("embark.example.toml");
 async fn release_command(ctx: &Context, command: &ReleaseCommand) -> Result<(), Error> {
     use crate::release::commands;
     match command {
-        ReleaseCommand::Push { dir, to, message } => {
-            commands::push_release(ctx, dir, to, message).await
-        }
+        ReleaseCommand::Push {
+            dir,
+            to,
+            message,
+            sign,
+        } => commands::push_release(ctx, dir, to, message, sign.as_deref()).await,
         ReleaseCommand::Pull { plan, json } => commands::pull_release(ctx, *plan, *json).await,
         ReleaseCommand::Watch => commands::run_agent(ctx, agent_after_poll(ctx)).await,
         ReleaseCommand::Rollback { to, from } => {
             commands::rollback_release(ctx, to.as_deref(), from.as_deref()).await
+        }
+        ReleaseCommand::Verify { id, from } => {
+            commands::verify_release(ctx, id.as_deref(), from.as_deref()).await
         }
         ReleaseCommand::List { from, json } => {
             commands::list_releases(ctx, from.as_deref(), *json).await
@@ -570,7 +596,15 @@ fn iam_policy(config_path: &ConfigPath, args: &IamPolicyArgs) -> Result<(), Erro
     features.topics.dedup();
     features.partition = crate::aws::Partition::of_name(&args.partition).name;
     for key in &args.kms_keys {
-        crate::iam::check_kms_key(key).map_err(Error::Usage)?;
+        crate::iam::check_kms_key("--kms-key", key).map_err(Error::Usage)?;
+    }
+    for key in &args.sign_keys {
+        crate::iam::check_kms_key("--sign-key", key).map_err(Error::Usage)?;
+    }
+    if !args.sign_keys.is_empty() && !args.publisher {
+        return Err(Error::Usage(
+            "--sign-key is for the publisher's policy (--publisher): instances verify signatures with public keys and need no KMS permission".into(),
+        ));
     }
     features.kms_keys = args.kms_keys.clone();
     let policy = if args.publisher {
@@ -579,7 +613,12 @@ fn iam_policy(config_path: &ConfigPath, args: &IamPolicyArgs) -> Result<(), Erro
                 "--publisher needs the release source: --release s3://bucket/prefix or [release] source".into(),
             )
         })?;
-        crate::iam::publisher_policy(source, features.partition, &features.kms_keys)
+        crate::iam::publisher_policy(
+            source,
+            features.partition,
+            &features.kms_keys,
+            &args.sign_keys,
+        )
     } else {
         crate::iam::instance_policy(&features)
     };

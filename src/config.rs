@@ -135,6 +135,10 @@ pub struct ReleaseConfig {
     pub keep: u32,
     pub owner: Option<String>,
     pub hooks: Vec<Hook>,
+    /// Public keys (SPKI PEM, inline or a path) whose signatures are accepted (docs/signing.md).
+    pub trusted_keys: Vec<String>,
+    /// Refuse releases that are not signed by a trusted key.
+    pub require_signature: bool,
 }
 
 impl Default for ReleaseConfig {
@@ -148,6 +152,8 @@ impl Default for ReleaseConfig {
             keep: 3,
             owner: None,
             hooks: Vec::new(),
+            trusted_keys: Vec::new(),
+            require_signature: false,
         }
     }
 }
@@ -586,6 +592,16 @@ impl Config {
                     format!("{region:?} is not an AWS region name such as \"eu-west-1\""),
                 ));
             }
+        }
+        if let Err(message) = crate::release::signing::trusted_keys(&self.release.trusted_keys) {
+            return Err(invalid("trusted_keys", message));
+        }
+        if self.release.require_signature && self.release.trusted_keys.is_empty() {
+            return Err(invalid(
+                "require_signature",
+                "needs [release] trusted_keys: the public keys whose signatures are accepted"
+                    .to_string(),
+            ));
         }
         if self.release.keep < 2 {
             return Err(invalid(

@@ -94,7 +94,7 @@ fn statement(sid: &str, actions: &[&str], resource: Value) -> Value {
 
 /// Is this a KMS key ARN (`arn:aws:kms:REGION:ACCOUNT:key/ID`)? An alias or a bare id would not
 /// match the key S3 asks KMS to use.
-pub fn check_kms_key(arn: &str) -> Result<(), String> {
+pub fn check_kms_key(flag: &str, arn: &str) -> Result<(), String> {
     let parts: Vec<&str> = arn.splitn(6, ':').collect();
     let ok = parts.len() == 6
         && parts[0] == "arn"
@@ -110,7 +110,7 @@ pub fn check_kms_key(arn: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "--kms-key {arn:?} is not a KMS key ARN (arn:aws:kms:REGION:ACCOUNT:key/ID; an alias does not name the key S3 uses)"
+            "{flag} {arn:?} is not a KMS key ARN (arn:aws:kms:REGION:ACCOUNT:key/ID; an alias does not name the key a policy must)"
         ))
     }
 }
@@ -346,7 +346,13 @@ fn group_statements(f: &Features) -> Vec<Value> {
 }
 
 /// The policy for whoever publishes (`release push`, `release rollback`, `release list`): a CI role.
-pub fn publisher_policy(source: &SourceUrl, partition: &str, kms_keys: &[String]) -> Value {
+/// `sign_keys`: the KMS keys `release push --sign` uses (its public key names the signature).
+pub fn publisher_policy(
+    source: &SourceUrl,
+    partition: &str,
+    kms_keys: &[String],
+    sign_keys: &[String],
+) -> Value {
     let prefix = s3_prefix(source);
     let mut statements = vec![
         release_list(source, partition),
@@ -357,6 +363,13 @@ pub fn publisher_policy(source: &SourceUrl, partition: &str, kms_keys: &[String]
         ),
     ];
     statements.extend(release_kms(kms_keys, partition));
+    if !sign_keys.is_empty() {
+        statements.push(statement(
+            "ReleaseSign",
+            &["kms:Sign", "kms:GetPublicKey"],
+            json!(sign_keys),
+        ));
+    }
     json!({"Version": "2012-10-17", "Statement": statements})
 }
 
@@ -377,7 +390,7 @@ mod tests {
         assert!(text.contains("arn:aws-cn:ec2:*:*:elastic-ip/*"), "{text}");
         assert!(!text.contains("arn:aws:"), "{text}");
         let publisher =
-            publisher_policy(f.release.as_ref().unwrap(), "aws-us-gov", &[]).to_string();
+            publisher_policy(f.release.as_ref().unwrap(), "aws-us-gov", &[], &[]).to_string();
         assert!(
             publisher.contains("arn:aws-us-gov:s3:::bucket-b"),
             "{publisher}"
@@ -394,7 +407,7 @@ mod tests {
         };
         for policy in [
             instance_policy(&f),
-            publisher_policy(f.release.as_ref().unwrap(), "aws", &f.kms_keys),
+            publisher_policy(f.release.as_ref().unwrap(), "aws", &f.kms_keys, &[]),
         ] {
             let kms = policy["Statement"]
                 .as_array()
@@ -418,9 +431,34 @@ mod tests {
     }
 
     #[test]
+    fn a_publisher_that_signs_may_sign_and_read_the_public_key_of_that_key_only() {
+        let source = SourceUrl::parse("s3://deploy-bucket/app").unwrap();
+        let key = "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab".to_string();
+        let policy = publisher_policy(&source, "aws", &[], std::slice::from_ref(&key));
+        let sign = policy["Statement"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["Sid"] == "ReleaseSign")
+            .expect("ReleaseSign");
+        assert_eq!(sign["Action"], json!(["kms:Sign", "kms:GetPublicKey"]));
+        assert_eq!(sign["Resource"], json!([key]));
+        let unsigned = publisher_policy(&source, "aws", &[], &[]);
+        assert!(!unsigned.to_string().contains("kms:"), "{unsigned}");
+    }
+
+    #[test]
     fn kms_keys_must_be_key_arns() {
-        assert!(check_kms_key("arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab").is_ok());
-        assert!(check_kms_key("arn:aws-cn:kms:cn-north-1:123456789012:key/abc").is_ok());
+        assert!(check_kms_key(
+            "--kms-key",
+            "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab"
+        )
+        .is_ok());
+        assert!(check_kms_key(
+            "--kms-key",
+            "arn:aws-cn:kms:cn-north-1:123456789012:key/abc"
+        )
+        .is_ok());
         for bad in [
             "arn:aws:kms:eu-west-1:123456789012:alias/deploy",
             "1234abcd-12ab",
@@ -428,7 +466,7 @@ mod tests {
             "arn:aws:s3:eu-west-1:123456789012:key/abc",
             "arn:aws:kms:eu-west-1:123456789012:key/a*",
         ] {
-            let err = check_kms_key(bad).unwrap_err();
+            let err = check_kms_key("--kms-key", bad).unwrap_err();
             assert!(err.contains("not a KMS key ARN"), "{bad}: {err}");
         }
     }

@@ -94,6 +94,7 @@ fn every_command_has_examples_and_boot_comes_first() {
         vec!["release", "pull"],
         vec!["release", "list"],
         vec!["release", "rollback"],
+        vec!["release", "verify"],
         vec!["config", "example"],
         vec!["completions"],
     ] {

@@ -6,6 +6,7 @@ use std::path::Path;
 use super::error::ReleaseError;
 use super::format::SourceUrl;
 use super::listing::{list, Listing};
+use super::signing::{Signer, SigningKey};
 use super::store::Store;
 use super::{layout, pull, push, settings, store_of};
 use crate::aws::Aws;
@@ -20,10 +21,24 @@ pub async fn standalone_store(ctx: &Context, url: &str) -> Result<Store, Release
     Ok(Store::new(&aws, source))
 }
 
-/// `release push DIR --to URL`.
-pub async fn push_release(ctx: &Context, dir: &Path, to: &str, message: &str) -> Result<(), Error> {
-    let store = standalone_store(ctx, to).await?;
-    let pushed = push::push(&store, dir, message).await?;
+/// `release push DIR --to URL [--sign KEY]`.
+pub async fn push_release(
+    ctx: &Context,
+    dir: &Path,
+    to: &str,
+    message: &str,
+    sign: Option<&str>,
+) -> Result<(), Error> {
+    let key = sign.map(SigningKey::parse).transpose()?;
+    let source = SourceUrl::parse(to).map_err(ReleaseError::Usage)?;
+    let aws = Aws::load_standalone(ctx.http.clone()).await;
+    let signer = key.map(|key| {
+        let kms =
+            matches!(key, SigningKey::Kms { .. }).then(|| aws_sdk_kms::Client::new(&aws.config));
+        Signer { key, kms }
+    });
+    let store = Store::new(&aws, source);
+    let pushed = push::push(&store, dir, message, signer.as_ref()).await?;
     say(&pushed.human(&store.source.to_string()));
     Ok(())
 }
@@ -86,17 +101,54 @@ pub async fn rollback_release(
     to: Option<&str>,
     from: Option<&str>,
 ) -> Result<(), Error> {
-    let store = match from {
-        Some(url) => standalone_store(ctx, url).await?,
+    let (store, config) = match from {
+        Some(url) => (standalone_store(ctx, url).await?, ctx.config.clone()),
         None => {
             let instance = ctx.instance().await?;
-            store_of(&instance.aws, &instance.config)?
+            (store_of(&instance.aws, &instance.config)?, instance.config)
         }
     };
-    let (from_id, to_id) = super::watch::rollback(&store, to).await?;
+    let trust = super::trust(&config)?;
+    let (from_id, to_id) = super::watch::rollback(&store, to, &trust).await?;
     say_line(&format!(
         "{} now points at {to_id} (was {from_id}); the agents switch the fleet through the barrier",
         store.source
+    ));
+    Ok(())
+}
+
+/// `release verify [--from URL] [ID]`: the signature against today's trusted keys, then the manifest
+/// against the signed sha256 and every rule a pull applies; nothing is installed.
+pub async fn verify_release(
+    ctx: &Context,
+    id: Option<&str>,
+    from: Option<&str>,
+) -> Result<(), Error> {
+    let (store, config) = match from {
+        Some(url) => (standalone_store(ctx, url).await?, ctx.config.clone()),
+        None => {
+            let instance = ctx.instance().await?;
+            (store_of(&instance.aws, &instance.config)?, instance.config)
+        }
+    };
+    let mut trust = super::trust(&config)?;
+    if trust.keys.is_empty() {
+        return Err(ReleaseError::Usage(
+            "no trusted keys to verify with: set [release] trusted_keys (docs/signing.md)".into(),
+        )
+        .into());
+    }
+    trust.required = true;
+    let pointer = match id {
+        None => pull::read_pointer(&store).await?,
+        Some(id) => super::signing::pointer_for(&store, id).await?,
+    };
+    trust.check(&store.source, &pointer)?;
+    let files = super::signing::signed_manifest(&store, &pointer).await?;
+    let signature = pointer.signature.unwrap_or_default();
+    say_line(&format!(
+        "release {} at {}: signed by key {} ({}), manifest verified ({files} files)",
+        pointer.release, store.source, signature.key_id, signature.signer
     ));
     Ok(())
 }

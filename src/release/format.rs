@@ -53,6 +53,9 @@ impl SourceUrl {
     pub fn manifest_key(&self, id: &str) -> String {
         self.key(&format!("releases/{id}/manifest.json"))
     }
+    pub fn signature_key(&self, id: &str) -> String {
+        self.key(&format!("releases/{id}/manifest.sig"))
+    }
     pub fn delta_key(&self, id: &str) -> String {
         self.key(&format!("releases/{id}/manifest.delta.zst"))
     }
@@ -87,6 +90,27 @@ pub struct Pointer {
     /// The manifest as a delta against an earlier release's, for instances that hold that one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delta: Option<ManifestDelta>,
+    /// The release's signature (a copy of `releases/<id>/manifest.sig`), when it was pushed signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<Signature>,
+}
+
+pub const SIGNATURE_FORMAT: &str = "embark-signature/1";
+/// A signature object is a few hundred bytes; nothing larger is read.
+pub const SIGNATURE_LIMIT: u64 = 16 << 10;
+
+/// `releases/<id>/manifest.sig`, and its copy in the pointer.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Signature {
+    pub format: String,
+    /// `sha256:<hex>` of the public key's SPKI DER: which trusted key verifies it.
+    pub key_id: String,
+    pub algorithm: String,
+    /// Base64 of the signature (DER for ECDSA, 64 bytes for ed25519).
+    pub value: String,
+    /// Who signed, for people (a KMS key ARN or a key file's name); not trusted.
+    #[serde(default)]
+    pub signer: String,
 }
 
 /// `releases/<id>/manifest.delta.zst`: the manifest as zstd with the `base` release's manifest as its

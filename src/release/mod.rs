@@ -10,6 +10,7 @@ pub mod local;
 pub mod progress;
 pub mod pull;
 pub mod push;
+pub mod signing;
 pub mod store;
 pub mod unpack;
 pub mod watch;
@@ -63,6 +64,15 @@ pub fn settings(config: &Config) -> Result<Settings, ReleaseError> {
         owner,
         hooks: config.release.hooks.clone(),
         role: config.role.clone(),
+        trust: trust(config)?,
+    })
+}
+
+/// `[release] trusted_keys` and `require_signature` (checked when the file was read).
+pub fn trust(config: &Config) -> Result<signing::Trust, ReleaseError> {
+    Ok(signing::Trust {
+        keys: signing::trusted_keys(&config.release.trusted_keys).map_err(ReleaseError::Usage)?,
+        required: config.release.require_signature,
     })
 }
 

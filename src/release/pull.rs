@@ -30,6 +30,8 @@ pub struct Settings {
     pub owner: Option<(u32, u32)>,
     pub hooks: Vec<Hook>,
     pub role: Option<String>,
+    /// Whose signatures are accepted, and whether one is required.
+    pub trust: super::signing::Trust,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -332,6 +334,16 @@ pub async fn stage_target(
 ) -> Result<Pulled, ReleaseError> {
     let layout = &settings.layout;
     let id = target.id.clone();
+    match &target.pointer {
+        Some(pointer) => settings.trust.check(&store.source, pointer)?,
+        None if settings.trust.required => {
+            return Err(ReleaseError::Failed(format!(
+                "refusing release {id} from {}: a pull-deploy release cannot be signed, and [release] require_signature is on; current is untouched",
+                store.source
+            )))
+        }
+        None => {}
+    }
     let current = layout.current();
     let present = layout.release(&id).is_dir() && layout.manifest_copy(&id).is_file();
     let staged = match &target.pointer {

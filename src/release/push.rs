@@ -17,10 +17,11 @@ use tokio::sync::mpsc;
 
 use super::error::{io_failed, ReleaseError};
 use super::format::{
-    check_mode, check_nodes, new_id, sha256_hex, Manifest, ManifestDelta, Node, Pointer,
+    check_mode, check_nodes, new_id, sha256_hex, Manifest, ManifestDelta, Node, Pointer, Signature,
     POINTER_FORMAT,
 };
 use super::progress::{human_bytes, Progress};
+use super::signing::Signer;
 use super::store::{Condition, PutError, Store, MANIFEST_LIMIT, PART_SIZE};
 
 pub const IGNORE_FILE: &str = ".embarkignore";
@@ -212,7 +213,12 @@ pub fn who() -> String {
     format!("{user}@{host}")
 }
 
-pub async fn push(store: &Store, root: &Path, message: &str) -> Result<Pushed, ReleaseError> {
+pub async fn push(
+    store: &Store,
+    root: &Path,
+    message: &str,
+    signer: Option<&Signer>,
+) -> Result<Pushed, ReleaseError> {
     let root = root.to_path_buf();
     let walk_root = root.clone();
     let nodes = tokio::task::spawn_blocking(move || {
@@ -246,12 +252,20 @@ pub async fn push(store: &Store, root: &Path, message: &str) -> Result<Pushed, R
         human_bytes(manifest.bytes)
     );
 
-    let (uploaded_objects, uploaded_bytes) = upload_objects(store, &root, &nodes).await?;
-    let bundle_bytes = upload_bundle(store, &root, &nodes, &id).await?;
-
     let manifest_bytes = serde_json::to_vec_pretty(&manifest)
         .map_err(|e| ReleaseError::Failed(format!("cannot encode the manifest: {e}")))?;
     let manifest_sha256 = sha256_hex(&manifest_bytes);
+    // Signed before anything is uploaded: a key that cannot sign changes nothing.
+    let signature = match signer {
+        Some(signer) => Some(signer.sign(&store.source, &id, &manifest_sha256).await?),
+        None => None,
+    };
+
+    let (uploaded_objects, uploaded_bytes) = upload_objects(store, &root, &nodes).await?;
+    let bundle_bytes = upload_bundle(store, &root, &nodes, &id).await?;
+    if let Some(signature) = &signature {
+        upload_signature(store, &id, signature).await?;
+    }
     let delta = match &previous {
         Some(previous) => upload_delta(store, previous, &id, &manifest_bytes).await,
         None => None,
@@ -274,7 +288,7 @@ pub async fn push(store: &Store, root: &Path, message: &str) -> Result<Pushed, R
         Err(PutError::Failed(err)) => return Err(err),
     }
 
-    write_pointer(store, &manifest, manifest_sha256, delta, base).await?;
+    write_pointer(store, &manifest, manifest_sha256, delta, signature, base).await?;
     Ok(Pushed {
         release: id,
         files: manifest.files,
@@ -283,6 +297,27 @@ pub async fn push(store: &Store, root: &Path, message: &str) -> Result<Pushed, R
         uploaded_bytes,
         bundle_bytes,
     })
+}
+
+/// `releases/<id>/manifest.sig`, next to the manifest (a rollback copies it into the pointer).
+async fn upload_signature(
+    store: &Store,
+    id: &str,
+    signature: &Signature,
+) -> Result<(), ReleaseError> {
+    let bytes = serde_json::to_vec_pretty(signature)
+        .map_err(|e| ReleaseError::Failed(format!("cannot encode the signature: {e}")))?;
+    match store
+        .put_bytes(&store.source.signature_key(id), bytes, Condition::Absent)
+        .await
+    {
+        Ok(()) => Ok(()),
+        Err(PutError::Conflict) => Err(ReleaseError::Failed(format!(
+            "the release id {id} already exists at {}; push again",
+            store.source
+        ))),
+        Err(PutError::Failed(err)) => Err(err),
+    }
 }
 
 /// The manifest as a delta against the release it replaces, uploaded next to it, for the instances
@@ -342,6 +377,7 @@ async fn write_pointer(
     manifest: &Manifest,
     manifest_sha256: String,
     delta: Option<ManifestDelta>,
+    signature: Option<Signature>,
     base: Condition,
 ) -> Result<(), ReleaseError> {
     let pointer = Pointer {
@@ -352,6 +388,7 @@ async fn write_pointer(
         who: manifest.who.clone(),
         message: manifest.message.clone(),
         delta,
+        signature,
     };
     let pointer_bytes = serde_json::to_vec_pretty(&pointer)
         .map_err(|e| ReleaseError::Failed(format!("cannot encode the pointer: {e}")))?;

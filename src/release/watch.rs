@@ -500,7 +500,13 @@ async fn notify(agent: &Agent<'_>, topic: Option<&str>, outcome: &str, body: &st
 }
 
 /// Point the source's `current` at `to` (default: the release before the current one), conditionally.
-pub async fn rollback(store: &Store, to: Option<&str>) -> Result<(String, String), ReleaseError> {
+/// The release rolled back to keeps its own signature (`manifest.sig`), which must verify against
+/// `trust` when trusted keys are configured here (and does on the instances, or they refuse it).
+pub async fn rollback(
+    store: &Store,
+    to: Option<&str>,
+    trust: &super::signing::Trust,
+) -> Result<(String, String), ReleaseError> {
     let (current, etag) = store.read_pointer().await?.ok_or_else(|| {
         ReleaseError::Failed(format!(
             "no release has been published at {}: nothing to roll back",
@@ -560,7 +566,9 @@ pub async fn rollback(store: &Store, to: Option<&str>) -> Result<(String, String
         message: format!("rollback from {}", current.release),
         // Instances keep the releases they ran: the one rolled back to is usually still there.
         delta: None,
+        signature: super::signing::read(store, &target).await?,
     };
+    trust.check(&store.source, &pointer)?;
     let body = serde_json::to_vec_pretty(&pointer)
         .map_err(|e| ReleaseError::Failed(format!("cannot encode the pointer: {e}")))?;
     let key = store.source.pointer_key();

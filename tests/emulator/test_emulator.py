@@ -360,3 +360,37 @@ def test_describe_addresses_can_lag_behind_an_association(emu):
         assert ec2.describe_addresses(AllocationIds=[alloc])["Addresses"][0]["InstanceId"] == inst["instance_id"]
     finally:
         ctl(emu, "POST", "consistency", {"describe_addresses_lag_ms": 0})
+
+
+# ---- KMS signing, as embark's signed releases use it (docs/signing.md) ----
+def test_a_kms_raw_signature_verifies_with_a_verifier_that_is_not_embark(emu):
+    """moto's KMS `Sign` with MessageType=RAW and ECDSA_SHA_256 hashes the message with SHA-256 and
+    signs it, as KMS does (https://docs.aws.amazon.com/kms/latest/APIReference/API_Sign.html); the
+    signature is DER and verifies with the key's SPKI public key in Python's `cryptography`."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    r = ctl(emu, "POST", "kms", {"alias": "pytest-signing"})
+    assert r.status_code == 200, r.text
+    key = r.json()
+    public = serialization.load_pem_public_key(key["public_key_pem"].encode())
+    message = b"embark-signature/1\nsource: s3://b/app\nrelease: 20261127T101010Z-abcdef\n"
+    kms = aws(emu, "kms")
+    signed = kms.sign(KeyId="alias/pytest-signing", Message=message, MessageType="RAW",
+                      SigningAlgorithm="ECDSA_SHA_256")["Signature"]
+    public.verify(signed, message, ec.ECDSA(hashes.SHA256()))
+    with pytest.raises(InvalidSignature):
+        public.verify(signed, message + b"x", ec.ECDSA(hashes.SHA256()))
+
+
+def test_the_sso_portal_answers_signed_in_tokens_only(emu):
+    ctl(emu, "POST", "sso", {"token": "tok-1", "account_id": "123456789012", "role_name": "Dev"})
+    url = f"{emu['endpoint']}/federation/credentials?role_name=Dev&account_id=123456789012"
+    ok = requests.get(url, headers={"x-amz-sso_bearer_token": "tok-1"}, timeout=5)
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["roleCredentials"]["accessKeyId"].startswith("ASIA")
+    bad = requests.get(url, headers={"x-amz-sso_bearer_token": "tok-2"}, timeout=5)
+    assert bad.status_code == 401 and bad.headers["x-amzn-ErrorType"] == "UnauthorizedException"
+    other = requests.get(url.replace("Dev", "Admin"), headers={"x-amz-sso_bearer_token": "tok-1"}, timeout=5)
+    assert other.status_code == 404

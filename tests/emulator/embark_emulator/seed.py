@@ -262,3 +262,23 @@ def messages(emulator, queue_url: str, region: str) -> list[dict]:
                 out.append({"subject": None, "message": body})
             sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=m["ReceiptHandle"])
     return out
+
+
+def signing_key(emulator, spec: dict) -> dict:
+    """A KMS asymmetric signing key (ECC_NIST_P256, SIGN_VERIFY) with an alias, as a release publisher
+    creates one (docs/signing.md); its public key as SPKI PEM, what instances are given to trust."""
+    import base64
+
+    region = spec.get("region", emulator.default_region)
+    kms = client(emulator, "kms", region)
+    key = kms.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY",
+                         Description=spec.get("description", "embark release signing"))["KeyMetadata"]
+    alias = spec.get("alias")
+    if alias:
+        kms.create_alias(AliasName=f"alias/{alias}", TargetKeyId=key["KeyId"])
+    der = kms.get_public_key(KeyId=key["KeyId"])["PublicKey"]
+    body = base64.encodebytes(der).decode().replace("\n", "")
+    lines = [body[i:i + 64] for i in range(0, len(body), 64)]
+    pem = "-----BEGIN PUBLIC KEY-----\n" + "\n".join(lines) + "\n-----END PUBLIC KEY-----\n"
+    return {"key_id": key["KeyId"], "arn": key["Arn"], "alias": f"alias/{alias}" if alias else None,
+            "public_key_pem": pem}

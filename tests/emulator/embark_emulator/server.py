@@ -125,6 +125,18 @@ def s3_operation(method: str, path: str, query: dict, environ) -> str:
     return method
 
 
+def key_arn_answer(region: str, body: bytes) -> bytes:
+    """KMS answers `GetPublicKey` and `Sign` with the key's ARN in `KeyId`
+    (https://docs.aws.amazon.com/kms/latest/APIReference/API_GetPublicKey.html#API_GetPublicKey_ResponseSyntax,
+    https://docs.aws.amazon.com/kms/latest/APIReference/API_Sign.html#API_Sign_ResponseSyntax); moto
+    answers the bare key id."""
+    answer = json.loads(body)
+    key = answer.get("KeyId", "")
+    if key and not key.startswith("arn:"):
+        answer["KeyId"] = f"arn:aws:kms:{region}:123456789012:key/{key}"
+    return json.dumps(answer).encode()
+
+
 def error_response(service: str, status: int, code: str, message: str) -> Response:
     rid = request_id()
     if service == "ec2":
@@ -284,6 +296,9 @@ class Emulator:
             chunks = list(run())
             if status_holder.get("status") == 200:
                 self.start_draining(params)
+        elif service == "kms" and operation in ("GetPublicKey", "Sign"):
+            chunks = self.rewritten(environ, start_response, status_holder,
+                                    lambda body: key_arn_answer(region, body))
         elif service == "elasticloadbalancing" and operation == "DescribeTargetHealth" and self.draining:
             chunks = self.rewritten(environ, start_response, status_holder,
                                     lambda body: self.with_draining(params, body))
@@ -522,6 +537,8 @@ class Emulator:
         if path == "sso" and method == "POST":
             self.sso.sign_in(spec["token"], str(spec["account_id"]), spec["role_name"])
             return json_response({"ok": True})
+        if path == "kms" and method == "POST":
+            return json_response(seed.signing_key(self, spec))
         if path == "iam" and method == "POST":
             return json_response(self.iam.enforce(spec))
         if path == "addresses" and method == "POST":
