@@ -73,10 +73,14 @@ fn the_printed_policies_are_all_a_fleet_and_its_publisher_need() {
             .expect("topic")
             .to_string()
     };
+    // Releases are signed with a KMS key; instances verify with its public key and no KMS right.
+    let signing = emu.control("POST", "kms", json!({"alias": unique("signing")}));
+    let sign_key = signing["arn"].as_str().expect("key arn").to_string();
+    let public_key = signing["public_key_pem"].as_str().expect("pem").to_string();
     let root = tempfile::tempdir().expect("root");
     let state = tempfile::tempdir().expect("state");
     let config = format!(
-        "[release]\nroot = \"{}\"\n\n[health]\ntarget_groups = [\"{arn}\"]\n\n\
+        "[release]\nroot = \"{}\"\ntrusted_keys = ['''{public_key}''']\nrequire_signature = true\n\n[health]\ntarget_groups = [\"{arn}\"]\n\n\
          [notify]\nsuccess_topic = \"{}\"\nerror_topic = \"{}\"\n\n[watch]\ninterval = \"1s\"\n\n\
          [drain]\ndeadline = \"30s\"\n",
         root.path().display(),
@@ -98,7 +102,14 @@ fn the_printed_policies_are_all_a_fleet_and_its_publisher_need() {
         .expect_code(0)
         .json();
     let publisher_policy = Embark::offline()
-        .run(&["iam-policy", "--publisher", "--release", &source])
+        .run(&[
+            "iam-policy",
+            "--publisher",
+            "--release",
+            &source,
+            "--sign-key",
+            &sign_key,
+        ])
         .expect_code(0)
         .json();
     let keys = emu.control(
@@ -130,6 +141,8 @@ fn the_printed_policies_are_all_a_fleet_and_its_publisher_need() {
                 tree.path().to_str().expect("utf-8"),
                 "--to",
                 &source,
+                "--sign",
+                &format!("kms:{sign_key}"),
             ])
             .expect_code(0);
         run.stdout()

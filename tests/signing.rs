@@ -386,6 +386,21 @@ fn bad_signing_input_changes_nothing() {
     .run(&["release", "pull"]);
     assert_eq!(run.code(), 2, "{}", run.stderr());
     assert_has(&run.stderr(), "needs [release] trusted_keys");
+
+    // `release verify`: an unsigned release is refused (exit 1); no trusted keys to verify with: exit 2.
+    pushed(push(emu, &src, "<?php", None));
+    let (_, public) = file_key(keys.path(), "verify");
+    let run = emu
+        .workstation()
+        .config(&trusting(root.path(), &[public.display().to_string()]))
+        .run(&["release", "verify", "--from", &src.url]);
+    assert_eq!(run.code(), 1, "{}", run.stderr());
+    assert_has(&run.stderr(), "it is not signed");
+    let run = emu
+        .workstation()
+        .run(&["release", "verify", "--from", &src.url]);
+    assert_eq!(run.code(), 2, "{}", run.stderr());
+    assert_has(&run.stderr(), "no trusted keys to verify with");
 }
 
 #[test]
