@@ -87,13 +87,17 @@ pub async fn run(ctx: &Context, options: &Options) -> Result<(), Error> {
         (Some(l), false) => Some(health::start_heartbeat(instance.autoscaling(), l.clone())),
         _ => None,
     };
-    let mut failure = None;
-    for step in &Step::ALL[1..] {
-        if let Err(err) = boot.run_step(*step, &instance).await {
-            failure = Some((*step, err));
-            break;
+    let failure = if options.plan {
+        boot.one_by_one(&Step::ALL[1..], &instance).await
+    } else {
+        match boot.overlapped(&instance).await {
+            Ok(()) => {
+                boot.one_by_one(&[Step::Logs, Step::Health], &instance)
+                    .await
+            }
+            Err(failed) => Some(failed),
         }
-    }
+    };
     if let Some(handle) = heartbeat {
         handle.abort();
     }
@@ -206,7 +210,7 @@ impl<'a> Boot<'a> {
                 known: Some(Box::new(instance)),
             });
         }
-        self.record(Step::Identity, t, Outcome::Ok, detail);
+        self.record(Step::Identity, t.elapsed(), Outcome::Ok, detail);
         Ok(instance)
     }
 
@@ -254,39 +258,117 @@ impl<'a> Boot<'a> {
         }
     }
 
-    /// One step after identity, within its limit; its outcome goes into the report.
-    async fn run_step(&mut self, step: Step, instance: &Instance) -> Result<(), Error> {
+    /// Steps one after another, until one fails.
+    async fn one_by_one(&mut self, steps: &[Step], instance: &Instance) -> Option<(Step, Error)> {
+        for step in steps {
+            let (elapsed, result) = self
+                .timed(*step, instance, self.step_outcome(*step, instance))
+                .await;
+            if let Err(err) = self.finished(*step, instance, elapsed, result) {
+                return Some((*step, err));
+            }
+        }
+        None
+    }
+
+    /// EIP, EFS and the release's fetch and verification need nothing from each other: they run at
+    /// once, each bounded and timed as its own step, and the first failure cancels the others (their
+    /// work is dropped; a half-staged release is a partial directory the next pull removes). Only the
+    /// switch and its hooks wait, for the mounts. The release step's time is its fetch plus its switch.
+    async fn overlapped(&mut self, instance: &Instance) -> Result<(), (Step, Error)> {
+        let http = self
+            .ctx
+            .http_client()
+            .map_err(|e| (Step::Release, Error::from(e)))?;
+        let this = &*self;
+        let eip = async {
+            let work = this.step_outcome(Step::Eip, instance);
+            split(Step::Eip, this.timed(Step::Eip, instance, work).await)
+        };
+        let efs = async {
+            let work = this.step_outcome(Step::Efs, instance);
+            split(Step::Efs, this.timed(Step::Efs, instance, work).await)
+        };
+        let stage = async {
+            let work = async { release::stage(instance, &http).await.map_err(Error::from) };
+            split(
+                Step::Release,
+                this.timed(Step::Release, instance, work).await,
+            )
+        };
+        let ((eip_took, eip), (efs_took, efs), (staging, staged)) =
+            match tokio::try_join!(eip, efs, stage) {
+                Ok(all) => all,
+                Err(failed) => {
+                    let (step, elapsed, err) = *failed;
+                    return Err((step, self.failed(step, instance, elapsed, err)));
+                }
+            };
+        self.finished(Step::Eip, instance, eip_took, Ok(eip))
+            .map_err(|e| (Step::Eip, e))?;
+        self.finished(Step::Efs, instance, efs_took, Ok(efs))
+            .map_err(|e| (Step::Efs, e))?;
+        let work = async {
+            let done = release::switch(staged, &http).await?;
+            Ok(Box::new(done) as Box<dyn Reported + Send>)
+        };
+        let (switching, result) = self.timed(Step::Release, instance, work).await;
+        self.finished(Step::Release, instance, staging + switching, result)
+            .map_err(|e| (Step::Release, e))
+    }
+
+    /// `work` as step `step`: bounded by its own limit and what is left of the boot's deadline, timed.
+    async fn timed<T>(
+        &self,
+        step: Step,
+        instance: &Instance,
+        work: impl Future<Output = Result<T, Error>>,
+    ) -> (Duration, Result<T, Error>) {
         let t = Instant::now();
         let deadline = instance.config.deadline;
         let left = deadline.saturating_sub(self.started.elapsed());
         let limit = step.own_limit(&instance.config).min(left);
         let span = tracing::info_span!("step", step = step.name(), instance_id = %instance.id());
-        let work = self.step_outcome(step, instance);
         let result = bounded(limit, step.name(), deadline, left, work)
             .instrument(span)
             .await;
+        (t.elapsed(), result)
+    }
+
+    /// A step's outcome into the log and the report.
+    fn finished(
+        &mut self,
+        step: Step,
+        instance: &Instance,
+        elapsed: Duration,
+        result: Result<Box<dyn Reported + Send>, Error>,
+    ) -> Result<(), Error> {
         match result {
             Ok(done) => {
                 let (outcome, detail) = (done.status(), done.detail());
                 if self.options.plan {
                     crate::output::say(&format!("{}:\n{}", step.name(), indent(&detail)));
                 } else {
-                    tracing::info!(step = step.name(), instance_id = %instance.id(), "{}: {} ({} ms)", step.name(), outcome.word(), millis(t.elapsed()));
+                    tracing::info!(step = step.name(), instance_id = %instance.id(), "{}: {} ({} ms)", step.name(), outcome.word(), millis(elapsed));
                 }
-                self.record(step, t, outcome, detail);
+                self.report.lifecycle_completed |= done.lifecycle_completed();
+                self.record(step, elapsed, outcome, detail);
                 Ok(())
             }
-            Err(err) => {
-                tracing::error!(step = step.name(), instance_id = %instance.id(), "{} failed: {err}", step.name());
-                self.record(step, t, Outcome::Failed, err.to_string());
-                Err(err)
-            }
+            Err(err) => Err(self.failed(step, instance, elapsed, err)),
         }
+    }
+
+    /// A failed step into the log and the report; the error back.
+    fn failed(&mut self, step: Step, instance: &Instance, elapsed: Duration, err: Error) -> Error {
+        tracing::error!(step = step.name(), instance_id = %instance.id(), "{} failed: {err}", step.name());
+        self.record(step, elapsed, Outcome::Failed, err.to_string());
+        err
     }
 
     /// Calls into the step's own module.
     async fn step_outcome(
-        &mut self,
+        &self,
         step: Step,
         instance: &Instance,
     ) -> Result<Box<dyn Reported + Send>, Error> {
@@ -335,17 +417,15 @@ impl<'a> Boot<'a> {
             }
             Step::Health => {
                 let http = self.ctx.http_client()?;
-                let done = health::step(instance, &http, &self.lifecycle, plan).await?;
-                self.report.lifecycle_completed |= done.lifecycle_completed();
-                Box::new(done)
+                Box::new(health::step(instance, &http, &self.lifecycle, plan).await?)
             }
         })
     }
 
-    fn record(&mut self, step: Step, started: Instant, outcome: Outcome, detail: String) {
+    fn record(&mut self, step: Step, took: Duration, outcome: Outcome, detail: String) {
         if let Some(entry) = self.report.steps.iter_mut().find(|s| s.name == step.name()) {
             entry.outcome = outcome;
-            entry.duration_ms = millis(started.elapsed());
+            entry.duration_ms = millis(took);
             entry.detail = detail.trim_end().to_string();
         }
         if !self.options.plan {
@@ -357,7 +437,12 @@ impl<'a> Boot<'a> {
     /// policy and notify.
     async fn finish_early(mut self, failed: EarlyFailure) -> Result<(), Error> {
         let t = self.started;
-        self.record(Step::Identity, t, Outcome::Failed, failed.err.to_string());
+        self.record(
+            Step::Identity,
+            t.elapsed(),
+            Outcome::Failed,
+            failed.err.to_string(),
+        );
         match failed.known {
             Some(instance) if !self.options.plan => {
                 self.finish(&instance, Some((Step::Identity, failed.err)))
@@ -520,6 +605,19 @@ async fn bounded<T>(
             humantime::format_duration(limit)
         ))),
     }
+}
+
+/// A step that failed, how long it ran, and why.
+type StepFailure = (Step, Duration, Error);
+
+/// A timed step's result, its failure carrying the step and the time it took (for `try_join!`).
+fn split<T>(
+    step: Step,
+    (elapsed, result): (Duration, Result<T, Error>),
+) -> Result<(Duration, T), Box<StepFailure>> {
+    result
+        .map(|value| (elapsed, value))
+        .map_err(|err| Box::new((step, elapsed, err)))
 }
 
 fn indent(text: &str) -> String {

@@ -89,24 +89,19 @@ pub async fn probe(
 
 /// Register this instance in each target group where it is not registered yet; returns those where
 /// it was registered now.
+/// Registers the instance in every group at once. RegisterTargets is idempotent (a target already
+/// registered stays as it is), so there is no read before it: one round trip, not two.
 pub async fn register_targets(
     aws: &Aws,
     arns: &[String],
     instance_id: &str,
-) -> Result<Vec<String>, HealthError> {
+) -> Result<(), HealthError> {
     let elb = aws_sdk_elasticloadbalancingv2::Client::new(&aws.config);
-    let mut registered = Vec::new();
-    for arn in arns {
-        if crate::targets::state(&elb, arn, instance_id)
-            .await?
-            .is_some()
-        {
-            continue;
-        }
-        crate::targets::register(&elb, arn, instance_id).await?;
-        registered.push(arn.clone());
-    }
-    Ok(registered)
+    let calls = arns
+        .iter()
+        .map(|arn| crate::targets::register(&elb, arn, instance_id));
+    futures_util::future::try_join_all(calls).await?;
+    Ok(())
 }
 
 /// What a failed boot does to the instance, decided from the setting and where the instance is.
@@ -223,10 +218,8 @@ pub enum Targets {
         instance_id: String,
         arns: Vec<String>,
     },
-    Registered {
-        now: usize,
-        total: usize,
-    },
+    /// Registered in this many target groups (RegisterTargets leaves a registered target as it is).
+    Registered(usize),
 }
 
 /// What the health step did, for the report and stdout.
@@ -300,12 +293,15 @@ impl Reported for StepOutcome {
                 "would register {instance_id} in {}",
                 arns.join(", ")
             )),
-            Targets::Registered { now, total } => lines.push(format!(
-                "target groups: registered in {now} of {total} ({} already)",
-                total - now
-            )),
+            Targets::Registered(total) => {
+                lines.push(format!("target groups: registered in {total}"))
+            }
         }
         lines.join("\n")
+    }
+
+    fn lifecycle_completed(&self) -> bool {
+        StepOutcome::lifecycle_completed(self)
     }
 }
 
@@ -333,7 +329,27 @@ pub async fn step(
             }
         }
     };
-    let action = match (&lifecycle.waiting, instance.group()) {
+    // The lifecycle action and the target groups need nothing from each other: both at once.
+    let (action, targets) = futures_util::future::try_join(
+        lifecycle_action(instance, lifecycle, plan),
+        target_groups(instance, lifecycle, plan),
+    )
+    .await?;
+    Ok(StepOutcome {
+        planned: plan,
+        probe,
+        action,
+        targets,
+    })
+}
+
+async fn lifecycle_action(
+    instance: &Instance,
+    lifecycle: &LifecycleState,
+    plan: bool,
+) -> Result<Action, HealthError> {
+    let config = &instance.config.health;
+    Ok(match (&lifecycle.waiting, instance.group()) {
         (Some(l), _) if plan => Action::Planned {
             hook: l.hook.clone(),
             group: l.group.clone(),
@@ -358,9 +374,16 @@ pub async fn step(
             },
         },
         (None, None) => Action::NoGroup,
-    };
-    let arns = &config.target_groups;
-    let targets = if arns.is_empty() {
+    })
+}
+
+async fn target_groups(
+    instance: &Instance,
+    lifecycle: &LifecycleState,
+    plan: bool,
+) -> Result<Targets, HealthError> {
+    let arns = &instance.config.health.target_groups;
+    Ok(if arns.is_empty() {
         Targets::None
     } else if let Some(state) = &lifecycle.warm {
         Targets::Warm(state.clone())
@@ -370,17 +393,8 @@ pub async fn step(
             arns: arns.clone(),
         }
     } else {
-        let now = register_targets(&instance.aws, arns, instance.id()).await?;
-        Targets::Registered {
-            now: now.len(),
-            total: arns.len(),
-        }
-    };
-    Ok(StepOutcome {
-        planned: plan,
-        probe,
-        action,
-        targets,
+        register_targets(&instance.aws, arns, instance.id()).await?;
+        Targets::Registered(arns.len())
     })
 }
 
@@ -473,7 +487,7 @@ mod tests {
                 hook: "boot".into(),
                 group: "web".into(),
             },
-            targets: Targets::Registered { now: 1, total: 2 },
+            targets: Targets::Registered(2),
         };
         assert!(outcome.lifecycle_completed());
         assert_eq!(outcome.status(), status::Outcome::Ok);
@@ -481,7 +495,7 @@ mod tests {
             outcome.detail(),
             "http://127.0.0.1/health answered 200 after 1 attempt\n\
              lifecycle action completed: CONTINUE (hook boot, group web)\n\
-             target groups: registered in 1 of 2 (1 already)"
+             target groups: registered in 2"
         );
         let none = StepOutcome {
             action: Action::NoGroup,

@@ -38,6 +38,10 @@ impl Outcome {
 pub trait Reported {
     fn status(&self) -> Outcome;
     fn detail(&self) -> String;
+    /// The boot's lifecycle action is done with (only the health step completes it).
+    fn lifecycle_completed(&self) -> bool {
+        false
+    }
 }
 
 /// Where a boot (or deploy) stands.

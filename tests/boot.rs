@@ -741,3 +741,81 @@ fn back_into_the_warm_pool_and_out_again_completes_every_action() {
         .iter()
         .all(|a| a["result"] == "CONTINUE" && a["timed_out"] == false));
 }
+
+/// The EIP, EFS and release steps run at once (issue 16, item 2): with the address's association
+/// slowed down, the release's GETs start before it is confirmed; the report still has each step.
+#[test]
+fn the_release_is_fetched_while_the_address_is_being_bound() {
+    let emu = emulator();
+    let acct = account(emu, true, 300);
+    let inst = acct.launch(emu);
+    emu.fault(
+        json!({"service": "ec2", "operation": "AssociateAddress", "latency_ms": 600,
+                     "params": {"InstanceId": inst.id}}),
+    );
+    let root = tempfile::tempdir().expect("root");
+    let state = tempfile::tempdir().expect("state");
+    let config = acct.config(root.path(), "");
+    let bucket = format!("{}-deploy", acct.name);
+    let before = emu.s3_requests(&bucket, "GetObject").len();
+    on(emu, &inst, state.path(), &config)
+        .run(&["boot"])
+        .expect_code(0);
+    let associate: Vec<Value> = emu
+        .requests_of("AssociateAddress")
+        .into_iter()
+        .filter(|r| r["params"]["InstanceId"] == inst.id.as_str())
+        .collect();
+    assert_eq!(associate.len(), 1, "{associate:?}");
+    let confirmed = associate[0]["end"].as_f64().expect("end");
+    let gets = emu.s3_requests(&bucket, "GetObject");
+    let first_get = gets[before..]
+        .iter()
+        .filter_map(|r| r["time"].as_f64())
+        .fold(f64::INFINITY, f64::min);
+    assert!(
+        first_get < confirmed,
+        "the first release GET ({first_get}) came after the association was confirmed ({confirmed})"
+    );
+    let report = status_json(on(emu, &inst, state.path(), &config));
+    for (i, name) in ["identity", "eip", "efs", "release", "logs", "health"]
+        .iter()
+        .enumerate()
+    {
+        assert_eq!(report["steps"][i]["name"], *name);
+    }
+    assert!(
+        report["steps"][1]["duration_ms"].as_u64() >= Some(600),
+        "{report}"
+    );
+    assert_eq!(state_of(emu, &inst.id), "InService");
+}
+
+/// A step that fails while the others run cancels them: nothing is switched, the failure policy
+/// applies and names the step.
+#[test]
+fn a_failing_address_step_cancels_the_release_and_switches_nothing() {
+    let emu = emulator();
+    let acct = account(emu, true, 300);
+    let inst = acct.launch(emu);
+    emu.fault(
+        json!({"service": "ec2", "operation": "AssociateAddress", "status": 403,
+                     "code": "UnauthorizedOperation", "message": "not allowed", "count": 10,
+                     "params": {"InstanceId": inst.id}}),
+    );
+    let root = tempfile::tempdir().expect("root");
+    let state = tempfile::tempdir().expect("state");
+    let config = acct.config(root.path(), "");
+    let run = on(emu, &inst, state.path(), &config)
+        .run(&["boot"])
+        .expect_code(1);
+    assert_has(&run.stderr(), "boot failed at step eip");
+    assert!(
+        std::fs::symlink_metadata(root.path().join("current")).is_err(),
+        "a boot whose address step failed switched a release"
+    );
+    assert_eq!(the_action(emu, &inst.id)["result"], "ABANDON");
+    let report = status_json(on(emu, &inst, state.path(), &config));
+    assert_eq!(report["steps"][1]["outcome"], "failed");
+    assert_eq!(report["steps"][5]["outcome"], "not_run");
+}

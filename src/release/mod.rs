@@ -104,6 +104,58 @@ impl Reported for StepOutcome {
     }
 }
 
+/// The first half of the step, which a boot runs beside the EIP and EFS steps (it needs nothing from
+/// them): the release fetched, verified and staged under the lock, not yet switched to.
+pub enum Staged {
+    NotConfigured,
+    Ready(Box<Ready>),
+}
+
+/// A staged release, its settings, and the lock held until it is switched to.
+pub struct Ready {
+    pulled: Pulled,
+    settings: Settings,
+    _lock: local::Lock,
+}
+
+/// Fetch and verify the source's current release into `releases/<id>` (nothing when already current).
+pub async fn stage(instance: &Instance, http: &reqwest::Client) -> Result<Staged, ReleaseError> {
+    let config = &instance.config;
+    if config.release.source.is_none() {
+        return Ok(Staged::NotConfigured);
+    }
+    let store = store_of(&instance.aws, config)?;
+    let settings = settings(config)?;
+    let target = pull::read_target(&store, settings.format).await?;
+    let lock = settings.layout.lock().await?;
+    pull::finish_interrupted(&settings, http).await?;
+    let pulled = pull::stage_target(&store, &settings, &target, false).await?;
+    Ok(Staged::Ready(Box::new(Ready {
+        pulled,
+        settings,
+        _lock: lock,
+    })))
+}
+
+/// The second half: switch to the staged release and run its hooks (after the mounts are up).
+pub async fn switch(staged: Staged, http: &reqwest::Client) -> Result<StepOutcome, ReleaseError> {
+    let Staged::Ready(ready) = staged else {
+        return Ok(StepOutcome::NotConfigured);
+    };
+    let Ready {
+        mut pulled,
+        settings,
+        _lock,
+    } = *ready;
+    if !pulled.already_current {
+        pull::switch_to(&settings, &mut pulled, http).await?;
+    }
+    Ok(StepOutcome::Pulled {
+        pulled,
+        link: settings.layout.link,
+    })
+}
+
 /// The step: fetch, verify and switch to the source's current release (or plan it).
 pub async fn step(
     instance: &Instance,

@@ -241,13 +241,13 @@ class Emulator:
         if service == "s3" and operation not in ("ListBuckets", "CreateBucket"):
             redirect = self.s3_redirect(region, path, method)
             if redirect is not None:
-                entry.update(status=redirect.status_code, bytes_out=len(redirect.get_data()))
+                entry.update(status=redirect.status_code, bytes_out=len(redirect.get_data()), end=time.time())
                 self.log.add(entry)
                 return redirect(environ, start_response)
         if service == "ec2" and operation == "AssociateAddress":
             refusal = self.ec2_strictness(region, params, environ)
             if refusal is not None:
-                entry.update(status=refusal.status_code, bytes_out=len(refusal.get_data()))
+                entry.update(status=refusal.status_code, bytes_out=len(refusal.get_data()), end=time.time())
                 self.log.add(entry)
                 return refusal(environ, start_response)
         latency, error = self.faults.decide(service, operation, path=path, params=params)
@@ -268,7 +268,7 @@ class Emulator:
 
         if response is not None:
             entry.update(status=response.status_code, bytes_out=len(response.get_data()),
-                         injected=error is not None)
+                         injected=error is not None, end=time.time())
             self.log.add(entry)
             return response(environ, start_response)
 
@@ -442,7 +442,7 @@ class Emulator:
             nonlocal logged
             if not logged:
                 logged = True
-                entry.update(status=status_holder.get("status"), bytes_out=total)
+                entry.update(status=status_holder.get("status"), bytes_out=total, end=time.time())
                 self.log.add(entry)
 
         try:
