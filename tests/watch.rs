@@ -165,7 +165,7 @@ fn three_agents_switch_only_when_all_are_ready_and_roll_back_together() {
             r["path"]
                 .as_str()
                 .unwrap_or_default()
-                .contains(&format!("/ready/{v2}/"))
+                .contains(&format!("/ready/{v2}/i-"))
         })
         .filter_map(|r| r["time"].as_f64())
         .collect();
@@ -518,4 +518,50 @@ fn an_instance_that_booted_onto_the_release_does_not_hold_the_barrier() {
     running.terminate();
     assert_eq!(running.wait().code(), 0);
     stop(agents);
+}
+
+/// The barrier at fleet scale (issue 16, item 3): 20 agents, Auto Scaling's Describe calls throttled
+/// at 2 per second for the whole account. No call is throttled, every agent switches, and no agent
+/// asks Auto Scaling more than 3 times for a deploy.
+#[test]
+fn twenty_agents_pass_the_barrier_under_an_auto_scaling_throttle_of_two_per_second() {
+    // The throttle is the account's: an emulator of this test's own.
+    let emu = &Emulator::start();
+    let fleet = fleet(emu);
+    let tree = tempfile::tempdir().expect("tree");
+    let v1 = fleet.push(emu, tree.path(), "v1");
+    emu.control("POST", "throttle", json!({"service": "autoscaling", "rps": 2}));
+    let instances = emu.launch(json!({"group": fleet.name, "count": 20}));
+    let agents: Vec<Agent> = instances
+        .into_iter()
+        .map(|i| start(emu, &fleet, i, "60s", "hold"))
+        .collect();
+    assert!(all_on(&agents, &v1, Duration::from_secs(90)), "v1");
+    let v2 = fleet.push(emu, tree.path(), "v2");
+    let all = all_on(&agents, &v2, Duration::from_secs(90));
+    let throttled: Vec<Value> = emu
+        .requests()
+        .into_iter()
+        .filter(|r| r["service"] == "autoscaling" && r["status"] != 200)
+        .collect();
+    let reports: Vec<Value> = agents.iter().map(|a| a.last_deploy(emu)).collect();
+    stop(agents);
+    assert!(all, "not every agent switched to {v2}");
+    assert!(throttled.is_empty(), "throttled: {throttled:?}");
+    for report in reports {
+        assert_has(report["command"].as_str().unwrap_or_default(), &v2);
+        let barrier = report["steps"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["name"] == "barrier"))
+            .cloned()
+            .unwrap_or_default();
+        let detail = barrier["detail"].as_str().unwrap_or_default();
+        let asked: u32 = detail
+            .split("Auto Scaling asked ")
+            .nth(1)
+            .and_then(|t| t.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(99);
+        assert!(asked <= 3, "{detail}");
+    }
 }

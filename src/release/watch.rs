@@ -240,7 +240,7 @@ async fn deploy_steps(
     let t = Instant::now();
     match &agent.group {
         Some(group) => {
-            if let Held::Yes = barrier_step(agent, group, &target.id, stop, steps).await? {
+            if let Held::Yes = barrier_step(agent, group, target, stop, steps).await? {
                 return Ok(Deployed::Held);
             }
         }
@@ -325,20 +325,25 @@ fn barrier(
 }
 
 /// Waits until every InService instance of the group is ready, or the barrier deadline passes
-/// (then switch or hold, per `on_barrier_timeout`, notified once per release).
+/// (then switch or hold, per `on_barrier_timeout`, notified once per release). The protocol (docs/cli.md,
+/// "The barrier at fleet scale"): S3 carries it, Auto Scaling is asked rarely.
 async fn barrier_step(
     agent: &Agent<'_>,
     group: &str,
-    id: &str,
+    target: &Target,
     stop: &mut Stop,
     steps: &mut Vec<Step>,
 ) -> Result<Held, ReleaseError> {
     let t = Instant::now();
+    let id = target.id.as_str();
+    let mut fleet = Fleet::new(agent, group, id, deploy_token(target));
     loop {
-        let (in_service, ready) = barrier_state(agent, group, id).await?;
-        match barrier(&in_service, &ready, t.elapsed(), agent.watch.barrier) {
+        match fleet.check(t.elapsed()).await? {
             Barrier::Ready => {
-                let done = format!("every InService instance of {group} is ready");
+                let done = format!(
+                    "every InService instance of {group} is ready (Auto Scaling asked {} times by this agent)",
+                    fleet.asg_calls
+                );
                 tracing::info!(release = %id, "{done}");
                 record(steps, "barrier", t, Outcome::Ok, done);
                 return Ok(Held::No);
@@ -355,10 +360,244 @@ async fn barrier_step(
             Barrier::Wait => {}
         }
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {},
+            _ = tokio::time::sleep(jittered(GO_POLL)) => {},
             _ = stop.changed() => return Err(ReleaseError::Failed("stopped while waiting at the barrier".into())),
         }
     }
+}
+
+/// How often a waiting agent looks for `ready/<id>/_go` (one small GET).
+const GO_POLL: Duration = Duration::from_secs(1);
+/// How often it lists the markers itself (in case the agent that saw the fleet ready died before
+/// writing `_go`, or two last agents listed before each other's marker was there).
+const LIST_EVERY: Duration = Duration::from_secs(5);
+/// The shared membership is asked of Auto Scaling again when it is older than this and the barrier
+/// still waits (an instance may have left the group).
+const MEMBERS_FRESH: Duration = Duration::from_secs(15);
+/// Before asking Auto Scaling for a membership nobody shared yet, an agent waits up to this much per
+/// ready agent (at most [`MEMBERS_SPREAD_MAX`]).
+const MEMBERS_SPREAD: Duration = Duration::from_millis(150);
+const MEMBERS_SPREAD_MAX: Duration = Duration::from_secs(3);
+/// Auto Scaling calls one agent makes for one deploy, at most (its Describe calls share one
+/// account-wide throttle with every other tool).
+const ASG_CALLS_PER_DEPLOY: u32 = 3;
+
+/// `ready/<id>/_members`: the group's InService instances as one agent asked Auto Scaling, for all.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Members {
+    group: String,
+    /// Unix seconds when Auto Scaling was asked.
+    asked: u64,
+    in_service: BTreeSet<String>,
+}
+
+/// Names this deploy of a release: a rollback to a release deployed before is a new deploy, whose
+/// barrier must not find the old one's `_go`.
+fn deploy_token(target: &Target) -> String {
+    let stamp = match (&target.pointer, &target.legacy) {
+        (Some(pointer), _) => format!("{} {}", pointer.release, pointer.time),
+        (None, Some(latest)) => format!("{} {}", latest.stamp, latest.epoch),
+        (None, None) => target.id.clone(),
+    };
+    sha256_hex(stamp.as_bytes())[..12].to_string()
+}
+
+/// One agent's view of the barrier for one release.
+struct Fleet<'a, 'b> {
+    agent: &'a Agent<'b>,
+    group: &'a str,
+    id: &'a str,
+    token: String,
+    members: Option<Members>,
+    asg_calls: u32,
+    /// When the markers were last listed (None: never), and what was missing then.
+    listed: Option<Instant>,
+    lists: u32,
+    missing: Vec<String>,
+}
+
+impl<'a, 'b> Fleet<'a, 'b> {
+    fn new(agent: &'a Agent<'b>, group: &'a str, id: &'a str, token: String) -> Self {
+        Fleet {
+            agent,
+            group,
+            id,
+            token,
+            members: None,
+            asg_calls: 0,
+            listed: None,
+            lists: 0,
+            missing: Vec::new(),
+        }
+    }
+
+    fn key(&self, name: &str) -> String {
+        self.agent
+            .store
+            .source
+            .key(&format!("ready/{}/{name}", self.id))
+    }
+
+    /// `_go-<token>` / `_members-<token>`: this deploy's.
+    fn shared(&self, name: &str) -> String {
+        self.key(&format!("_{name}-{}", self.token))
+    }
+
+    /// `_go` there → ready; else, when a list is due (at once, a second later, then every few
+    /// seconds), the markers against the members, writing `_go` when every member is ready.
+    async fn check(&mut self, waited: Duration) -> Result<Barrier, ReleaseError> {
+        if self.lists > 0
+            && self
+                .agent
+                .store
+                .get_small(&self.shared("go"), 4096)
+                .await?
+                .is_some()
+        {
+            return Ok(Barrier::Ready);
+        }
+        let due = match (self.listed, self.lists) {
+            (None, _) => true,
+            (Some(at), 1) => at.elapsed() >= GO_POLL,
+            (Some(at), _) => at.elapsed() >= LIST_EVERY,
+        };
+        if due {
+            let ready = self.ready().await?;
+            let members = self.members(waited, ready.len()).await?;
+            self.listed = Some(Instant::now());
+            self.lists += 1;
+            let state = barrier(&members, &ready, waited, self.agent.watch.barrier);
+            if state == Barrier::Ready {
+                let body = format!("{{\"by\": \"{}\"}}", self.agent.instance_id).into_bytes();
+                if let Err(PutError::Failed(err)) = self
+                    .agent
+                    .store
+                    .put_bytes(&self.shared("go"), body, Condition::None)
+                    .await
+                {
+                    tracing::debug!("cannot write the barrier's _go: {err}");
+                }
+                return Ok(state);
+            }
+            self.missing = members.difference(&ready).cloned().collect();
+            return Ok(state);
+        }
+        if waited >= self.agent.watch.barrier {
+            return Ok(Barrier::TimedOut(self.missing.clone()));
+        }
+        Ok(Barrier::Wait)
+    }
+
+    async fn read_members(&self, key: &str) -> Result<Option<Members>, ReleaseError> {
+        Ok(match self.agent.store.get_small(key, 1 << 20).await? {
+            Some((bytes, _)) => serde_json::from_slice::<Members>(&bytes).ok(),
+            None => None,
+        })
+    }
+
+    /// The instances with a marker for this release.
+    async fn ready(&self) -> Result<BTreeSet<String>, ReleaseError> {
+        let prefix = self.key("");
+        Ok(self
+            .agent
+            .store
+            .list_keys(&prefix)
+            .await?
+            .into_iter()
+            .filter_map(|k| k.rsplit('/').next().map(str::to_string))
+            .filter(|name| !name.starts_with('_'))
+            .collect())
+    }
+
+    /// The shared membership: read from `_members`; asked of Auto Scaling by the first agent to need
+    /// it (written with If-None-Match, so one answer serves the fleet), and again when it is stale and
+    /// the barrier still waits — by about one agent per check across the fleet (each asks with
+    /// probability 1/ready), never more than [`ASG_CALLS_PER_DEPLOY`] times per agent.
+    async fn members(
+        &mut self,
+        waited: Duration,
+        ready: usize,
+    ) -> Result<BTreeSet<String>, ReleaseError> {
+        let key = self.shared("members");
+        let mut shared = self.read_members(&key).await?;
+        if shared.is_none() && self.members.is_none() {
+            // Agents that staged together would all ask at once: each waits a moment, scaled by how
+            // many are ready, and looks again; the first to ask answers for the others.
+            let window = (MEMBERS_SPREAD * ready as u32).min(MEMBERS_SPREAD_MAX);
+            let pause = rand::random::<u64>() % (window.as_millis() as u64 + 1);
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+            shared = self.read_members(&key).await?;
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let stale = |m: &Members| now.saturating_sub(m.asked) >= MEMBERS_FRESH.as_secs();
+        let may_ask = self.asg_calls < ASG_CALLS_PER_DEPLOY;
+        let ask = match &shared {
+            None => may_ask,
+            Some(m) => {
+                may_ask
+                    && waited >= MEMBERS_FRESH
+                    && stale(m)
+                    && rand::random::<u64>().is_multiple_of(ready.max(1) as u64)
+            }
+        };
+        if !ask {
+            if let Some(m) = shared {
+                self.members = Some(m);
+            }
+            return self.members.as_ref().map(|m| m.in_service.clone()).ok_or_else(|| {
+                ReleaseError::Failed(format!(
+                    "the barrier's membership {} cannot be read, and this agent asked Auto Scaling {} times already",
+                    self.agent.store.url(&key),
+                    self.asg_calls
+                ))
+            });
+        }
+        self.asg_calls += 1;
+        let in_service = in_service(self.agent, self.group).await?;
+        let fresh = Members {
+            group: self.group.to_string(),
+            asked: now,
+            in_service: in_service.clone(),
+        };
+        let condition = if shared.is_none() {
+            Condition::Absent
+        } else {
+            Condition::None
+        };
+        let body = serde_json::to_vec(&fresh)
+            .map_err(|e| ReleaseError::Failed(format!("cannot encode the membership: {e}")))?;
+        match self.agent.store.put_bytes(&key, body, condition).await {
+            // Another agent wrote it first: theirs serves; this answer is as good for this check.
+            Ok(()) | Err(PutError::Conflict) => {}
+            Err(PutError::Failed(err)) => tracing::debug!("cannot share the membership: {err}"),
+        }
+        self.members = Some(fresh);
+        Ok(in_service)
+    }
+}
+
+/// The group's InService instances. Instances that left the group (terminated, detached, unhealthy)
+/// are not waited for.
+async fn in_service(agent: &Agent<'_>, group: &str) -> Result<BTreeSet<String>, ReleaseError> {
+    let asg = aws_sdk_autoscaling::Client::new(&agent.aws.config);
+    let answer = asg
+        .describe_auto_scaling_groups()
+        .auto_scaling_group_names(group)
+        .send()
+        .await
+        .map_err(|err| {
+            crate::aws::AwsError::new("autoscaling:DescribeAutoScalingGroups", &err)
+                .on(format!("for {group}"))
+        })?;
+    Ok(answer
+        .auto_scaling_groups()
+        .iter()
+        .flat_map(|g| g.instances())
+        .filter(|i| i.lifecycle_state().map(|s| s.as_str()) == Some("InService"))
+        .filter_map(|i| i.instance_id().map(str::to_string))
+        .collect())
 }
 
 /// Switch or hold, per `on_barrier_timeout`; the error topic hears of it once per release.
@@ -439,52 +678,27 @@ async fn write_marker(agent: &Agent<'_>, id: &str) -> Result<(), ReleaseError> {
     }
 }
 
-/// InService instances of the group without a ready marker for `id`. Instances that left the group
-/// (terminated, detached, unhealthy) are not waited for.
-/// The group's InService instances and the instances with a ready marker for `id`.
-async fn barrier_state(
-    agent: &Agent<'_>,
-    group: &str,
-    id: &str,
-) -> Result<(BTreeSet<String>, BTreeSet<String>), ReleaseError> {
-    let asg = aws_sdk_autoscaling::Client::new(&agent.aws.config);
-    let answer = asg
-        .describe_auto_scaling_groups()
-        .auto_scaling_group_names(group)
-        .send()
-        .await
-        .map_err(|err| {
-            crate::aws::AwsError::new("autoscaling:DescribeAutoScalingGroups", &err)
-                .on(format!("for {group}"))
-        })?;
-    let in_service: BTreeSet<String> = answer
-        .auto_scaling_groups()
-        .iter()
-        .flat_map(|g| g.instances())
-        .filter(|i| i.lifecycle_state().map(|s| s.as_str()) == Some("InService"))
-        .filter_map(|i| i.instance_id().map(str::to_string))
-        .collect();
-    let prefix = agent.store.source.key(&format!("ready/{id}/"));
-    let ready: BTreeSet<String> = agent
-        .store
-        .list_keys(&prefix)
-        .await?
-        .into_iter()
-        .filter_map(|k| k.rsplit('/').next().map(str::to_string))
-        .collect();
-    Ok((in_service, ready))
-}
-
-/// This instance's markers for other releases than `current` (each agent cleans its own).
+/// This instance's markers for other releases than `current` (each agent cleans its own); and the
+/// barriers' shared objects (`_go-…`, `_members-…`) of other releases, by one agent: the one with the
+/// smallest id among those ready for `current`.
 async fn clean_markers(agent: &Agent<'_>, current: &str) {
     let prefix = agent.store.source.key("ready/");
     let Ok(keys) = agent.store.list_keys(&prefix).await else {
         return;
     };
-    let mine = format!("/{}", agent.instance_id);
-    for key in keys {
-        if key.ends_with(&mine) && !key.contains(&format!("ready/{current}/")) {
-            if let Err(err) = agent.store.delete(&key).await {
+    let here = format!("ready/{current}/");
+    let name = |key: &str| key.rsplit('/').next().unwrap_or_default().to_string();
+    let first_ready = keys
+        .iter()
+        .filter(|k| k.contains(&here))
+        .map(|k| name(k))
+        .filter(|n| !n.starts_with('_'))
+        .min();
+    let cleaner = first_ready.as_deref() == Some(agent.instance_id.as_str());
+    for key in keys.iter().filter(|k| !k.contains(&here)) {
+        let n = name(key);
+        if n == agent.instance_id || (cleaner && n.starts_with('_')) {
+            if let Err(err) = agent.store.delete(key).await {
                 tracing::debug!("cannot remove the old marker {key}: {err}");
             }
         }
