@@ -1,14 +1,19 @@
 #!/bin/bash
-# Benchmark (run by hand, never in CI): N deploy agents (`embark release watch`, interval 2 s) on one
-# machine, one group, against the emulator. For each push: the time from the end of the push to the last
-# instance switched, and the spread between the first and the last switch (from the `current` links'
-# times). Prints medians over ROUNDS pushes.
+# Benchmark (run by hand, never in CI): N deploy agents (`embark release watch`) on one machine, one
+# group, against the emulator, Auto Scaling's Describe calls throttled for the whole account (as AWS
+# does). For each push: the time from the end of the push to the last instance switched, and the spread
+# between the first and the last switch (from the `current` links' times); over the run: throttled
+# Auto Scaling calls, Auto Scaling calls per agent per deploy, and AWS requests per agent per poll
+# interval while nothing is pushed. Prints medians over ROUNDS pushes. Compare binaries with EMBARK_BIN.
 #
-#   bench/watch.sh [AGENTS] [ROUNDS]    (default 3 agents, 5 rounds; needs jq, curl, `make emulator-env static`)
+#   bench/watch.sh [AGENTS] [ROUNDS] [INTERVAL_S] [THROTTLE_RPS]
+#       (default 3 agents, 5 rounds, 2 s, 10 rps; needs jq, curl, bc, `make emulator-env static`)
 set -euo pipefail
 
 agents=${1:-3}
 rounds=${2:-5}
+interval=${3:-2}
+throttle=${4:-10}
 here=$(cd "$(dirname "$0")/.." && pwd)
 embark=${EMBARK_BIN:-$here/target/x86_64-unknown-linux-gnu/release/embark}
 [ -x "$embark" ] || { echo "build the static binary first: make static" >&2; exit 2; }
@@ -23,13 +28,14 @@ tree=$work/tree; mkdir -p "$tree/src"
 for i in $(seq 1 200); do head -c 3000 /dev/urandom | base64 >"$tree/src/F$i.php"; done
 push() { echo "<?php return '$1';" >"$tree/version.php"; AWS_REGION=eu-west-1 "$embark" -q release push "$tree" --to s3://wbench-deploy/app | awk '{print $3}'; }
 push v0 >/dev/null
+control POST throttle "{\"service\": \"autoscaling\", \"rps\": $throttle}" >/dev/null
 
 pids=()
 control POST launch "{\"group\": \"wbench\", \"count\": $agents}" | jq -r '.[].imds_endpoint' >"$work/imds"
 n=0
 while read -r imds; do
     n=$((n + 1)); mkdir -p "$work/a$n"
-    printf '[release]\nroot = "%s"\n[watch]\ninterval = "2s"\nbarrier = "2m"\n' "$work/a$n/www" >"$work/a$n/c.toml"
+    printf '[release]\nroot = "%s"\n[watch]\ninterval = "%ss"\nbarrier = "2m"\n' "$work/a$n/www" "$interval" >"$work/a$n/c.toml"
     AWS_EC2_METADATA_SERVICE_ENDPOINT=$imds EMBARK_STATE_DIR=$work/a$n/state \
         "$embark" -q --config "$work/a$n/c.toml" release watch 2>"$work/a$n/log" &
     pids+=($!)
@@ -37,7 +43,7 @@ done <"$work/imds"
 trap 'kill "${pids[@]}" 2>/dev/null; kill "$emu_pid" 2>/dev/null; rm -rf "$work"' EXIT
 
 wait_all() {  # until every agent's link points at $1 (at most 5 minutes)
-    for _ in $(seq 1 1500); do
+    for _ in $(seq 1 3000); do
         local ok=1
         for i in $(seq 1 "$agents"); do
             [ "$(readlink "$work/a$i/www/current" 2>/dev/null)" = "releases/$1" ] || ok=0
@@ -47,16 +53,32 @@ wait_all() {  # until every agent's link points at $1 (at most 5 minutes)
     done
     echo "the fleet did not reach $1" >&2; exit 1
 }
-: >"$work/last"; : >"$work/spread"
+: >"$work/last"; : >"$work/spread"; : >"$work/asg"
+wait_all "$(curl -sf "$endpoint/_embark/s3/wbench-deploy/app/current" | jq -r .release)"
+# Idle: three intervals with nothing pushed.
+control DELETE requests >/dev/null
+sleep $((interval * 3))
+idle=$(curl -sf "$endpoint/_embark/requests" | jq '[.[] | select(.service != "imds")] | length')
 for r in $(seq 1 "$rounds"); do
+    control DELETE requests >/dev/null
     id=$(push "v$r"); pushed=$(date +%s.%N)
     wait_all "$id"
+    [ -n "${BENCH_SHOW:-}" ] && curl -sf "$endpoint/_embark/requests" |
+        jq -r --argjson t "$pushed" '[.[] | select(.service != "imds")] | group_by(.operation)
+            | map("\(.[0].operation)=\(length) (slowest \(map((.end // .time) - .time) | max * 1000 | floor) ms)") | join(", ")' >&2
+    curl -sf "$endpoint/_embark/requests?service=autoscaling" |
+        jq -r '"\([.[] | select(.status == 200)] | length) \([.[] | select(.status != 200)] | length)"' >>"$work/asg"
     times=$(for i in $(seq 1 "$agents"); do stat -c %.9Y "$work/a$i/www/current"; done | sort -n)
     first=$(echo "$times" | head -1); last=$(echo "$times" | tail -1)
     echo "$last - $pushed" | bc >>"$work/last"
     echo "$last - $first" | bc >>"$work/spread"
 done
 median() { sort -n "$1" | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
-echo "agents: $agents, rounds: $rounds (interval 2 s ± 20 %, 200-file release, one file changed per push)"
+calls=$(awk '{s += $1} END {print s}' "$work/asg"); throttled=$(awk '{s += $2} END {print s}' "$work/asg")
+most=$(cat "$work"/a*/state/deploy.json 2>/dev/null | jq -r '.steps[] | select(.name == "barrier") | .detail' |
+    sed -n 's/.*Auto Scaling asked \([0-9]*\) times.*/\1/p' | sort -n | tail -1)
+echo "agents: $agents, rounds: $rounds (interval ${interval} s ± 20 %, Auto Scaling throttled at $throttle rps, 200-file release, one file changed per push)"
 echo "push → last instance switched: median $(median "$work/last")s"
 echo "spread first → last switch:    median $(median "$work/spread")s"
+echo "Auto Scaling calls per deploy: $(echo "scale=2; $calls / $rounds" | bc) in all, $(echo "scale=3; $calls / $rounds / $agents" | bc) per agent (most by one agent in its last deploy: ${most:-n/a}); throttled: $throttled"
+echo "idle: $(echo "scale=3; $idle / $agents / 3" | bc) AWS requests per agent per interval"

@@ -530,7 +530,11 @@ fn twenty_agents_pass_the_barrier_under_an_auto_scaling_throttle_of_two_per_seco
     let fleet = fleet(emu);
     let tree = tempfile::tempdir().expect("tree");
     let v1 = fleet.push(emu, tree.path(), "v1");
-    emu.control("POST", "throttle", json!({"service": "autoscaling", "rps": 2}));
+    emu.control(
+        "POST",
+        "throttle",
+        json!({"service": "autoscaling", "rps": 2}),
+    );
     let instances = emu.launch(json!({"group": fleet.name, "count": 20}));
     let agents: Vec<Agent> = instances
         .into_iter()
@@ -544,7 +548,14 @@ fn twenty_agents_pass_the_barrier_under_an_auto_scaling_throttle_of_two_per_seco
         .into_iter()
         .filter(|r| r["service"] == "autoscaling" && r["status"] != 200)
         .collect();
-    let reports: Vec<Value> = agents.iter().map(|a| a.last_deploy(emu)).collect();
+    // The report is written once the switch's clean-up is done: wait for every agent's.
+    let mut reports: Vec<Value> = Vec::new();
+    wait_until(Duration::from_secs(30), || {
+        reports = agents.iter().map(|a| a.last_deploy(emu)).collect();
+        reports
+            .iter()
+            .all(|r| r["command"].as_str().is_some_and(|c| c.contains(&v2)))
+    });
     stop(agents);
     assert!(all, "not every agent switched to {v2}");
     assert!(throttled.is_empty(), "throttled: {throttled:?}");

@@ -264,29 +264,15 @@ pub async fn push(
     let (uploaded_objects, uploaded_bytes) = upload_objects(store, &root, &nodes).await?;
     let bundle_bytes = upload_bundle(store, &root, &nodes, &id).await?;
     if let Some(signature) = &signature {
-        upload_signature(store, &id, signature).await?;
+        let bytes = serde_json::to_vec_pretty(signature)
+            .map_err(|e| ReleaseError::Failed(format!("cannot encode the signature: {e}")))?;
+        put_new(store, &store.source.signature_key(&id), bytes, &id).await?;
     }
     let delta = match &previous {
         Some(previous) => upload_delta(store, previous, &id, &manifest_bytes).await,
         None => None,
     };
-    match store
-        .put_bytes(
-            &store.source.manifest_key(&id),
-            manifest_bytes,
-            Condition::Absent,
-        )
-        .await
-    {
-        Ok(()) => {}
-        Err(PutError::Conflict) => {
-            return Err(ReleaseError::Failed(format!(
-                "the release id {id} already exists at {}; push again",
-                store.source
-            )))
-        }
-        Err(PutError::Failed(err)) => return Err(err),
-    }
+    put_new(store, &store.source.manifest_key(&id), manifest_bytes, &id).await?;
 
     write_pointer(store, &manifest, manifest_sha256, delta, signature, base).await?;
     Ok(Pushed {
@@ -299,18 +285,9 @@ pub async fn push(
     })
 }
 
-/// `releases/<id>/manifest.sig`, next to the manifest (a rollback copies it into the pointer).
-async fn upload_signature(
-    store: &Store,
-    id: &str,
-    signature: &Signature,
-) -> Result<(), ReleaseError> {
-    let bytes = serde_json::to_vec_pretty(signature)
-        .map_err(|e| ReleaseError::Failed(format!("cannot encode the signature: {e}")))?;
-    match store
-        .put_bytes(&store.source.signature_key(id), bytes, Condition::Absent)
-        .await
-    {
+/// A file of release `id` that must not exist yet (`manifest.json`, `manifest.sig`).
+async fn put_new(store: &Store, key: &str, bytes: Vec<u8>, id: &str) -> Result<(), ReleaseError> {
+    match store.put_bytes(key, bytes, Condition::Absent).await {
         Ok(()) => Ok(()),
         Err(PutError::Conflict) => Err(ReleaseError::Failed(format!(
             "the release id {id} already exists at {}; push again",

@@ -238,21 +238,23 @@ async fn deploy_steps(
     write_marker(agent, &target.id).await?;
     tracing::info!(release = %target.id, "release {} staged and verified; ready marker written", target.id);
     let t = Instant::now();
-    match &agent.group {
-        Some(group) => {
-            if let Held::Yes = barrier_step(agent, group, target, stop, steps).await? {
-                return Ok(Deployed::Held);
-            }
+    let cleaner = match &agent.group {
+        Some(group) => match barrier_step(agent, group, target, stop, steps).await? {
+            (Held::Yes, _) => return Ok(Deployed::Held),
+            (Held::No, wrote_go) => wrote_go,
+        },
+        None => {
+            record(
+                steps,
+                "barrier",
+                t,
+                Outcome::Skipped,
+                "not in an Auto Scaling group: no barrier".into(),
+            );
+            false
         }
-        None => record(
-            steps,
-            "barrier",
-            t,
-            Outcome::Skipped,
-            "not in an Auto Scaling group: no barrier".into(),
-        ),
-    }
-    switch_step(agent, target, steps).await
+    };
+    switch_step(agent, target, steps, cleaner).await
 }
 
 /// Stages the release under the lock; `false` when it is current here already (a boot pulled it):
@@ -326,14 +328,15 @@ fn barrier(
 
 /// Waits until every InService instance of the group is ready, or the barrier deadline passes
 /// (then switch or hold, per `on_barrier_timeout`, notified once per release). The protocol (docs/cli.md,
-/// "The barrier at fleet scale"): S3 carries it, Auto Scaling is asked rarely.
+/// "The barrier at fleet scale"): S3 carries it, Auto Scaling is asked rarely. Also says whether this
+/// agent wrote `_go` (then it cleans the fleet's stale markers after the switch).
 async fn barrier_step(
     agent: &Agent<'_>,
     group: &str,
     target: &Target,
     stop: &mut Stop,
     steps: &mut Vec<Step>,
-) -> Result<Held, ReleaseError> {
+) -> Result<(Held, bool), ReleaseError> {
     let t = Instant::now();
     let id = target.id.as_str();
     let mut fleet = Fleet::new(agent, group, id, deploy_token(target));
@@ -346,7 +349,7 @@ async fn barrier_step(
                 );
                 tracing::info!(release = %id, "{done}");
                 record(steps, "barrier", t, Outcome::Ok, done);
-                return Ok(Held::No);
+                return Ok((Held::No, fleet.wrote_go));
             }
             Barrier::TimedOut(missing) => {
                 let held = barrier_timed_out(agent, id, &missing).await;
@@ -355,7 +358,7 @@ async fn barrier_step(
                     (Held::No, _) => Outcome::Ok,
                 };
                 record(steps, "barrier", t, outcome, held.1);
-                return Ok(held.0);
+                return Ok((held.0, false));
             }
             Barrier::Wait => {}
         }
@@ -381,6 +384,23 @@ const MEMBERS_SPREAD_MAX: Duration = Duration::from_secs(3);
 /// Auto Scaling calls one agent makes for one deploy, at most (its Describe calls share one
 /// account-wide throttle with every other tool).
 const ASG_CALLS_PER_DEPLOY: u32 = 3;
+
+/// Between `_go` being written and the fleet switching: time for every waiting agent (looking once a
+/// second) to see it, so that they switch together.
+const GO_LEAD: Duration = Duration::from_secs(2);
+
+/// `ready/<id>/_go-<token>`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Go {
+    by: String,
+    switch_at_ms: u64,
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
 
 /// `ready/<id>/_members`: the group's InService instances as one agent asked Auto Scaling, for all.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -414,6 +434,7 @@ struct Fleet<'a, 'b> {
     listed: Option<Instant>,
     lists: u32,
     missing: Vec<String>,
+    wrote_go: bool,
 }
 
 impl<'a, 'b> Fleet<'a, 'b> {
@@ -428,6 +449,7 @@ impl<'a, 'b> Fleet<'a, 'b> {
             listed: None,
             lists: 0,
             missing: Vec::new(),
+            wrote_go: false,
         }
     }
 
@@ -446,15 +468,15 @@ impl<'a, 'b> Fleet<'a, 'b> {
     /// `_go` there → ready; else, when a list is due (at once, a second later, then every few
     /// seconds), the markers against the members, writing `_go` when every member is ready.
     async fn check(&mut self, waited: Duration) -> Result<Barrier, ReleaseError> {
-        if self.lists > 0
-            && self
-                .agent
-                .store
-                .get_small(&self.shared("go"), 4096)
-                .await?
-                .is_some()
-        {
-            return Ok(Barrier::Ready);
+        if self.lists > 0 {
+            if let Some((bytes, _)) = self.agent.store.get_small(&self.shared("go"), 4096).await? {
+                // The fleet switches together at the moment `_go` names (bounded by GO_LEAD: the
+                // object is not trusted to hold anyone back longer).
+                let at = serde_json::from_slice::<Go>(&bytes).map_or(0, |go| go.switch_at_ms);
+                let wait = at.saturating_sub(unix_ms()).min(GO_LEAD.as_millis() as u64);
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+                return Ok(Barrier::Ready);
+            }
         }
         let due = match (self.listed, self.lists) {
             (None, _) => true,
@@ -468,14 +490,26 @@ impl<'a, 'b> Fleet<'a, 'b> {
             self.lists += 1;
             let state = barrier(&members, &ready, waited, self.agent.watch.barrier);
             if state == Barrier::Ready {
-                let body = format!("{{\"by\": \"{}\"}}", self.agent.instance_id).into_bytes();
-                if let Err(PutError::Failed(err)) = self
+                let go = Go {
+                    by: self.agent.instance_id.clone(),
+                    switch_at_ms: unix_ms() + GO_LEAD.as_millis() as u64,
+                };
+                let body = serde_json::to_vec(&go).unwrap_or_default();
+                let key = self.shared("go");
+                match self
                     .agent
                     .store
-                    .put_bytes(&self.shared("go"), body, Condition::None)
+                    .put_bytes(&key, body, Condition::None)
                     .await
                 {
-                    tracing::debug!("cannot write the barrier's _go: {err}");
+                    Ok(()) => {
+                        self.wrote_go = true;
+                        tokio::time::sleep(GO_LEAD).await
+                    }
+                    Err(PutError::Conflict) => {}
+                    Err(PutError::Failed(err)) => {
+                        tracing::debug!("cannot write the barrier's _go: {err}")
+                    }
                 }
                 return Ok(state);
             }
@@ -637,6 +671,7 @@ async fn switch_step(
     agent: &Agent<'_>,
     target: &Target,
     steps: &mut Vec<Step>,
+    cleaner: bool,
 ) -> Result<Deployed, ReleaseError> {
     let t = Instant::now();
     let _lock = agent.settings.layout.lock().await?;
@@ -655,7 +690,7 @@ async fn switch_step(
         Outcome::Ok,
         pulled.human(&agent.settings.layout.link),
     );
-    clean_markers(agent, &target.id).await;
+    clean_markers(agent, &target.id, pulled.previous.as_deref(), cleaner).await;
     Ok(Deployed::Switched(
         pulled.previous.unwrap_or_else(|| "none".into()),
     ))
@@ -678,29 +713,34 @@ async fn write_marker(agent: &Agent<'_>, id: &str) -> Result<(), ReleaseError> {
     }
 }
 
-/// This instance's markers for other releases than `current` (each agent cleans its own); and the
-/// barriers' shared objects (`_go-…`, `_members-…`) of other releases, by one agent: the one with the
-/// smallest id among those ready for `current`.
-async fn clean_markers(agent: &Agent<'_>, current: &str) {
-    let prefix = agent.store.source.key("ready/");
-    let Ok(keys) = agent.store.list_keys(&prefix).await else {
-        return;
-    };
-    let here = format!("ready/{current}/");
-    let name = |key: &str| key.rsplit('/').next().unwrap_or_default().to_string();
-    let first_ready = keys
-        .iter()
-        .filter(|k| k.contains(&here))
-        .map(|k| name(k))
-        .filter(|n| !n.starts_with('_'))
-        .min();
-    let cleaner = first_ready.as_deref() == Some(agent.instance_id.as_str());
-    for key in keys.iter().filter(|k| !k.contains(&here)) {
-        let n = name(key);
-        if n == agent.instance_id || (cleaner && n.starts_with('_')) {
-            if let Err(err) = agent.store.delete(key).await {
-                tracing::debug!("cannot remove the old marker {key}: {err}");
-            }
+/// After a switch: this instance's marker for the release it left (deleted by name, no listing); and,
+/// by the one agent that wrote this deploy's `_go`, everything under `ready/` that is not `current`'s
+/// (markers left behind, earlier barriers' `_members-…` and `_go-…`).
+async fn clean_markers(agent: &Agent<'_>, current: &str, previous: Option<&str>, cleaner: bool) {
+    let mut stale = Vec::new();
+    if let Some(previous) = previous.filter(|p| *p != current) {
+        stale.push(
+            agent
+                .store
+                .source
+                .key(&format!("ready/{previous}/{}", agent.instance_id)),
+        );
+    }
+    if cleaner {
+        let here = format!("ready/{current}/");
+        if let Ok(keys) = agent
+            .store
+            .list_keys(&agent.store.source.key("ready/"))
+            .await
+        {
+            stale.extend(keys.into_iter().filter(|k| !k.contains(&here)));
+        }
+    }
+    stale.sort();
+    stale.dedup();
+    for key in stale {
+        if let Err(err) = agent.store.delete(&key).await {
+            tracing::debug!("cannot remove the old marker {key}: {err}");
         }
     }
 }
