@@ -196,12 +196,15 @@ fn three_agents_switch_only_when_all_are_ready_and_roll_back_together() {
         report["steps"][1]["detail"].as_str().unwrap_or_default(),
         "is ready",
     );
-    // Each agent removed its marker of the old release.
-    let keys = emu.s3_keys(&fleet.bucket);
-    assert!(
-        !keys.iter().any(|k| k.contains(&format!("ready/{v1}/"))),
-        "{keys:?}"
-    );
+    // Each agent removed its marker of the old release, and the agent that wrote `_go` the old
+    // barrier's shared objects (right after their switch: waited for, bounded).
+    let old = format!("ready/{v1}/");
+    let mut keys = Vec::new();
+    let cleaned = wait_until(Duration::from_secs(15), || {
+        keys = emu.s3_keys(&fleet.bucket);
+        !keys.iter().any(|k| k.contains(&old))
+    });
+    assert!(cleaned, "{keys:?}");
 
     // Rollback: the source points back at v1, the fleet follows through the barrier.
     let run = emu

@@ -727,13 +727,17 @@ async fn clean_markers(agent: &Agent<'_>, current: &str, previous: Option<&str>,
         );
     }
     if cleaner {
+        // The previous release's markers are their agents' to delete (each just did, or will).
         let here = format!("ready/{current}/");
+        let theirs = previous.map(|p| format!("ready/{p}/i-"));
         if let Ok(keys) = agent
             .store
             .list_keys(&agent.store.source.key("ready/"))
             .await
         {
-            stale.extend(keys.into_iter().filter(|k| !k.contains(&here)));
+            stale.extend(keys.into_iter().filter(|k| {
+                !k.contains(&here) && !theirs.as_ref().is_some_and(|t| k.contains(t.as_str()))
+            }));
         }
     }
     stale.sort();
