@@ -1,6 +1,7 @@
 # shellcheck shell=bash
 # Sourced by scripts/demo.sh and bench/*.sh: start the emulator in the background and wait for it.
-#   start_emulator WORKDIR   sets emu_pid and endpoint; stops the emulator when the script exits
+#   start_emulator WORKDIR   sets emu_pid and endpoint (and a closed IMDS endpoint on 127.0.0.1 as the
+#                            default); stops the emulator when the script exits
 #   control METHOD PATH [JSON]   a call to its control API (/_embark/...)
 
 start_emulator() {
@@ -17,6 +18,9 @@ start_emulator() {
         exit 1
     fi
     endpoint=$(jq -r .endpoint "$work/ready.json")
+    # An embark run without an instance of its own (`release push` from the "workstation") must never
+    # reach the link-local metadata address: a closed port on 127.0.0.1 unless a run names its instance.
+    export AWS_EC2_METADATA_SERVICE_ENDPOINT=http://127.0.0.1:9
 }
 
 control() {

@@ -10,6 +10,7 @@ use super::signing::{Signer, SigningKey};
 use super::store::Store;
 use super::{layout, pull, push, settings, store_of};
 use crate::aws::Aws;
+use crate::config::Config;
 use crate::context::Context;
 use crate::error::Error;
 use crate::output::{print_either, say, say_line};
@@ -19,6 +20,18 @@ pub async fn standalone_store(ctx: &Context, url: &str) -> Result<Store, Release
     let source = SourceUrl::parse(url).map_err(ReleaseError::Usage)?;
     let aws = Aws::load_standalone(ctx.http.clone()).await;
     Ok(Store::new(&aws, source))
+}
+
+/// The store `--from URL` names (reached without IMDS, with the file's settings), else the instance's
+/// source (its tags on the file's settings).
+async fn store_from(ctx: &Context, from: Option<&str>) -> Result<(Store, Config), Error> {
+    Ok(match from {
+        Some(url) => (standalone_store(ctx, url).await?, ctx.config.clone()),
+        None => {
+            let instance = ctx.instance().await?;
+            (store_of(&instance.aws, &instance.config)?, instance.config)
+        }
+    })
 }
 
 /// `release push DIR --to URL [--sign KEY]`.
@@ -101,13 +114,7 @@ pub async fn rollback_release(
     to: Option<&str>,
     from: Option<&str>,
 ) -> Result<(), Error> {
-    let (store, config) = match from {
-        Some(url) => (standalone_store(ctx, url).await?, ctx.config.clone()),
-        None => {
-            let instance = ctx.instance().await?;
-            (store_of(&instance.aws, &instance.config)?, instance.config)
-        }
-    };
+    let (store, config) = store_from(ctx, from).await?;
     let trust = super::trust(&config)?;
     let (from_id, to_id) = super::watch::rollback(&store, to, &trust).await?;
     say_line(&format!(
@@ -124,13 +131,7 @@ pub async fn verify_release(
     id: Option<&str>,
     from: Option<&str>,
 ) -> Result<(), Error> {
-    let (store, config) = match from {
-        Some(url) => (standalone_store(ctx, url).await?, ctx.config.clone()),
-        None => {
-            let instance = ctx.instance().await?;
-            (store_of(&instance.aws, &instance.config)?, instance.config)
-        }
-    };
+    let (store, config) = store_from(ctx, from).await?;
     let mut trust = super::trust(&config)?;
     if trust.keys.is_empty() {
         return Err(ReleaseError::Usage(
@@ -155,13 +156,7 @@ pub async fn verify_release(
 
 /// `release list [--from URL] [--json]`.
 pub async fn list_releases(ctx: &Context, from: Option<&str>, json: bool) -> Result<(), Error> {
-    let (store, config) = match from {
-        Some(url) => (standalone_store(ctx, url).await?, ctx.config.clone()),
-        None => {
-            let instance = ctx.instance().await?;
-            (store_of(&instance.aws, &instance.config)?, instance.config)
-        }
-    };
+    let (store, config) = store_from(ctx, from).await?;
     let listing = list(&store, &layout(&config)).await?;
     print_either(&listing, json, Listing::human);
     Ok(())
