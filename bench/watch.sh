@@ -8,6 +8,8 @@
 #
 #   bench/watch.sh [AGENTS] [ROUNDS] [INTERVAL_S] [THROTTLE_RPS]
 #       (default 3 agents, 5 rounds, 2 s, 10 rps; needs jq, curl, bc, `make emulator-env static`)
+#   BENCH_SHOW=1: per round, the requests by operation, when agents saw the push and staged, the markers
+#   and `_go`; BENCH_LOG=DIR: each round's request log saved there (roundN.json, roundN.pushed)
 set -euo pipefail
 
 agents=${1:-3}
@@ -36,11 +38,25 @@ n=0
 while read -r imds; do
     n=$((n + 1)); mkdir -p "$work/a$n"
     printf '[release]\nroot = "%s"\n[watch]\ninterval = "%ss"\nbarrier = "2m"\n' "$work/a$n/www" "$interval" >"$work/a$n/c.toml"
-    AWS_EC2_METADATA_SERVICE_ENDPOINT=$imds EMBARK_STATE_DIR=$work/a$n/state \
+    AWS_ACCESS_KEY_ID=bench$n AWS_EC2_METADATA_SERVICE_ENDPOINT=$imds EMBARK_STATE_DIR=$work/a$n/state \
         "$embark" -q --config "$work/a$n/c.toml" release watch 2>"$work/a$n/log" &
     pids+=($!)
 done <"$work/imds"
-trap 'kill "${pids[@]}" 2>/dev/null; kill "$emu_pid" 2>/dev/null; rm -rf "$work"' EXIT
+stop_agents() {  # SIGTERM, up to 20 s to exit (the agent's contract), then any left are reported and killed
+    kill "${pids[@]}" 2>/dev/null || true
+    local left=()
+    for _ in $(seq 1 100); do
+        left=(); for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && left+=("$p"); done
+        [ ${#left[@]} = 0 ] && break
+        sleep 0.2
+    done
+    if [ ${#left[@]} -gt 0 ]; then
+        echo "${#left[@]} agents did not exit within 20 s of SIGTERM: killed" >&2
+        kill -9 "${left[@]}" 2>/dev/null || true
+    fi
+    kill "$emu_pid" 2>/dev/null; rm -rf "$work"
+}
+trap stop_agents EXIT
 
 wait_all() {  # until every agent's link points at $1 (at most 5 minutes)
     for _ in $(seq 1 3000); do
@@ -63,9 +79,25 @@ for r in $(seq 1 "$rounds"); do
     control DELETE requests >/dev/null
     id=$(push "v$r"); pushed=$(date +%s.%N)
     wait_all "$id"
+    [ -n "${BENCH_LOG:-}" ] && { mkdir -p "$BENCH_LOG"; curl -sf "$endpoint/_embark/requests" >"$BENCH_LOG/round$r.json";
+        echo "$pushed" >"$BENCH_LOG/round$r.pushed"; }
     [ -n "${BENCH_SHOW:-}" ] && curl -sf "$endpoint/_embark/requests" |
         jq -r --argjson t "$pushed" '[.[] | select(.service != "imds")] | group_by(.operation)
             | map("\(.[0].operation)=\(length) (slowest \(map((.end // .time) - .time) | max * 1000 | floor) ms)") | join(", ")' >&2
+    [ -n "${BENCH_SHOW:-}" ] && curl -sf "$endpoint/_embark/requests?service=s3" |
+        jq -r --argjson t "$pushed" --arg id "$id" 'def at: ((.time - $t) * 100 | floor) / 100;
+            [.[] | select(.operation == "PutObject" and (.path | contains("/ready/\($id)/i-")))] as $m
+            | [.[] | select(.operation == "PutObject" and (.path | contains("/ready/\($id)/_go-")))] as $g
+            | ([.[] | select(.operation == "GetObject") | .path | sub(".*/ready/.*/_go-.*"; "_go") | sub(".*/ready/.*/_members-.*"; "_members")
+                | sub(".*/objects/.*"; "objects") | sub(".*/releases/.*"; "manifests") | sub(".*/current$"; "pointer")]
+                | group_by(.) | map("\(.[0])=\(length)") | join(" ")) as $gets
+            | ([.[] | select(.access_key | startswith("bench")) | select(.access_key != "bench")] | group_by(.access_key)
+                | map(([.[] | select(.operation == "GetObject" and (.path | endswith("/current")) and .status == 200)
+                        | at] | min) as $seen
+                      | ([.[] | select(.operation == "PutObject" and (.path | contains("/ready/")))] | map(at) | min) as $ready
+                      | {$seen, stage: ($ready - $seen)})) as $a
+            | "per agent: new release seen \($a | map(.seen) | min)–\($a | map(.seen) | max) s after the push, staged in \($a | map(.stage) | sort | .[length / 2 | floor]) s (median) / \($a | map(.stage) | max) s (most)\n"
+            + "GETs: \($gets); after the push: markers \($m | map(at) | min)–\($m | map(at) | max) s, _go written \($g | map(at) | join(" ")) s"' >&2
     curl -sf "$endpoint/_embark/requests?service=autoscaling" |
         jq -r '"\([.[] | select(.status == 200)] | length) \([.[] | select(.status != 200)] | length)"' >>"$work/asg"
     times=$(for i in $(seq 1 "$agents"); do stat -c %.9Y "$work/a$i/www/current"; done | sort -n)

@@ -579,3 +579,37 @@ fn twenty_agents_pass_the_barrier_under_an_auto_scaling_throttle_of_two_per_seco
         assert!(asked <= 3, "{detail}");
     }
 }
+
+#[test]
+fn when_no_agent_can_write_go_the_waiting_agents_own_lists_switch_the_fleet() {
+    // Every `_go` write of this fleet fails, as when the agent that saw the fleet ready dies before
+    // writing it: the others must not wait for the barrier's deadline. (Its own emulator: other tests
+    // clear the shared one's faults.)
+    let emu = &Emulator::start();
+    let fleet = fleet(emu);
+    emu.fault(
+        json!({"service": "s3", "operation": "PutObject", "status": 500,
+                     "code": "InternalError", "count": 100_000,
+                     "path": format!("/{}/app/ready/*/_go-*", fleet.bucket)}),
+    );
+    let tree = tempfile::tempdir().expect("tree");
+    let v1 = fleet.push(emu, tree.path(), "v1");
+    let instances = emu.launch(json!({"group": fleet.name, "count": 3}));
+    let agents: Vec<Agent> = instances
+        .into_iter()
+        .map(|i| start(emu, &fleet, i, "300s", "hold"))
+        .collect();
+    // Far inside the 300 s deadline (with "hold", a deadline would switch nobody).
+    let all = all_on(&agents, &v1, Duration::from_secs(90));
+    let go_writes = emu.s3_requests(&fleet.bucket, "PutObject");
+    let keys = emu.s3_keys(&fleet.bucket);
+    stop(agents);
+    assert!(all, "the fleet waited for a _go nobody could write");
+    assert!(
+        go_writes
+            .iter()
+            .any(|r| r["path"].as_str().is_some_and(|p| p.contains("/_go-")) && r["status"] == 500),
+        "no _go write was tried: {go_writes:?}"
+    );
+    assert!(!keys.iter().any(|k| k.contains("/_go-")), "{keys:?}");
+}

@@ -16,7 +16,7 @@ use super::format::{sha256_hex, Manifest, Node, Pointer};
 use super::local::{chown_tree, remove_tree, Layout};
 use super::progress::{human_bytes, Progress};
 use super::store::Store;
-use super::unpack::{create_dir, make_symlink, unpack, write_verified};
+use super::unpack::{copy_hashed, create_dir, make_symlink, unpack};
 use crate::config::{Hook, ReleaseFormat};
 use crate::hooks::{self, HookEnv};
 
@@ -688,28 +688,40 @@ async fn fetch_objects(
     let stats = Mutex::new((0usize, 0u64, 0usize)); // fetched, bytes, reused
     let id = pulled.release.clone();
     for batch in [first, again] {
-        stream::iter(batch.into_iter().map(Ok))
-            .try_for_each_concurrent(FETCHES_AT_ONCE, |(node, from)| {
+        // Local copies in one blocking pass (a thread hand-off per file cost more than the copy);
+        // the ones whose local bytes changed are fetched with the rest.
+        let (copies, mut fetches): (Vec<_>, Vec<_>) =
+            batch.into_iter().partition(|(_, from)| from.is_some());
+        let jobs: Vec<(Node, PathBuf, PathBuf)> = copies
+            .iter()
+            .filter_map(|(node, from)| match (node, from) {
+                (Node::File { path, .. }, Some(source)) => {
+                    Some(((*node).clone(), source.clone(), partial.join(path)))
+                }
+                _ => None,
+            })
+            .collect();
+        let copied = tokio::task::spawn_blocking(move || copy_locals(&jobs))
+            .await
+            .map_err(|e| ReleaseError::Failed(format!("copying stopped: {e}")))??;
+        if let Ok(mut s) = stats.lock() {
+            s.2 += copies.len() - copied.iter().filter(|c| !**c).count();
+        }
+        fetches.extend(
+            copies
+                .into_iter()
+                .zip(copied)
+                .filter(|(_, ok)| !ok)
+                .map(|((node, _), _)| (node, None)),
+        );
+        stream::iter(fetches.into_iter().map(Ok))
+            .try_for_each_concurrent(FETCHES_AT_ONCE, |(node, _)| {
                 let (progress, stats, id) = (progress.clone(), &stats, &id);
                 async move {
                     let Node::File { path, .. } = node else {
                         return Ok(());
                     };
                     let target = partial.join(path);
-                    if let Some(source) = from {
-                        let (target2, node2, id2) = (target.clone(), node.clone(), id.clone());
-                        let copied = tokio::task::spawn_blocking(move || {
-                            copy_local(&source, &target2, &node2, &id2)
-                        })
-                        .await
-                        .map_err(|e| ReleaseError::Failed(format!("copying stopped: {e}")))??;
-                        if copied {
-                            if let Ok(mut s) = stats.lock() {
-                                s.2 += 1;
-                            }
-                            return Ok(());
-                        }
-                    }
                     let bytes = fetch_object(store, node, &target, id, &progress).await?;
                     if let Ok(mut s) = stats.lock() {
                         s.0 += 1;
@@ -733,21 +745,37 @@ async fn fetch_objects(
     Ok(())
 }
 
-/// Reuse a local copy if it still has the right bytes (somebody may have edited a release in place).
-fn copy_local(source: &Path, target: &Path, node: &Node, id: &str) -> Result<bool, ReleaseError> {
-    let Node::File { sha256, size, .. } = node else {
-        return Ok(false);
-    };
-    match crate::fsutil::hash_file(source) {
-        Ok((got, bytes)) if got == *sha256 && bytes == *size => {}
-        _ => {
+/// Each `(node, local source, target)`: reused when the local copy still has the right bytes
+/// (somebody may have edited a release in place), checked as it is copied (one read); else the
+/// partial copy is removed and the file is fetched (false). A failure to set the mode is an error.
+fn copy_locals(jobs: &[(Node, PathBuf, PathBuf)]) -> Result<Vec<bool>, ReleaseError> {
+    let mut copied = Vec::with_capacity(jobs.len());
+    for (node, source, target) in jobs {
+        let Node::File {
+            path,
+            sha256,
+            size,
+            mode,
+        } = node
+        else {
+            copied.push(false);
+            continue;
+        };
+        let same = fs::File::open(source)
+            .map_err(|e| io_failed("reading", source, &e))
+            .and_then(|mut file| copy_hashed(&mut file, target, *size, path, "local"))
+            .map(|(got, total)| got == *sha256 && total == *size);
+        if !matches!(same, Ok(true)) {
             tracing::debug!("{} changed locally; fetching it", source.display());
-            return Ok(false);
+            let _ = fs::remove_file(target);
+            copied.push(false);
+            continue;
         }
+        fs::set_permissions(target, fs::Permissions::from_mode(*mode))
+            .map_err(|e| io_failed("setting the mode of", target, &e))?;
+        copied.push(true);
     }
-    let mut file = fs::File::open(source).map_err(|e| io_failed("reading", source, &e))?;
-    write_verified(&mut file, target, node, id)?;
-    Ok(true)
+    Ok(copied)
 }
 
 async fn fetch_object(

@@ -364,9 +364,23 @@ pub(super) fn write_verified(
     else {
         return Ok(());
     };
+    let (got, total) = copy_hashed(reader, path, *size, name, id)?;
+    check_content(name, id, *size, sha256, total, &got)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(*mode))
+        .map_err(|e| io_failed("setting the mode of", path, &e))
+}
+
+/// Copy `reader` to a new file at `path`, hashing as it goes: the sha256 and length of what was
+/// copied. Never more than `size` (+1 byte, to notice a body that is too long): a header or an object
+/// that claims less than it holds cannot fill the disk.
+pub(super) fn copy_hashed(
+    reader: &mut impl Read,
+    path: &Path,
+    size: u64,
+    name: &str,
+    id: &str,
+) -> Result<(String, u64), ReleaseError> {
     let mut file = open_new(path)?;
-    // Never more than the manifest promises (+1 byte, to notice a body that is too long): a header
-    // or an object that claims less than it holds cannot fill the disk.
     let mut reader = HashingReader::new(reader.take(size.saturating_add(1)));
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -379,10 +393,7 @@ pub(super) fn write_verified(
         file.write_all(&buf[..n])
             .map_err(|e| io_failed("writing", path, &e))?;
     }
-    let (got, total) = reader.finish();
-    check_content(name, id, *size, sha256, total, &got)?;
-    fs::set_permissions(path, fs::Permissions::from_mode(*mode))
-        .map_err(|e| io_failed("setting the mode of", path, &e))
+    Ok(reader.finish())
 }
 
 #[cfg(test)]

@@ -74,12 +74,13 @@ pub async fn run(agent: &Agent<'_>) -> Result<(), ReleaseError> {
             r = attempt => r,
             _ = stop.changed() => break,
         };
+        let pause = next_poll(agent.watch.interval, matches!(result, Ok(Some(_))));
         after_poll(agent, &mut poll, result).await;
         if let Some(work) = &agent.after_poll {
             work().await;
         }
         tokio::select! {
-            _ = tokio::time::sleep(jittered(agent.watch.interval)) => {},
+            _ = tokio::time::sleep(pause) => {},
             _ = stop.changed() => break,
         }
     }
@@ -171,6 +172,19 @@ async fn after_poll(
                 poll.notified_failure = Some(text);
             }
         }
+    }
+}
+
+/// The pause before the next poll: the interval ± 20 %; after a deploy, anywhere within the interval.
+/// The fleet's agents have just switched together (the barrier): polling an interval later, they
+/// would all see the next push within the jitter of each other and stage it at once, a herd at every
+/// push; a uniform pause spreads them over the interval again (a gap is still at most 1.2 intervals).
+fn next_poll(interval: Duration, deployed: bool) -> Duration {
+    if deployed {
+        let ms = interval.as_millis() as u64;
+        Duration::from_millis(rand::random::<u64>() % (ms + 1))
+    } else {
+        jittered(interval)
     }
 }
 
@@ -371,9 +385,15 @@ async fn barrier_step(
 
 /// How often a waiting agent looks for `ready/<id>/_go` (one small GET).
 const GO_POLL: Duration = Duration::from_secs(1);
-/// How often it lists the markers itself (in case the agent that saw the fleet ready died before
-/// writing `_go`, or two last agents listed before each other's marker was there).
+/// Every agent lists the markers once, right after writing its own: S3 lists are strongly consistent
+/// (<https://docs.aws.amazon.com/AmazonS3/latest/userguide/Welcome.html#ConsistencyModel>), so of
+/// agents that write then list, the last to list sees every marker, even when the last ones are ready
+/// at the same moment. Listing again is a safety net for the agent that saw the fleet ready dying
+/// before writing `_go`, and for members that left the group: every `LIST_EVERY` a waiting agent lists
+/// with probability `SAFETY_LISTS` / members, so the whole fleet lists about twice per period (a list of
+/// a large fleet's markers is the costliest request of the barrier).
 const LIST_EVERY: Duration = Duration::from_secs(5);
+const SAFETY_LISTS: u64 = 2;
 /// The shared membership is asked of Auto Scaling again when it is older than this and the barrier
 /// still waits (an instance may have left the group).
 const MEMBERS_FRESH: Duration = Duration::from_secs(15);
@@ -430,10 +450,8 @@ struct Fleet<'a, 'b> {
     token: String,
     members: Option<Members>,
     asg_calls: u32,
-    /// When the markers were last listed (None: never), and what was missing then.
+    /// When the markers were last listed or a safety-net list was drawn for (None: never listed).
     listed: Option<Instant>,
-    lists: u32,
-    missing: Vec<String>,
     wrote_go: bool,
 }
 
@@ -447,8 +465,6 @@ impl<'a, 'b> Fleet<'a, 'b> {
             members: None,
             asg_calls: 0,
             listed: None,
-            lists: 0,
-            missing: Vec::new(),
             wrote_go: false,
         }
     }
@@ -465,10 +481,10 @@ impl<'a, 'b> Fleet<'a, 'b> {
         self.key(&format!("_{name}-{}", self.token))
     }
 
-    /// `_go` there → ready; else, when a list is due (at once, a second later, then every few
-    /// seconds), the markers against the members, writing `_go` when every member is ready.
+    /// `_go` there → ready; else, when a list is due (at once, then now and then: [`LIST_EVERY`]; and
+    /// at the deadline), the markers against the members, writing `_go` when every member is ready.
     async fn check(&mut self, waited: Duration) -> Result<Barrier, ReleaseError> {
-        if self.lists > 0 {
+        if self.listed.is_some() {
             if let Some((bytes, _)) = self.agent.store.get_small(&self.shared("go"), 4096).await? {
                 // The fleet switches together at the moment `_go` names (bounded by GO_LEAD: the
                 // object is not trusted to hold anyone back longer).
@@ -478,16 +494,23 @@ impl<'a, 'b> Fleet<'a, 'b> {
                 return Ok(Barrier::Ready);
             }
         }
-        let due = match (self.listed, self.lists) {
-            (None, _) => true,
-            (Some(at), 1) => at.elapsed() >= GO_POLL,
-            (Some(at), _) => at.elapsed() >= LIST_EVERY,
+        let due = match self.listed {
+            None => true,
+            Some(_) if waited >= self.agent.watch.barrier => true,
+            Some(at) if at.elapsed() >= LIST_EVERY => {
+                self.listed = Some(Instant::now()); // the next draw is a period later
+                let members = self
+                    .members
+                    .as_ref()
+                    .map_or(1, |m| m.in_service.len().max(1));
+                rand::random::<u64>() % (members as u64) < SAFETY_LISTS
+            }
+            Some(_) => false,
         };
         if due {
             let ready = self.ready().await?;
             let members = self.members(waited, ready.len()).await?;
             self.listed = Some(Instant::now());
-            self.lists += 1;
             let state = barrier(&members, &ready, waited, self.agent.watch.barrier);
             if state == Barrier::Ready {
                 let go = Go {
@@ -511,13 +534,8 @@ impl<'a, 'b> Fleet<'a, 'b> {
                         tracing::debug!("cannot write the barrier's _go: {err}")
                     }
                 }
-                return Ok(state);
             }
-            self.missing = members.difference(&ready).cloned().collect();
             return Ok(state);
-        }
-        if waited >= self.agent.watch.barrier {
-            return Ok(Barrier::TimedOut(self.missing.clone()));
         }
         Ok(Barrier::Wait)
     }
@@ -545,8 +563,8 @@ impl<'a, 'b> Fleet<'a, 'b> {
 
     /// The shared membership: read from `_members`; asked of Auto Scaling by the first agent to need
     /// it (written with If-None-Match, so one answer serves the fleet), and again when it is stale and
-    /// the barrier still waits — by about one agent per check across the fleet (each asks with
-    /// probability 1/ready), never more than [`ASG_CALLS_PER_DEPLOY`] times per agent.
+    /// the barrier still waits — by the agents that list again ([`SAFETY_LISTS`] per period across the
+    /// fleet), never more than [`ASG_CALLS_PER_DEPLOY`] times per agent.
     async fn members(
         &mut self,
         waited: Duration,
@@ -570,10 +588,8 @@ impl<'a, 'b> Fleet<'a, 'b> {
         let ask = match &shared {
             None => may_ask,
             Some(m) => {
-                may_ask
-                    && waited >= MEMBERS_FRESH
-                    && stale(m)
-                    && rand::random::<u64>().is_multiple_of(ready.max(1) as u64)
+                // Safety-net lists are already few across the fleet (SAFETY_LISTS per period).
+                may_ask && waited >= MEMBERS_FRESH && stale(m)
             }
         };
         if !ask {
@@ -876,8 +892,20 @@ mod tests {
     #[test]
     fn polls_are_jittered_within_a_fifth() {
         for _ in 0..100 {
-            let d = jittered(Duration::from_secs(10)).as_millis();
+            let d = next_poll(Duration::from_secs(10), false).as_millis();
             assert!((8000..=12000).contains(&d), "{d}");
         }
+    }
+
+    #[test]
+    fn after_a_deploy_the_next_poll_is_anywhere_within_the_interval() {
+        let pauses: Vec<u128> = (0..400)
+            .map(|_| next_poll(Duration::from_secs(10), true).as_millis())
+            .collect();
+        assert!(pauses.iter().all(|d| *d <= 10_000), "{pauses:?}");
+        // Spread over the whole interval, not within the ± 20 % of a steady poll (each half holds
+        // some: the chance that one of them is empty is 2^-399).
+        assert!(pauses.iter().any(|d| *d < 5_000), "{pauses:?}");
+        assert!(pauses.iter().any(|d| *d >= 5_000), "{pauses:?}");
     }
 }

@@ -233,6 +233,22 @@ def test_fault_count_then_success(emu, account):
     ctl(emu, "DELETE", "faults")
 
 
+def test_fault_path_glob_matches_only_its_keys(emu, account):
+    s3 = aws(emu, "s3")
+    s3.create_bucket(Bucket="globbed", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    ctl(emu, "DELETE", "faults")
+    ctl(emu, "POST", "faults", {"service": "s3", "operation": "PutObject", "status": 500,
+                                "path": "/globbed/app/ready/*/_go-*", "count": 100})
+    s3.put_object(Bucket="globbed", Key="app/ready/r1/i-123", Body=b"{}")
+    s3.put_object(Bucket="globbed", Key="app/ready/r1/_members-abc", Body=b"{}")
+    with pytest.raises(botocore.exceptions.ClientError) as err:
+        s3.put_object(Bucket="globbed", Key="app/ready/r1/_go-abc", Body=b"{}")
+    ctl(emu, "DELETE", "faults")
+    assert err.value.response["Error"]["Code"] == "InternalError"
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="globbed", Prefix="app/")["Contents"]]
+    assert keys == ["app/ready/r1/_members-abc", "app/ready/r1/i-123"]
+
+
 def test_fault_fraction(emu, account):
     ctl(emu, "DELETE", "faults")
     ctl(emu, "POST", "faults", {"service": "s3", "operation": "ListBuckets", "status": 503,

@@ -7,6 +7,7 @@ answers with the service's throttling error code above `rps` requests per second
 
 from __future__ import annotations
 
+import fnmatch
 import random
 import threading
 import time
@@ -36,7 +37,9 @@ class Rule:
     count: int | None = None
     fraction: float | None = None
     latency_ms: int = 0
-    path: str = "*"  # a path prefix: under /latest/ for IMDS, the request path (/bucket/key) for AWS
+    # A path prefix: under /latest/ for IMDS, the request path (/bucket/key) for AWS; with a `*` inside,
+    # a glob over the whole path (`/bucket/app/ready/*/_go-*`).
+    path: str = "*"
     instance: str = "*"  # IMDS rules: one instance id
     params: dict | None = None  # AWS rules: only calls with these parameters (e.g. {"InstanceId": ...})
     after: bool = False  # the call takes effect, then its answer is replaced by the error (a lost answer)
@@ -50,7 +53,8 @@ class Rule:
             return False
         if self.operation not in ("*", operation):
             return False
-        if self.path != "*" and not path.startswith(self.path):
+        if self.path != "*" and not (fnmatch.fnmatchcase(path, self.path) if "*" in self.path
+                                     else path.startswith(self.path)):
             return False
         if self.instance not in ("*", instance):
             return False
