@@ -71,7 +71,9 @@ wait_all() {  # until every agent's link points at $1 (at most 5 minutes)
 }
 : >"$work/last"; : >"$work/spread"; : >"$work/asg"
 wait_all "$(curl -sf "$endpoint/_embark/s3/wbench-deploy/app/current" | jq -r .release)"
-# Idle: three intervals with nothing pushed.
+# Idle: three intervals with nothing pushed, in the steady state (right after a switch an agent's next
+# poll comes anywhere within the interval, so the first interval after a deploy holds a few extra).
+sleep $((interval + interval / 5 + 1))
 control DELETE requests >/dev/null
 sleep $((interval * 3))
 idle=$(curl -sf "$endpoint/_embark/requests" | jq '[.[] | select(.service != "imds")] | length')
