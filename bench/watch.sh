@@ -76,7 +76,11 @@ wait_all "$(curl -sf "$endpoint/_embark/s3/wbench-deploy/app/current" | jq -r .r
 sleep $((interval + interval / 5 + 1))
 control DELETE requests >/dev/null
 sleep $((interval * 3))
-idle=$(curl -sf "$endpoint/_embark/requests" | jq '[.[] | select(.service != "imds")] | length')
+curl -sf "$endpoint/_embark/requests" >"$work/idle.json"
+idle=$(jq '[.[] | select(.service != "imds")] | length' "$work/idle.json")
+polls=$(jq '[.[] | select(.operation == "GetObject" and (.path | endswith("/app/current")))] | length' "$work/idle.json")
+others=$(jq -r '[.[] | select(.service != "imds") | select((.operation == "GetObject" and (.path | endswith("/app/current"))) | not)
+    | .operation] | group_by(.) | map("\(.[0])=\(length)") | join(" ")' "$work/idle.json")
 for r in $(seq 1 "$rounds"); do
     control DELETE requests >/dev/null
     id=$(push "v$r"); pushed=$(date +%s.%N)
@@ -115,4 +119,4 @@ echo "agents: $agents, rounds: $rounds (interval ${interval} s ± 20 %, Auto Sca
 echo "push → last instance switched: median $(median "$work/last")s"
 echo "spread first → last switch:    median $(median "$work/spread")s"
 echo "Auto Scaling calls per deploy: $(echo "scale=2; $calls / $rounds" | bc) in all, $(echo "scale=3; $calls / $rounds / $agents" | bc) per agent (most by one agent in its last deploy: ${most:-n/a}); throttled: $throttled"
-echo "idle: $(echo "scale=3; $idle / $agents / 3" | bc) AWS requests per agent per interval"
+echo "idle: $(echo "scale=3; $idle / $agents / 3" | bc) AWS requests per agent per interval, $(echo "scale=3; $idle / $polls" | bc) per poll ($polls pointer GETs${others:+; others: $others})"
