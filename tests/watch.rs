@@ -594,16 +594,26 @@ fn when_no_agent_can_write_go_the_waiting_agents_own_lists_switch_the_fleet() {
     );
     let tree = tempfile::tempdir().expect("tree");
     let v1 = fleet.push(emu, tree.path(), "v1");
-    let instances = emu.launch(json!({"group": fleet.name, "count": 3}));
-    let agents: Vec<Agent> = instances
-        .into_iter()
-        .map(|i| start(emu, &fleet, i, "300s", "hold"))
-        .collect();
+    let mut instances = emu.launch(json!({"group": fleet.name, "count": 3}));
+    // One agent first, until its marker is there: its own list saw only itself, so it waits, and only
+    // its later lists can see the fleet ready (the others find the fleet ready when they list).
+    let first = start(emu, &fleet, instances.remove(0), "300s", "hold");
+    let marker = format!("app/ready/{v1}/{}", first.inst.id);
+    let waiting = wait_until(Duration::from_secs(30), || {
+        emu.s3_keys(&fleet.bucket).contains(&marker)
+    });
+    let mut agents = vec![first];
+    agents.extend(
+        instances
+            .into_iter()
+            .map(|i| start(emu, &fleet, i, "300s", "hold")),
+    );
     // Far inside the 300 s deadline (with "hold", a deadline would switch nobody).
     let all = all_on(&agents, &v1, Duration::from_secs(90));
     let go_writes = emu.s3_requests(&fleet.bucket, "PutObject");
     let keys = emu.s3_keys(&fleet.bucket);
     stop(agents);
+    assert!(waiting, "the first agent wrote no marker");
     assert!(all, "the fleet waited for a _go nobody could write");
     assert!(
         go_writes
