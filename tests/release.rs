@@ -241,6 +241,54 @@ fn incremental_pull_fetches_only_changed_objects_and_a_rerun_fetches_nothing() {
         .ends_with("/app/current"));
 }
 
+#[test]
+fn local_files_edited_in_place_are_fetched_again_not_reused() {
+    let emu = emulator();
+    let src = source(emu);
+    let tree = tempfile::tempdir().expect("tree");
+    small_tree(tree.path(), 30);
+    let v1 = push(emu, tree.path(), &src, "v1");
+    let inst = instance(emu, &src, "web");
+    let root = tempfile::tempdir().expect("root");
+    pull(emu, &inst, root.path(), "").expect_code(0);
+
+    // Somebody edits the live release: one file keeps its size, one grows.
+    let live = root.path().join("releases").join(&v1);
+    let same_size = "vendor/pkg2/f2.php";
+    let grown = "vendor/pkg5/f12.php";
+    let mut bytes = fs::read(live.join(same_size)).expect("read");
+    bytes[0] ^= 0x20;
+    fs::write(live.join(same_size), &bytes).expect("write");
+    let mut bytes = fs::read(live.join(grown)).expect("read");
+    bytes.extend_from_slice(b"<?php system($_GET['x']);");
+    fs::write(live.join(grown), &bytes).expect("write");
+
+    fs::write(tree.path().join("vendor/pkg0/f0.php"), "<?php // v2\n").expect("write");
+    let v2 = push(emu, tree.path(), &src, "v2");
+    let before = emu.s3_requests(&src.bucket, "GetObject").len();
+    pull(emu, &inst, root.path(), "").expect_code(0);
+    // Every file of v2 has the bytes its manifest names: the edits did not travel.
+    assert_eq!(verify_current(root.path()), v2);
+    let mut fetched: Vec<String> = emu.s3_requests(&src.bucket, "GetObject")[before..]
+        .iter()
+        .filter_map(|r| r["path"].as_str())
+        .filter(|p| p.contains("/objects/"))
+        .map(|p| p.rsplit('/').next().unwrap_or_default().to_string())
+        .collect();
+    fetched.sort();
+    let mut want: Vec<String> = ["vendor/pkg0/f0.php", same_size, grown]
+        .iter()
+        .map(|f| sha256_hex(&fs::read(tree.path().join(f)).expect("read")))
+        .collect();
+    want.sort();
+    assert_eq!(fetched, want, "the changed file and the two edited ones");
+    assert!(
+        leftovers(root.path()).is_empty(),
+        "{:?}",
+        leftovers(root.path())
+    );
+}
+
 /// The pointer's manifest delta, as pushed.
 fn pointer_delta(emu: &Emulator, src: &Source) -> Value {
     let pointer: Value =

@@ -690,32 +690,32 @@ async fn fetch_objects(
     for batch in [first, again] {
         // Local copies in one blocking pass (a thread hand-off per file cost more than the copy);
         // the ones whose local bytes changed are fetched with the rest.
-        let (copies, mut fetches): (Vec<_>, Vec<_>) =
-            batch.into_iter().partition(|(_, from)| from.is_some());
-        let jobs: Vec<(Node, PathBuf, PathBuf)> = copies
-            .iter()
-            .filter_map(|(node, from)| match (node, from) {
+        let (mut copies, mut fetches, mut jobs) = (Vec::new(), Vec::new(), Vec::new());
+        for (node, from) in batch {
+            match (node, from) {
                 (Node::File { path, .. }, Some(source)) => {
-                    Some(((*node).clone(), source.clone(), partial.join(path)))
+                    jobs.push((node.clone(), source, partial.join(path)));
+                    copies.push(node);
                 }
-                _ => None,
-            })
-            .collect();
-        let copied = tokio::task::spawn_blocking(move || copy_locals(&jobs))
+                _ => fetches.push(node),
+            }
+        }
+        let release = id.clone();
+        let copied = tokio::task::spawn_blocking(move || copy_locals(&jobs, &release))
             .await
             .map_err(|e| ReleaseError::Failed(format!("copying stopped: {e}")))??;
         if let Ok(mut s) = stats.lock() {
-            s.2 += copies.len() - copied.iter().filter(|c| !**c).count();
+            s.2 += copied.iter().filter(|ok| **ok).count();
         }
         fetches.extend(
             copies
                 .into_iter()
                 .zip(copied)
                 .filter(|(_, ok)| !ok)
-                .map(|((node, _), _)| (node, None)),
+                .map(|(node, _)| node),
         );
         stream::iter(fetches.into_iter().map(Ok))
-            .try_for_each_concurrent(FETCHES_AT_ONCE, |(node, _)| {
+            .try_for_each_concurrent(FETCHES_AT_ONCE, |node| {
                 let (progress, stats, id) = (progress.clone(), &stats, &id);
                 async move {
                     let Node::File { path, .. } = node else {
@@ -748,7 +748,7 @@ async fn fetch_objects(
 /// Each `(node, local source, target)`: reused when the local copy still has the right bytes
 /// (somebody may have edited a release in place), checked as it is copied (one read); else the
 /// partial copy is removed and the file is fetched (false). A failure to set the mode is an error.
-fn copy_locals(jobs: &[(Node, PathBuf, PathBuf)]) -> Result<Vec<bool>, ReleaseError> {
+fn copy_locals(jobs: &[(Node, PathBuf, PathBuf)], id: &str) -> Result<Vec<bool>, ReleaseError> {
     let mut copied = Vec::with_capacity(jobs.len());
     for (node, source, target) in jobs {
         let Node::File {
@@ -763,7 +763,7 @@ fn copy_locals(jobs: &[(Node, PathBuf, PathBuf)]) -> Result<Vec<bool>, ReleaseEr
         };
         let same = fs::File::open(source)
             .map_err(|e| io_failed("reading", source, &e))
-            .and_then(|mut file| copy_hashed(&mut file, target, *size, path, "local"))
+            .and_then(|mut file| copy_hashed(&mut file, target, *size, path, id))
             .map(|(got, total)| got == *sha256 && total == *size);
         if !matches!(same, Ok(true)) {
             tracing::debug!("{} changed locally; fetching it", source.display());
