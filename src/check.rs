@@ -248,13 +248,13 @@ async fn release_check(instance: &Instance) -> Vec<CheckLine> {
     };
     let store = release::store::Store::new(&instance.aws, source)
         .in_region(instance.config.release.region.as_deref());
-    let target = match release::pull::read_target(&store, instance.config.release.format).await {
+    let target = match release::install::read_target(&store, instance.config.release.format).await {
         Ok(target) => target,
         Err(err) => return vec![CheckLine::fail("release", err.to_string())],
     };
     let current = CheckLine::ok(
         "release",
-        format!("{} is current at {}", target.id, store.source),
+        format!("{} is current at {}", target.id(), store.source),
     );
     vec![current, signing_check(&instance.config, &store, &target)]
 }
@@ -263,7 +263,7 @@ async fn release_check(instance: &Instance) -> Vec<CheckLine> {
 fn signing_check(
     config: &Config,
     store: &crate::release::store::Store,
-    target: &crate::release::pull::Target,
+    target: &crate::release::install::Target,
 ) -> CheckLine {
     let trust = match crate::release::trust(config) {
         Ok(trust) => trust,
@@ -275,18 +275,19 @@ fn signing_check(
             "releases are not verified: whoever can write the bucket can run code here; set [release] trusted_keys and require_signature = true (docs/signing.md)",
         );
     }
-    let checked = match &target.pointer {
+    let checked = match target.pointer() {
         Some(pointer) => trust.check(&store.source, pointer),
-        None => Err(crate::release::ReleaseError::Failed(
-            "a pull-deploy release cannot be signed".into(),
-        )),
+        None => Err(crate::release::ReleaseError::Unsignable {
+            release: target.id(),
+            source_url: store.source.to_string(),
+        }),
     };
     match checked {
         Ok(()) => CheckLine::ok(
             "signing",
             format!(
                 "{} is signed by a trusted key ({} trusted)",
-                target.id,
+                target.id(),
                 trust.keys.len()
             ),
         ),

@@ -593,7 +593,7 @@ impl Config {
                 ));
             }
         }
-        if let Err(message) = crate::release::signing::trusted_keys(&self.release.trusted_keys) {
+        if let Err(message) = crate::keys::trusted_keys(&self.release.trusted_keys) {
             return Err(invalid("trusted_keys", message));
         }
         if self.release.require_signature && self.release.trusted_keys.is_empty() {
@@ -858,7 +858,7 @@ fn parse_bool(text: &str) -> Result<bool, String> {
 
 /// One rule for release sources everywhere: the file, the tag, `--to` and `--from`.
 fn check_s3_url(url: &str) -> Result<(), String> {
-    crate::release::format::SourceUrl::parse(url).map(|_| ())
+    crate::s3url::SourceUrl::parse(url).map(|_| ())
 }
 
 /// The retention periods CloudWatch Logs accepts (the agent's schema lists the same).

@@ -1,7 +1,7 @@
 //! Files written so that a crash never leaves half of one, and content hashed as it streams past.
 
 use std::io::{self, Read, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
@@ -91,6 +91,42 @@ pub fn hash_file(path: &Path) -> io::Result<(String, u64)> {
     let mut reader = HashingReader::new(std::fs::File::open(path)?);
     io::copy(&mut reader, &mut io::sink())?;
     Ok(reader.finish())
+}
+
+/// Remove a tree even where a release made directories read-only.
+pub fn remove_tree(path: &Path) -> io::Result<()> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(err) => return Err(err),
+    };
+    if !meta.is_dir() {
+        return std::fs::remove_file(path);
+    }
+    if meta.permissions().mode() & 0o700 != 0o700 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))?;
+    }
+    for entry in std::fs::read_dir(path)? {
+        remove_tree(&entry?.path())?;
+    }
+    std::fs::remove_dir(path)
+}
+
+/// A new file only, never through a link (`O_EXCL | O_NOFOLLOW`), readable by its owner alone until
+/// its mode is set; its parent directories are created first.
+pub fn open_new(path: &Path) -> io::Result<std::fs::File> {
+    if let Some(parent) = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty() && !p.is_dir())
+    {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)
 }
 
 #[cfg(test)]

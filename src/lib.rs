@@ -6,7 +6,8 @@
 //! - the steps, one module each, none importing another: `eip`, `efs`, `release`, `health`;
 //! - `context` (configuration, clients, the identified instance) over `identity` (IMDSv2);
 //! - shared pieces, once each: `aws` (SDK setup, the AWS error adapter), `retry` (within a deadline),
-//!   `fsutil` (atomic writes, hashing), `net` (pure-Rust DNS), `config`, `status`, `notify`, `output`.
+//!   `fsutil` (atomic writes, hashing), `net` (pure-Rust DNS), `config`, `status`, `notify`, `output`,
+//!   `s3url` (S3 URLs), `keys` (trusted public keys).
 
 pub mod aws;
 pub mod boot;
@@ -24,6 +25,7 @@ pub mod health;
 pub mod hooks;
 pub mod iam;
 pub mod identity;
+pub mod keys;
 pub mod lifecycle;
 pub mod logs;
 pub mod net;
@@ -31,6 +33,7 @@ pub mod notify;
 pub mod output;
 pub mod release;
 pub mod retry;
+pub mod s3url;
 pub mod status;
 pub mod targets;
 #[cfg(test)]

@@ -26,6 +26,52 @@ pub enum ReleaseError {
     /// Another push changed the pointer first (conditional write refused).
     #[error("{0}")]
     Conflict(String),
+    /// Nothing was ever pushed to the source.
+    #[error("no release has been published at {source_url}: push one with `embark release push DIR --to {source_url}`")]
+    NotPublished { source_url: String },
+    /// The pointer names a release whose manifest is not there (an interrupted or partial push).
+    #[error("{url} is missing: the release {release} is incomplete; push again")]
+    ManifestMissing { url: String, release: String },
+    /// The manifest is not the one the pointer (or the signature) names.
+    #[error("the manifest of release {release} does not match the sha256 in the pointer: the source is corrupt or was changed by hand; push again")]
+    ManifestMismatch { release: String },
+    /// The manifest breaks a rule (not JSON, another release's, a path that escapes, ...).
+    #[error("refusing release {release} from {source_url}: {why}; nothing was written")]
+    Refused {
+        release: String,
+        source_url: String,
+        why: String,
+    },
+    /// The release is not signed, and this instance requires a signature.
+    #[error("refusing release {release} from {source_url}: it is not signed, and [release] require_signature is on (push it with `embark release push --sign KEY`); current is untouched")]
+    Unsigned { release: String, source_url: String },
+    /// A pull-deploy release cannot carry a signature, and this instance requires one.
+    #[error("refusing release {release} from {source_url}: a pull-deploy release cannot be signed, and [release] require_signature is on; current is untouched")]
+    Unsignable { release: String, source_url: String },
+    /// The signature does not verify with a trusted key.
+    #[error("refusing release {release} from {source_url}: {why}; current is untouched")]
+    Untrusted {
+        release: String,
+        source_url: String,
+        why: String,
+    },
+    /// A file's bytes are not the ones the manifest promises.
+    #[error("'{path}' of release {release} does not match its sha256 in the manifest ({why}): the source is corrupt; nothing was switched")]
+    Corrupt {
+        release: String,
+        path: String,
+        why: String,
+    },
+    /// A hook of a release that is live failed.
+    #[error("switched {link} to release {release}, but the hook {hook} failed: {why} ({ran} of {total} hooks had run)")]
+    HookFailed {
+        link: String,
+        release: String,
+        hook: String,
+        why: String,
+        ran: usize,
+        total: usize,
+    },
     /// Any other failure; the sentence says what, why and what to do.
     #[error("{0}")]
     Failed(String),

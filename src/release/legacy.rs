@@ -9,8 +9,9 @@ use std::sync::Mutex;
 use futures_util::stream::{self, TryStreamExt};
 
 use super::error::ReleaseError;
-use super::format::{check_nodes, sha256_hex, Manifest, Node};
+use super::format::{sha256_hex, Manifest, Node};
 use super::progress::Progress;
+use super::rules::check_nodes;
 use super::store::Store;
 
 pub const POINTER: &str = "latest-deploy";
@@ -122,7 +123,7 @@ async fn listed_files(
     let mut paths = Vec::new();
     for key in &keys {
         let rel = key[prefix.len()..].to_string();
-        super::format::check_path(&rel).map_err(|r| {
+        super::rules::check_path(&rel).map_err(|r| {
             ReleaseError::Failed(format!(
                 "refusing the pull-deploy release {}: {r}; nothing was switched",
                 latest.stamp

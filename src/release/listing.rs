@@ -3,8 +3,7 @@
 use serde::Serialize;
 
 use super::error::ReleaseError;
-use super::format::Manifest;
-use super::local::Layout;
+use super::layout::Layout;
 use super::progress::human_bytes;
 use super::store::Store;
 
@@ -79,13 +78,9 @@ pub async fn remote_releases(store: &Store) -> Result<Vec<Listed>, ReleaseError>
         .collect();
     let manifests: Vec<Result<Option<Listed>, ReleaseError>> = stream::iter(ids)
         .map(|id| async move {
-            let key = store.source.manifest_key(&id);
-            let Some((bytes, _)) = store.get_small(&key, 256 << 20).await? else {
+            let Some(m) = super::manifest::summary(store, &id).await? else {
                 return Ok(None); // an interrupted push: no manifest, never current
             };
-            let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
-                ReleaseError::Failed(format!("{} is not a valid manifest: {e}", store.url(&key)))
-            })?;
             Ok(Some(Listed {
                 current: false,
                 local: false,

@@ -1,19 +1,31 @@
-//! Releases in S3 (DESIGN.md "Releases in S3", docs/release-format.md): push, pull, verify, switch.
+//! Releases in S3 (DESIGN.md "Releases in S3", docs/release-format.md), in rooms by job:
+//!
+//! - the format: `format` (pointer, manifest, ids, limits), `rules` (nothing escapes the release
+//!   directory), `delta` (manifest deltas), `legacy` (the pull-deploy layout);
+//! - reading it: `store` (S3), `manifest` (the one manifest reader), `trust` (signatures);
+//! - installing it on this machine: `install` (the pipeline: begin → stage → prepare → switch),
+//!   `fetch` (objects or the bundle into staging), `unpack` (the bundle's tar, bounded), `layout`
+//!   (`releases/<id>`, the link, the switch record);
+//! - `agent` (the deploy agent and its fleet barrier), `publish` (push, sign, rollback), `listing`.
+//!
+//! This file holds the release step that `boot` runs and the settings read from the configuration.
 
-pub mod commands;
+pub mod agent;
 pub mod delta;
 pub mod error;
+pub mod fetch;
 pub mod format;
+pub mod install;
+pub mod layout;
 pub mod legacy;
 pub mod listing;
-pub mod local;
+pub mod manifest;
 pub mod progress;
-pub mod pull;
-pub mod push;
-pub mod signing;
+pub mod publish;
+pub mod rules;
 pub mod store;
+pub mod trust;
 pub mod unpack;
-pub mod watch;
 
 pub use error::{io_failed, ReleaseError};
 pub use progress::{human_bytes, Progress};
@@ -22,8 +34,8 @@ use crate::config::Config;
 use crate::context::Instance;
 use crate::status::{self, Reported};
 use format::SourceUrl;
-use local::{resolve_owner, Layout};
-use pull::{Pulled, Settings};
+use install::{Pipeline, Planned, Pulled, Settings, Stage};
+use layout::{resolve_owner, Layout};
 use store::Store;
 
 /// The source from the group's `embark:release` tag (already applied) or the file.
@@ -49,7 +61,7 @@ pub fn layout(config: &Config) -> Layout {
     }
 }
 
-/// Everything a pull needs from the configuration, checked before anything changes.
+/// Everything an install needs from the configuration, checked before anything changes.
 pub fn settings(config: &Config) -> Result<Settings, ReleaseError> {
     let owner = config
         .release
@@ -69,9 +81,9 @@ pub fn settings(config: &Config) -> Result<Settings, ReleaseError> {
 }
 
 /// `[release] trusted_keys` and `require_signature` (checked when the file was read).
-pub fn trust(config: &Config) -> Result<signing::Trust, ReleaseError> {
-    Ok(signing::Trust {
-        keys: signing::trusted_keys(&config.release.trusted_keys).map_err(ReleaseError::Usage)?,
+pub fn trust(config: &Config) -> Result<trust::Trust, ReleaseError> {
+    Ok(trust::Trust {
+        keys: trust::trusted_keys(&config.release.trusted_keys).map_err(ReleaseError::Usage)?,
         required: config.release.require_signature,
     })
 }
@@ -111,11 +123,11 @@ pub enum Staged {
     Ready(Box<Ready>),
 }
 
-/// A staged release, its settings, and the lock held until it is switched to.
+/// A staged release (holding the lock until it is switched to), and what switching it needs.
 pub struct Ready {
-    pulled: Pulled,
+    store: Store,
     settings: Settings,
-    _lock: local::Lock,
+    stage: Stage,
 }
 
 /// Fetch and verify the source's current release into `releases/<id>` (nothing when already current).
@@ -126,14 +138,18 @@ pub async fn stage(instance: &Instance, http: &reqwest::Client) -> Result<Staged
     }
     let store = store_of(&instance.aws, config)?;
     let settings = settings(config)?;
-    let target = pull::read_target(&store, settings.format).await?;
-    let lock = settings.layout.lock().await?;
-    pull::finish_interrupted(&settings, http).await?;
-    let pulled = pull::stage_target(&store, &settings, &target, false).await?;
+    let pipeline = Pipeline {
+        store: &store,
+        settings: &settings,
+        http,
+    };
+    let target = install::read_target(&store, settings.format).await?;
+    let locked = pipeline.begin().await?;
+    let stage = pipeline.stage(locked, &target).await?;
     Ok(Staged::Ready(Box::new(Ready {
-        pulled,
+        store,
         settings,
-        _lock: lock,
+        stage,
     })))
 }
 
@@ -143,20 +159,26 @@ pub async fn switch(staged: Staged, http: &reqwest::Client) -> Result<StepOutcom
         return Ok(StepOutcome::NotConfigured);
     };
     let Ready {
-        mut pulled,
+        store,
         settings,
-        _lock,
+        stage,
     } = *ready;
-    if !pulled.already_current {
-        pull::switch_to(&settings, &mut pulled, http).await?;
-    }
+    let pipeline = Pipeline {
+        store: &store,
+        settings: &settings,
+        http,
+    };
+    let pulled = match stage {
+        Stage::Current(pulled) => pulled,
+        Stage::Staged(staged) => pipeline.switch(pipeline.prepare(staged).await?).await?,
+    };
     Ok(StepOutcome::Pulled {
         pulled,
         link: settings.layout.link,
     })
 }
 
-/// The step: fetch, verify and switch to the source's current release (or plan it).
+/// The step on its own: fetch, verify and switch to the source's current release (or plan it).
 pub async fn step(
     instance: &Instance,
     http: &reqwest::Client,
@@ -168,12 +190,22 @@ pub async fn step(
     }
     let store = store_of(&instance.aws, config)?;
     let settings = settings(config)?;
-    let mut pulled = pull::pull(&store, &settings, http, plan).await?;
-    Ok(match pulled.plan.take() {
-        Some(text) => StepOutcome::Planned(text),
-        None => StepOutcome::Pulled {
-            pulled,
-            link: settings.layout.link,
-        },
+    let pipeline = Pipeline {
+        store: &store,
+        settings: &settings,
+        http,
+    };
+    let target = install::read_target(&store, settings.format).await?;
+    let pulled = if plan {
+        match pipeline.plan(&target).await? {
+            Planned::Would(text) => return Ok(StepOutcome::Planned(text)),
+            Planned::Current(pulled) => pulled,
+        }
+    } else {
+        pipeline.install(&target).await?
+    };
+    Ok(StepOutcome::Pulled {
+        pulled,
+        link: settings.layout.link,
     })
 }

@@ -1,313 +1,19 @@
-//! `embark release watch`: the deploy agent. Polls the pointer, stages new releases, writes its ready
-//! marker, waits for the fleet barrier, switches. `embark release rollback`: points the source back.
+//! The fleet barrier (docs/cli.md, "The barrier at fleet scale"): every InService instance of the group
+//! stages a release and writes `ready/<id>/<instance-id>`; the fleet switches together once all are
+//! ready, or at the barrier's deadline (switch or hold). S3 carries it; Auto Scaling is asked rarely.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch as signal_watch;
+use super::{jittered, notify, record, Agent, Stop};
+use crate::config::BarrierTimeout;
+use crate::release::error::ReleaseError;
+use crate::release::format::sha256_hex;
+use crate::release::install::Target;
+use crate::release::store::{Condition, PutError};
+use crate::status::{Outcome, Step};
 
-use super::error::ReleaseError;
-use super::format::{sha256_hex, Manifest, Pointer, POINTER_FORMAT};
-use super::pull::{read_target, stage_target, switch_to, Settings, Target};
-use super::store::{Condition, Polled, PutError, Store};
-use crate::aws::Aws;
-use crate::config::{BarrierTimeout, ReleaseFormat, WatchConfig};
-use crate::status::{Outcome, Report, RunStatus, Step};
-
-/// Everything the agent needs, resolved before its loop starts.
-pub struct Agent<'a> {
-    pub store: &'a Store,
-    pub settings: &'a Settings,
-    pub http: &'a reqwest::Client,
-    pub aws: &'a Aws,
-    pub instance_id: String,
-    pub group: Option<String>,
-    pub watch: WatchConfig,
-    pub success_topic: Option<String>,
-    pub error_topic: Option<String>,
-    /// Where the last deploy's report is kept.
-    pub state_dir: std::path::PathBuf,
-    /// Releases whose barrier timeout was already notified (once per release, not per poll).
-    pub barrier_noted: std::sync::Mutex<BTreeSet<String>>,
-    /// Work to do after every poll and every switch (the log streams' sync); never fails the agent.
-    pub after_poll: Option<AfterPoll>,
-}
-
-/// See [`Agent::after_poll`].
-pub type AfterPoll = Box<dyn Fn() -> futures_util::future::BoxFuture<'static, ()> + Send + Sync>;
-
-/// Set to the signal's name when SIGTERM or SIGINT arrives.
-type Stop = signal_watch::Receiver<Option<&'static str>>;
-
-/// How one deploy attempt ended.
-enum Deployed {
-    Current,
-    Switched(String),
-    /// Barrier deadline passed with `on_barrier_timeout = "hold"`.
-    Held,
-}
-
-/// Ends on SIGTERM or SIGINT, between steps (a deploy being staged is dropped: `current` is untouched
-/// and the next start resumes).
-pub async fn run(agent: &Agent<'_>) -> Result<(), ReleaseError> {
-    let mut stop = stop_on_signals();
-    let key = match agent.settings.format {
-        ReleaseFormat::Embark => agent.store.source.pointer_key(),
-        ReleaseFormat::PullDeploy => agent.store.source.key(super::legacy::POINTER),
-    };
-    tracing::info!(
-        instance_id = %agent.instance_id,
-        "watching {} every {} (barrier {}, then {})",
-        agent.store.url(&key),
-        humantime::format_duration(agent.watch.interval),
-        humantime::format_duration(agent.watch.barrier),
-        match agent.watch.on_barrier_timeout {
-            BarrierTimeout::Switch => "switch",
-            BarrierTimeout::Hold => "hold",
-        }
-    );
-    let mut poll = Poll::default();
-    while stop.borrow().is_none() {
-        let mut stop_deploy = stop.clone();
-        let attempt = poll_once(agent, &key, &mut poll, &mut stop_deploy);
-        let result = tokio::select! {
-            r = attempt => r,
-            _ = stop.changed() => break,
-        };
-        let pause = next_poll(agent.watch.interval, matches!(result, Ok(Some(_))));
-        after_poll(agent, &mut poll, result).await;
-        if let Some(work) = &agent.after_poll {
-            work().await;
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(pause) => {},
-            _ = stop.changed() => break,
-        }
-    }
-    let signal = stop.borrow().unwrap_or("a signal");
-    tracing::info!("stopping: {signal}");
-    Ok(())
-}
-
-/// A receiver that turns to the signal's name when SIGTERM or SIGINT arrives.
-fn stop_on_signals() -> Stop {
-    let (stop_tx, stop) = signal_watch::channel(None::<&'static str>);
-    tokio::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            return;
-        };
-        let name = tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
-        };
-        let _ = stop_tx.send(Some(name));
-    });
-    stop
-}
-
-/// What the agent remembers between polls.
-#[derive(Default)]
-struct Poll {
-    /// The pointer's ETag once its release is current here: unchanged → a 304, nothing else.
-    seen_etag: Option<String>,
-    /// The failure last notified: the same failure is not sent again at every poll.
-    notified_failure: Option<String>,
-    said_absent: bool,
-}
-
-/// One conditional GET of the pointer and, when it changed, one deploy.
-async fn poll_once(
-    agent: &Agent<'_>,
-    key: &str,
-    poll: &mut Poll,
-    stop: &mut Stop,
-) -> Result<Option<(String, String, Deployed)>, ReleaseError> {
-    match agent.store.changed(key, poll.seen_etag.as_deref()).await? {
-        Polled::Unchanged => Ok(None),
-        Polled::Absent => {
-            if !poll.said_absent {
-                tracing::info!("no release published at {} yet", agent.store.source);
-            }
-            poll.said_absent = true;
-            Ok(None)
-        }
-        Polled::Changed(etag) => {
-            let target = read_target(agent.store, agent.settings.format).await?;
-            let outcome = deploy(agent, &target, stop).await?;
-            Ok(Some((etag, target.id, outcome)))
-        }
-    }
-}
-
-/// Notifies a switch or a (new) failure, and remembers the pointer once its release is current.
-async fn after_poll(
-    agent: &Agent<'_>,
-    poll: &mut Poll,
-    result: Result<Option<(String, String, Deployed)>, ReleaseError>,
-) {
-    match result {
-        Ok(None) => {}
-        Ok(Some((etag, id, outcome))) => {
-            if let Deployed::Switched(previous) = &outcome {
-                let text = format!("deployed release {id} (was {previous})");
-                tracing::info!(release = %id, "{text}");
-                let subject = format!("deployed {id}");
-                notify(agent, agent.success_topic.as_deref(), &subject, &text).await;
-            }
-            // Remembered only once the release is current: a hold or a failure is tried again.
-            if !matches!(outcome, Deployed::Held) {
-                poll.seen_etag = Some(etag);
-                poll.notified_failure = None;
-            }
-        }
-        Err(err) => {
-            tracing::error!("deploy failed: {err}; trying again at the next poll");
-            let text = err.to_string();
-            if poll.notified_failure.as_deref() != Some(text.as_str()) {
-                notify(agent, agent.error_topic.as_deref(), "deploy failed", &text).await;
-                poll.notified_failure = Some(text);
-            }
-        }
-    }
-}
-
-/// The pause before the next poll: the interval ± 20 %; after a deploy, anywhere within the interval.
-/// The fleet's agents have just switched together (the barrier): polling an interval later, they
-/// would all see the next push within the jitter of each other and stage it at once, a herd at every
-/// push; a uniform pause spreads them over the interval again (a gap is still at most 1.2 intervals).
-fn next_poll(interval: Duration, deployed: bool) -> Duration {
-    if deployed {
-        let ms = interval.as_millis() as u64;
-        Duration::from_millis(rand::random::<u64>() % (ms + 1))
-    } else {
-        jittered(interval)
-    }
-}
-
-fn jittered(interval: Duration) -> Duration {
-    let spread = interval.as_millis() as u64 / 5;
-    let offset = if spread == 0 {
-        0
-    } else {
-        rand::random::<u64>() % (2 * spread + 1)
-    };
-    Duration::from_millis((interval.as_millis() as u64).saturating_sub(spread) + offset)
-}
-
-/// One deploy, recorded step by step in `<state_dir>/deploy.json` (shown by `embark status`).
-async fn deploy(
-    agent: &Agent<'_>,
-    target: &Target,
-    stop: &mut Stop,
-) -> Result<Deployed, ReleaseError> {
-    let started = Instant::now();
-    let mut report = Report::running(
-        format!("release watch: deploy {}", target.id),
-        Some(agent.instance_id.clone()),
-        agent.group.clone(),
-    );
-    let result = deploy_steps(agent, target, stop, &mut report.steps).await;
-    if matches!(result, Ok(Deployed::Current)) {
-        return result; // nothing happened: keep the last real deploy's report
-    }
-    report.finished = Some(crate::status::now());
-    report.duration_ms = started.elapsed().as_millis() as u64;
-    match &result {
-        Ok(Deployed::Held) => report.status = RunStatus::Held,
-        Ok(_) => report.status = RunStatus::Done,
-        Err(err) => {
-            report.status = RunStatus::Error;
-            report.error = Some(err.to_string());
-        }
-    }
-    if let Err(why) = report.write_as(&agent.state_dir, crate::status::DEPLOY_FILE) {
-        tracing::warn!("{why}");
-    }
-    result
-}
-
-/// Time a step and add it to the report.
-fn record(steps: &mut Vec<Step>, name: &str, started: Instant, outcome: Outcome, detail: String) {
-    steps.push(Step {
-        name: name.into(),
-        outcome,
-        duration_ms: started.elapsed().as_millis() as u64,
-        detail,
-    });
-}
-
-async fn deploy_steps(
-    agent: &Agent<'_>,
-    target: &Target,
-    stop: &mut Stop,
-    steps: &mut Vec<Step>,
-) -> Result<Deployed, ReleaseError> {
-    if !stage_step(agent, target, steps).await? {
-        return Ok(Deployed::Current);
-    }
-    write_marker(agent, &target.id).await?;
-    tracing::info!(release = %target.id, "release {} staged and verified; ready marker written", target.id);
-    let t = Instant::now();
-    let cleaner = match &agent.group {
-        Some(group) => match barrier_step(agent, group, target, stop, steps).await? {
-            (Held::Yes, _) => return Ok(Deployed::Held),
-            (Held::No, wrote_go) => wrote_go,
-        },
-        None => {
-            record(
-                steps,
-                "barrier",
-                t,
-                Outcome::Skipped,
-                "not in an Auto Scaling group: no barrier".into(),
-            );
-            false
-        }
-    };
-    switch_step(agent, target, steps, cleaner).await
-}
-
-/// Stages the release under the lock; `false` when it is current here already (a boot pulled it):
-/// the marker is still written, or agents switching to it now would wait for this instance.
-async fn stage_step(
-    agent: &Agent<'_>,
-    target: &Target,
-    steps: &mut Vec<Step>,
-) -> Result<bool, ReleaseError> {
-    let t = Instant::now();
-    let _lock = agent.settings.layout.lock().await?;
-    super::pull::finish_interrupted(agent.settings, agent.http).await?;
-    let staged = match stage_target(agent.store, agent.settings, target, false).await {
-        Ok(staged) => staged,
-        Err(err) => {
-            record(steps, "stage", t, Outcome::Failed, err.to_string());
-            return Err(err);
-        }
-    };
-    if staged.already_current {
-        write_marker(agent, &target.id).await?;
-        return Ok(false);
-    }
-    let detail = format!(
-        "{} files verified; {} objects fetched, {} files reused{}",
-        staged.files,
-        staged.fetched_objects,
-        staged.reused_files,
-        if staged.bundle_bytes > 0 {
-            ", bundle fetched"
-        } else {
-            ""
-        }
-    );
-    record(steps, "stage", t, Outcome::Ok, detail);
-    Ok(true)
-}
-
-enum Held {
+pub(super) enum Held {
     Yes,
     No,
 }
@@ -344,7 +50,7 @@ fn barrier(
 /// (then switch or hold, per `on_barrier_timeout`, notified once per release). The protocol (docs/cli.md,
 /// "The barrier at fleet scale"): S3 carries it, Auto Scaling is asked rarely. Also says whether this
 /// agent wrote `_go` (then it cleans the fleet's stale markers after the switch).
-async fn barrier_step(
+pub(super) async fn barrier_step(
     agent: &Agent<'_>,
     group: &str,
     target: &Target,
@@ -352,7 +58,8 @@ async fn barrier_step(
     steps: &mut Vec<Step>,
 ) -> Result<(Held, bool), ReleaseError> {
     let t = Instant::now();
-    let id = target.id.as_str();
+    let id = target.id();
+    let id = id.as_str();
     let mut fleet = Fleet::new(agent, group, id, deploy_token(target));
     loop {
         match fleet.check(t.elapsed()).await? {
@@ -434,10 +141,9 @@ struct Members {
 /// Names this deploy of a release: a rollback to a release deployed before is a new deploy, whose
 /// barrier must not find the old one's `_go`.
 fn deploy_token(target: &Target) -> String {
-    let stamp = match (&target.pointer, &target.legacy) {
-        (Some(pointer), _) => format!("{} {}", pointer.release, pointer.time),
-        (None, Some(latest)) => format!("{} {}", latest.stamp, latest.epoch),
-        (None, None) => target.id.clone(),
+    let stamp = match target {
+        Target::Embark(pointer) => format!("{} {}", pointer.release, pointer.time),
+        Target::PullDeploy(latest) => format!("{} {}", latest.stamp, latest.epoch),
     };
     sha256_hex(stamp.as_bytes())[..12].to_string()
 }
@@ -682,38 +388,8 @@ async fn barrier_timed_out(agent: &Agent<'_>, id: &str, missing: &[String]) -> (
     (held, text)
 }
 
-/// Switches under the lock (staging again is a no-op when nothing changed) and cleans old markers.
-async fn switch_step(
-    agent: &Agent<'_>,
-    target: &Target,
-    steps: &mut Vec<Step>,
-    cleaner: bool,
-) -> Result<Deployed, ReleaseError> {
-    let t = Instant::now();
-    let _lock = agent.settings.layout.lock().await?;
-    let mut pulled = stage_target(agent.store, agent.settings, target, false).await?;
-    if pulled.already_current {
-        return Ok(Deployed::Current);
-    }
-    if let Err(err) = switch_to(agent.settings, &mut pulled, agent.http).await {
-        record(steps, "switch", t, Outcome::Failed, err.to_string());
-        return Err(err);
-    }
-    record(
-        steps,
-        "switch",
-        t,
-        Outcome::Ok,
-        pulled.human(&agent.settings.layout.link),
-    );
-    clean_markers(agent, &target.id, pulled.previous.as_deref(), cleaner).await;
-    Ok(Deployed::Switched(
-        pulled.previous.unwrap_or_else(|| "none".into()),
-    ))
-}
-
 /// `ready/<id>/<instance-id>`: this instance has `id` staged (or current).
-async fn write_marker(agent: &Agent<'_>, id: &str) -> Result<(), ReleaseError> {
+pub(super) async fn write_marker(agent: &Agent<'_>, id: &str) -> Result<(), ReleaseError> {
     let marker = agent
         .store
         .source
@@ -732,7 +408,12 @@ async fn write_marker(agent: &Agent<'_>, id: &str) -> Result<(), ReleaseError> {
 /// After a switch: this instance's marker for the release it left (deleted by name, no listing); and,
 /// by the one agent that wrote this deploy's `_go`, everything under `ready/` that is not `current`'s
 /// (markers left behind, earlier barriers' `_members-…` and `_go-…`).
-async fn clean_markers(agent: &Agent<'_>, current: &str, previous: Option<&str>, cleaner: bool) {
+pub(super) async fn clean_markers(
+    agent: &Agent<'_>,
+    current: &str,
+    previous: Option<&str>,
+    cleaner: bool,
+) {
     let mut stale = Vec::new();
     if let Some(previous) = previous.filter(|p| *p != current) {
         stale.push(
@@ -762,97 +443,6 @@ async fn clean_markers(agent: &Agent<'_>, current: &str, previous: Option<&str>,
         if let Err(err) = agent.store.delete(&key).await {
             tracing::debug!("cannot remove the old marker {key}: {err}");
         }
-    }
-}
-
-async fn notify(agent: &Agent<'_>, topic: Option<&str>, outcome: &str, body: &str) {
-    let Some(topic) = topic else { return };
-    let subject = crate::notify::subject(agent.group.as_deref(), &agent.instance_id, outcome);
-    if let Err(why) = crate::notify::publish(agent.aws, topic, &subject, body).await {
-        tracing::warn!("{why}");
-    }
-}
-
-/// Point the source's `current` at `to` (default: the release before the current one), conditionally.
-/// The release rolled back to keeps its own signature (`manifest.sig`), which must verify against
-/// `trust` when trusted keys are configured here (and does on the instances, or they refuse it).
-pub async fn rollback(
-    store: &Store,
-    to: Option<&str>,
-    trust: &super::signing::Trust,
-) -> Result<(String, String), ReleaseError> {
-    let (current, etag) = store.read_pointer().await?.ok_or_else(|| {
-        ReleaseError::Failed(format!(
-            "no release has been published at {}: nothing to roll back",
-            store.source
-        ))
-    })?;
-    let target = match to {
-        Some(id) => {
-            super::format::check_id(id).map_err(|r| ReleaseError::Usage(r.0))?;
-            id.to_string()
-        }
-        None => {
-            let mut releases = super::listing::remote_releases(store).await?;
-            releases.sort_by(|a, b| (&a.created, &a.release).cmp(&(&b.created, &b.release)));
-            let position = releases.iter().position(|r| r.release == current.release);
-            match position {
-                Some(i) if i > 0 => releases[i - 1].release.clone(),
-                _ => {
-                    return Err(ReleaseError::Failed(format!(
-                        "there is no release before {} at {}: name one with --to",
-                        current.release, store.source
-                    )))
-                }
-            }
-        }
-    };
-    if target == current.release {
-        return Err(ReleaseError::Usage(format!(
-            "{target} is already the current release"
-        )));
-    }
-    let manifest_key = store.source.manifest_key(&target);
-    let (manifest_bytes, _) = store
-        .get_small(&manifest_key, 256 << 20)
-        .await?
-        .ok_or_else(|| {
-            ReleaseError::Usage(format!(
-                "there is no release {target} at {} (see `embark release list`)",
-                store.source
-            ))
-        })?;
-    let manifest: Manifest = serde_json::from_slice(&manifest_bytes).map_err(|e| {
-        ReleaseError::Failed(format!(
-            "{} is not a valid manifest ({e})",
-            store.url(&manifest_key)
-        ))
-    })?;
-    manifest
-        .validate()
-        .map_err(|r| ReleaseError::Failed(format!("refusing to roll back to {target}: {r}")))?;
-    let pointer = Pointer {
-        format: POINTER_FORMAT.into(),
-        release: target.clone(),
-        manifest_sha256: sha256_hex(&manifest_bytes),
-        time: crate::status::now(),
-        who: super::push::who(),
-        message: format!("rollback from {}", current.release),
-        // Instances keep the releases they ran: the one rolled back to is usually still there.
-        delta: None,
-        signature: super::signing::read(store, &target).await?,
-    };
-    trust.check(&store.source, &pointer)?;
-    let body = serde_json::to_vec_pretty(&pointer)
-        .map_err(|e| ReleaseError::Failed(format!("cannot encode the pointer: {e}")))?;
-    let key = store.source.pointer_key();
-    match store.put_bytes(&key, body, Condition::Unchanged(etag)).await {
-        Ok(()) => Ok((current.release, target)),
-        Err(PutError::Conflict) => Err(ReleaseError::Failed(format!(
-            "another push or rollback changed {} while this rollback ran; nothing was changed by this one: look at `embark release list` and try again",
-            store.url(&key)
-        ))),
-        Err(PutError::Failed(err)) => Err(err),
     }
 }
 
@@ -887,25 +477,5 @@ mod tests {
             Barrier::Ready,
             "an empty group (every instance terminated) never blocks"
         );
-    }
-
-    #[test]
-    fn polls_are_jittered_within_a_fifth() {
-        for _ in 0..100 {
-            let d = next_poll(Duration::from_secs(10), false).as_millis();
-            assert!((8000..=12000).contains(&d), "{d}");
-        }
-    }
-
-    #[test]
-    fn after_a_deploy_the_next_poll_is_anywhere_within_the_interval() {
-        let pauses: Vec<u128> = (0..400)
-            .map(|_| next_poll(Duration::from_secs(10), true).as_millis())
-            .collect();
-        assert!(pauses.iter().all(|d| *d <= 10_000), "{pauses:?}");
-        // Spread over the whole interval, not within the ± 20 % of a steady poll (each half holds
-        // some: the chance that one of them is empty is 2^-399).
-        assert!(pauses.iter().any(|d| *d < 5_000), "{pauses:?}");
-        assert!(pauses.iter().any(|d| *d >= 5_000), "{pauses:?}");
     }
 }

@@ -1,19 +1,20 @@
-//! The `embark release` commands: configuration in, a report out. The command line (`cli.rs`) parses
-//! the arguments and calls one of these.
+//! The `embark release` commands: configuration in, a report out. The command line (`cli/mod.rs`)
+//! parses the arguments and calls one of these; the work is `crate::release`'s.
 
 use std::path::Path;
 
-use super::error::ReleaseError;
-use super::format::SourceUrl;
-use super::listing::{list, Listing};
-use super::signing::{Signer, SigningKey};
-use super::store::Store;
-use super::{layout, pull, push, settings, store_of};
 use crate::aws::Aws;
 use crate::config::Config;
 use crate::context::Context;
 use crate::error::Error;
 use crate::output::{print_either, say, say_line};
+use crate::release::format::SourceUrl;
+use crate::release::install::{read_target, Pipeline, Planned};
+use crate::release::listing::{list, Listing};
+use crate::release::publish::sign::{Signer, SigningKey};
+use crate::release::publish::{push, rollback};
+use crate::release::store::Store;
+use crate::release::{layout, manifest, settings, store_of, trust, ReleaseError};
 
 /// The store a command names with `--to` / `--from`, reached without asking IMDS (a laptop, CI).
 pub async fn standalone_store(ctx: &Context, url: &str) -> Result<Store, ReleaseError> {
@@ -64,7 +65,20 @@ pub async fn pull_release(ctx: &Context, plan: bool, json: bool) -> Result<(), E
     let http = ctx.http_client()?;
     // The same bound as the boot's: a pull run by hand or by a script ends.
     let deadline = instance.config.deadline;
-    let pulled = tokio::time::timeout(deadline, pull::pull(&store, &settings, &http, plan))
+    let pipeline = Pipeline {
+        store: &store,
+        settings: &settings,
+        http: &http,
+    };
+    let pull = async {
+        let target = read_target(&store, settings.format).await?;
+        if plan {
+            pipeline.plan(&target).await
+        } else {
+            pipeline.install(&target).await.map(Planned::Current)
+        }
+    };
+    let planned = tokio::time::timeout(deadline, pull)
         .await
         .map_err(|_| {
             ReleaseError::Failed(format!(
@@ -72,25 +86,24 @@ pub async fn pull_release(ctx: &Context, plan: bool, json: bool) -> Result<(), E
                 humantime::format_duration(deadline)
             ))
         })??;
-    if let Some(text) = &pulled.plan {
-        say_line(text);
-        return Ok(());
+    match planned {
+        Planned::Would(text) => say_line(&text),
+        Planned::Current(pulled) => print_either(&pulled, json, |p| p.human(&settings.layout.link)),
     }
-    print_either(&pulled, json, |p| p.human(&settings.layout.link));
     Ok(())
 }
 
 /// `release watch`: the deploy agent, until SIGTERM or SIGINT.
 pub async fn run_agent(
     ctx: &Context,
-    after_poll: impl FnOnce(&crate::context::Instance) -> Option<super::watch::AfterPoll>,
+    after_poll: impl FnOnce(&crate::context::Instance) -> Option<crate::release::agent::AfterPoll>,
 ) -> Result<(), Error> {
     let instance = ctx.instance().await?;
     let config = &instance.config;
     let store = store_of(&instance.aws, config)?;
     let settings = settings(config)?;
     let http = ctx.http_client()?;
-    let agent = super::watch::Agent {
+    let agent = crate::release::agent::Agent {
         store: &store,
         settings: &settings,
         http: &http,
@@ -104,7 +117,7 @@ pub async fn run_agent(
         state_dir: ctx.config.state_dir.clone(),
         after_poll: after_poll(&instance),
     };
-    super::watch::run(&agent).await?;
+    crate::release::agent::run(&agent).await?;
     Ok(())
 }
 
@@ -115,8 +128,8 @@ pub async fn rollback_release(
     from: Option<&str>,
 ) -> Result<(), Error> {
     let (store, config) = store_from(ctx, from).await?;
-    let trust = super::trust(&config)?;
-    let (from_id, to_id) = super::watch::rollback(&store, to, &trust).await?;
+    let trust = trust(&config)?;
+    let (from_id, to_id) = rollback::rollback(&store, to, &trust).await?;
     say_line(&format!(
         "{} now points at {to_id} (was {from_id}); the agents switch the fleet through the barrier",
         store.source
@@ -132,7 +145,7 @@ pub async fn verify_release(
     from: Option<&str>,
 ) -> Result<(), Error> {
     let (store, config) = store_from(ctx, from).await?;
-    let mut trust = super::trust(&config)?;
+    let mut trust = trust(&config)?;
     if trust.keys.is_empty() {
         return Err(ReleaseError::Usage(
             "no trusted keys to verify with: set [release] trusted_keys (docs/signing.md)".into(),
@@ -140,12 +153,19 @@ pub async fn verify_release(
         .into());
     }
     trust.required = true;
-    let pointer = match id {
-        None => pull::read_pointer(&store).await?,
-        Some(id) => super::signing::pointer_for(&store, id).await?,
+    let (pointer, verified) = match id {
+        None => {
+            let pointer = manifest::read_pointer(&store).await?;
+            let verified = manifest::read(&store, &pointer, &trust, None).await?;
+            (pointer, verified)
+        }
+        Some(id) => {
+            let (pointer, bytes) = manifest::pointer_for(&store, id).await?;
+            let verified = manifest::read_fetched(&store, &pointer, &trust, bytes)?;
+            (pointer, verified)
+        }
     };
-    trust.check(&store.source, &pointer)?;
-    let files = super::signing::signed_manifest(&store, &pointer).await?;
+    let files = verified.files();
     let signature = pointer.signature.unwrap_or_default();
     say_line(&format!(
         "release {} at {}: signed by key {} ({}), manifest verified ({files} files)",

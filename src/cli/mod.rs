@@ -1,6 +1,8 @@
 //! The command line (the contract in DESIGN.md): parsing and dispatch, nothing else. Each command
 //! calls into the module that owns it; nothing imports this module but `main`.
 
+mod release;
+
 use std::path::PathBuf;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
@@ -455,7 +457,7 @@ async fn drain_command(ctx: &Context, plan: bool) -> Result<(), Error> {
 pub const EXAMPLE_CONFIG: &str = include_str!("embark.example.toml");
 
 async fn release_command(ctx: &Context, command: &ReleaseCommand) -> Result<(), Error> {
-    use crate::release::commands;
+    use self::release as commands;
     match command {
         ReleaseCommand::Push {
             dir,
@@ -510,7 +512,7 @@ async fn drain_now(
 /// and drains the instance when IMDS says it is leaving (scale-in, warm pool, Spot notice).
 fn agent_after_poll(
     ctx: &Context,
-) -> impl FnOnce(&crate::context::Instance) -> Option<crate::release::watch::AfterPoll> + '_ {
+) -> impl FnOnce(&crate::context::Instance) -> Option<crate::release::agent::AfterPoll> + '_ {
     move |instance| {
         let instance = std::sync::Arc::new(instance.clone());
         let imds = std::sync::Arc::new(ctx.imds());

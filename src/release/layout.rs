@@ -1,10 +1,9 @@
-//! Releases on this machine: `<root>/releases/<id>/`, the `current` link, embark's own bookkeeping in
+//! The on-disk layout of releases on this machine: `<root>/releases/<id>/`, the `current` link, embark's own bookkeeping in
 //! `<root>/.embark/` (lock, manifests of local releases, the previous release), staging, switch, pruning.
 
 use std::collections::HashMap;
 use std::fs;
-use std::io;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
@@ -12,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{io_failed, ReleaseError};
 use super::format::{check_id, Manifest, Node};
+use crate::fsutil::remove_tree;
 
 pub const PARTIAL_PREFIX: &str = ".partial-";
 
@@ -317,25 +317,6 @@ impl Layout {
     }
 }
 
-/// Remove a tree even where a release made directories read-only.
-pub fn remove_tree(path: &Path) -> io::Result<()> {
-    let meta = match fs::symlink_metadata(path) {
-        Ok(meta) => meta,
-        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(err) => return Err(err),
-    };
-    if !meta.is_dir() {
-        return fs::remove_file(path);
-    }
-    if meta.permissions().mode() & 0o700 != 0o700 {
-        fs::set_permissions(path, fs::Permissions::from_mode(0o700))?;
-    }
-    for entry in fs::read_dir(path)? {
-        remove_tree(&entry?.path())?;
-    }
-    fs::remove_dir(path)
-}
-
 /// A failure after the link moved: the release is live, and the next run repairs the bookkeeping.
 fn live_anyway(link: &str, id: &str, err: ReleaseError) -> ReleaseError {
     ReleaseError::Failed(format!(
@@ -377,27 +358,6 @@ pub fn chown_tree(path: &Path, uid: u32, gid: u32) -> Result<(), ReleaseError> {
         }
     }
     Ok(())
-}
-
-/// Parents a hand-written manifest may leave implicit (never through a link: the manifest was checked).
-pub fn ensure_parent(path: &Path) -> Result<(), ReleaseError> {
-    match path.parent() {
-        Some(parent) if !parent.is_dir() => {
-            fs::create_dir_all(parent).map_err(|e| io_failed("creating", parent, &e))
-        }
-        _ => Ok(()),
-    }
-}
-
-pub fn open_new(path: &Path) -> Result<fs::File, ReleaseError> {
-    ensure_parent(path)?;
-    fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(path)
-        .map_err(|e| io_failed("writing", path, &e))
 }
 
 #[cfg(test)]

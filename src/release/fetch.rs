@@ -1,0 +1,361 @@
+//! Fetching a release into its staging directory: the whole bundle, streamed through the unpacker, when
+//! nothing is here to reuse; else each file from a local release whose copy still matches, or its
+//! content-addressed object. Every byte is verified against the manifest as it arrives.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{self, Read};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use futures_util::stream::{self, TryStreamExt};
+
+use super::error::{io_failed, ReleaseError};
+use super::format::Node;
+use super::layout::chown_tree;
+use super::progress::Progress;
+use super::store::{Store, FETCHES_AT_ONCE};
+use super::unpack::{copy_hashed, create_dir, make_symlink, unpack};
+use crate::fsutil::remove_tree;
+
+/// What fetching a release took.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Fetched {
+    /// The bundle's bytes, when the release came as one.
+    pub bundle_bytes: u64,
+    pub objects: usize,
+    pub object_bytes: u64,
+    /// Files copied from a local release.
+    pub reused: usize,
+}
+
+/// Fetch and verify the release `id` into `partial` (created afresh), then give it its modes and
+/// `owner` and sync it. `local`: where each content already is on this machine (empty: cold).
+pub async fn fill(
+    store: &Store,
+    id: &str,
+    nodes: &[Node],
+    partial: &Path,
+    local: &HashMap<String, PathBuf>,
+    owner: Option<(u32, u32)>,
+) -> Result<Fetched, ReleaseError> {
+    let _ = remove_tree(partial);
+    fs::create_dir(partial).map_err(|e| io_failed("creating", partial, &e))?;
+    let mut fetched = Fetched::default();
+    if local.is_empty() {
+        match fetch_bundle(store, id, nodes, partial).await {
+            Ok(bytes) => fetched.bundle_bytes = bytes,
+            Err(Fetch::Fatal(err)) => return Err(err),
+            Err(Fetch::Transport(why)) => {
+                tracing::warn!(
+                    "fetching the bundle failed ({why}); fetching the release file by file instead"
+                );
+                remove_tree(partial).map_err(|e| io_failed("removing", partial, &e))?;
+                fs::create_dir(partial).map_err(|e| io_failed("creating", partial, &e))?;
+                fetched = fetch_objects(store, id, nodes, partial, local).await?;
+            }
+        }
+    } else {
+        fetched = fetch_objects(store, id, nodes, partial, local).await?;
+    }
+    finish(nodes, partial, owner)?;
+    Ok(fetched)
+}
+
+/// Directory modes, the owner, and everything on disk before the rename.
+pub fn finish(
+    nodes: &[Node],
+    partial: &Path,
+    owner: Option<(u32, u32)>,
+) -> Result<(), ReleaseError> {
+    // Directory modes last: a read-only directory must not stop its own files being written.
+    for node in nodes.iter().rev() {
+        if let Node::Dir { path, mode } = node {
+            let dir = partial.join(path);
+            fs::set_permissions(&dir, fs::Permissions::from_mode(*mode))
+                .map_err(|e| io_failed("setting the mode of", &dir, &e))?;
+        }
+    }
+    fs::set_permissions(partial, fs::Permissions::from_mode(0o755))
+        .map_err(|e| io_failed("setting the mode of", partial, &e))?;
+    if let Some((uid, gid)) = owner {
+        chown_tree(partial, uid, gid)?;
+    }
+    let dir = fs::File::open(partial).map_err(|e| io_failed("opening", partial, &e))?;
+    nix::unistd::syncfs(&dir).map_err(|e| io_failed("syncing", partial, &io::Error::from(e)))?;
+    Ok(())
+}
+
+enum Fetch {
+    /// The bundle could not be read from S3: the release can still be fetched object by object.
+    Transport(String),
+    /// Refused or corrupt, or this machine failed: stop.
+    Fatal(ReleaseError),
+}
+
+/// Reads what the download task sends; an early end is reported by the task, not here.
+struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    chunk: bytes::Bytes,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.chunk.is_empty() {
+            // This reader runs on a blocking thread (spawn_blocking): waiting here is allowed.
+            match self.rx.blocking_recv() {
+                Some(chunk) => self.chunk = chunk,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len());
+        buf[..n].copy_from_slice(&self.chunk.split_to(n));
+        Ok(n)
+    }
+}
+
+async fn fetch_bundle(
+    store: &Store,
+    id: &str,
+    nodes: &[Node],
+    partial: &Path,
+) -> Result<u64, Fetch> {
+    let key = store.source.bundle_key(id);
+    let (mut body, size) = store
+        .get_stream(&key)
+        .await
+        .map_err(|e| Fetch::Transport(e.to_string()))?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(8);
+    let by_path: HashMap<String, Node> = nodes
+        .iter()
+        .map(|n| (n.path().to_string(), n.clone()))
+        .collect();
+    let dest = partial.to_path_buf();
+    let release = id.to_string();
+    let unpack = tokio::task::spawn_blocking(move || {
+        unpack(
+            ChannelReader {
+                rx,
+                chunk: bytes::Bytes::new(),
+            },
+            &by_path,
+            &dest,
+            &release,
+        )
+    });
+    let mut progress = Progress::new("fetching the bundle", size);
+    let mut received = 0u64;
+    let mut transport = None;
+    while let Some(chunk) = body.next().await {
+        match chunk {
+            Ok(chunk) => {
+                received += chunk.len() as u64;
+                progress.add(chunk.len() as u64);
+                if tx.send(chunk).await.is_err() {
+                    break; // the unpacker stopped; its error says why
+                }
+            }
+            Err(err) => {
+                transport = Some(crate::output::error_chain(&err));
+                break;
+            }
+        }
+    }
+    drop(tx);
+    progress.finish();
+    let unpacked = unpack
+        .await
+        .map_err(|e| Fetch::Fatal(ReleaseError::Failed(format!("unpacking stopped: {e}"))))?;
+    if let Some(why) = transport {
+        return Err(Fetch::Transport(why));
+    }
+    unpacked.map_err(Fetch::Fatal)?;
+    Ok(received)
+}
+
+/// A file and where its content can be copied from (`None`: fetch it).
+type Fill<'a> = (&'a Node, Option<PathBuf>);
+
+/// Which files to fill first (from a local release, or fetched) and which afterwards (copies of a
+/// content another file of this release brings): each content is fetched once.
+fn fetch_order<'a>(
+    nodes: &'a [Node],
+    local: &HashMap<String, PathBuf>,
+    partial: &Path,
+) -> (Vec<Fill<'a>>, Vec<Fill<'a>>) {
+    let mut fetched_at: HashMap<&str, PathBuf> = HashMap::new();
+    let (mut first, mut again) = (Vec::new(), Vec::new());
+    for node in nodes {
+        if let Node::File { path, sha256, .. } = node {
+            if let Some(here) = local.get(sha256) {
+                first.push((node, Some(here.clone())));
+            } else if let Some(earlier) = fetched_at.get(sha256.as_str()) {
+                again.push((node, Some(earlier.clone())));
+            } else {
+                fetched_at.insert(sha256, partial.join(path));
+                first.push((node, None));
+            }
+        }
+    }
+    (first, again)
+}
+
+/// The incremental path: directories and links first, then each file from a local release whose copy
+/// still matches, else from its object in S3.
+async fn fetch_objects(
+    store: &Store,
+    id: &str,
+    nodes: &[Node],
+    partial: &Path,
+    local: &HashMap<String, PathBuf>,
+) -> Result<Fetched, ReleaseError> {
+    for node in nodes {
+        match node {
+            Node::Dir { path, .. } => create_dir(&partial.join(path))?,
+            Node::Symlink { path, target } => make_symlink(target, &partial.join(path))?,
+            Node::File { .. } => {}
+        }
+    }
+    let (first, again) = fetch_order(nodes, local, partial);
+    let to_fetch: u64 = first
+        .iter()
+        .filter_map(|(n, from)| match n {
+            Node::File { size, .. } if from.is_none() => Some(*size),
+            _ => None,
+        })
+        .sum();
+    let progress = Arc::new(Mutex::new(Progress::new("fetching objects", to_fetch)));
+    let stats = Mutex::new((0usize, 0u64, 0usize)); // fetched, bytes, reused
+    let id = id.to_string();
+    for batch in [first, again] {
+        // Local copies in one blocking pass (a thread hand-off per file cost more than the copy);
+        // the ones whose local bytes changed are fetched with the rest.
+        let (mut copies, mut fetches, mut jobs) = (Vec::new(), Vec::new(), Vec::new());
+        for (node, from) in batch {
+            match (node, from) {
+                (Node::File { path, .. }, Some(source)) => {
+                    jobs.push((node.clone(), source, partial.join(path)));
+                    copies.push(node);
+                }
+                _ => fetches.push(node),
+            }
+        }
+        let release = id.clone();
+        let copied = tokio::task::spawn_blocking(move || copy_locals(&jobs, &release))
+            .await
+            .map_err(|e| ReleaseError::Failed(format!("copying stopped: {e}")))??;
+        if let Ok(mut s) = stats.lock() {
+            s.2 += copied.iter().filter(|ok| **ok).count();
+        }
+        fetches.extend(
+            copies
+                .into_iter()
+                .zip(copied)
+                .filter(|(_, ok)| !ok)
+                .map(|(node, _)| node),
+        );
+        stream::iter(fetches.into_iter().map(Ok))
+            .try_for_each_concurrent(FETCHES_AT_ONCE, |node| {
+                let (progress, stats, id) = (progress.clone(), &stats, &id);
+                async move {
+                    let Node::File { path, .. } = node else {
+                        return Ok(());
+                    };
+                    let target = partial.join(path);
+                    let bytes = fetch_object(store, node, &target, id, &progress).await?;
+                    if let Ok(mut s) = stats.lock() {
+                        s.0 += 1;
+                        s.1 += bytes;
+                    }
+                    Ok::<_, ReleaseError>(())
+                }
+            })
+            .await?;
+    }
+    if let Ok(progress) = Arc::try_unwrap(progress) {
+        if let Ok(p) = progress.into_inner() {
+            p.finish();
+        }
+    }
+    let (objects, object_bytes, reused) = stats.into_inner().unwrap_or_default();
+    Ok(Fetched {
+        bundle_bytes: 0,
+        objects,
+        object_bytes,
+        reused,
+    })
+}
+
+/// Each `(node, local source, target)`: reused when the local copy still has the right bytes
+/// (somebody may have edited a release in place), checked as it is copied (one read); else the
+/// partial copy is removed and the file is fetched (false). A failure to set the mode is an error.
+fn copy_locals(jobs: &[(Node, PathBuf, PathBuf)], id: &str) -> Result<Vec<bool>, ReleaseError> {
+    let mut copied = Vec::with_capacity(jobs.len());
+    for (node, source, target) in jobs {
+        let Node::File {
+            path,
+            sha256,
+            size,
+            mode,
+        } = node
+        else {
+            copied.push(false);
+            continue;
+        };
+        let same = fs::File::open(source)
+            .map_err(|e| io_failed("reading", source, &e))
+            .and_then(|mut file| copy_hashed(&mut file, target, *size, path, id))
+            .map(|(got, total)| got == *sha256 && total == *size);
+        if !matches!(same, Ok(true)) {
+            tracing::debug!("{} changed locally; fetching it", source.display());
+            let _ = fs::remove_file(target);
+            copied.push(false);
+            continue;
+        }
+        fs::set_permissions(target, fs::Permissions::from_mode(*mode))
+            .map_err(|e| io_failed("setting the mode of", target, &e))?;
+        copied.push(true);
+    }
+    Ok(copied)
+}
+
+async fn fetch_object(
+    store: &Store,
+    node: &Node,
+    target: &Path,
+    id: &str,
+    progress: &Mutex<Progress>,
+) -> Result<u64, ReleaseError> {
+    let Node::File {
+        path,
+        size,
+        sha256,
+        mode,
+    } = node
+    else {
+        return Ok(0);
+    };
+    let key = store.source.object_key(sha256);
+    let (got, total) = store.download(&key, target, progress, Some(*size)).await?;
+    if total > *size {
+        return Err(ReleaseError::Corrupt {
+            release: id.to_string(),
+            path: path.clone(),
+            why: format!(
+                "{} holds more than the {size} bytes the manifest promises",
+                store.url(&key)
+            ),
+        });
+    }
+    if got != *sha256 || total != *size {
+        return Err(ReleaseError::Corrupt {
+            release: id.to_string(),
+            path: path.clone(),
+            why: format!("{} holds {got}", store.url(&key)),
+        });
+    }
+    fs::set_permissions(target, fs::Permissions::from_mode(*mode))
+        .map_err(|e| io_failed("setting the mode of", target, &e))?;
+    Ok(total)
+}

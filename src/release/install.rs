@@ -1,0 +1,464 @@
+//! The install pipeline: the one way a release becomes live on this machine, for the boot, `release
+//! pull` and the deploy agent alike (DESIGN.md "A release's life on an instance"):
+//!
+//! ```text
+//! begin (the lock; an interrupted switch finished) → stage (fetch + verify into releases/<id>)
+//!   → prepare (nothing yet) → switch (the link, the switch record, the hooks, pruning)
+//! ```
+//!
+//! Each phase consumes the value the one before it made ([`Locked`] → [`Stage`] → [`Staged`] →
+//! [`Prepared`]), so switching to something that was not staged, or without the lock, does not compile.
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use super::error::{io_failed, ReleaseError};
+use super::fetch::{self, Fetched};
+use super::format::{Node, Pointer};
+use super::layout::{Layout, Lock};
+use super::legacy::Latest;
+use super::manifest::{self, Verified};
+use super::progress::human_bytes;
+use super::store::Store;
+use super::trust::Trust;
+use crate::config::{Hook, ReleaseFormat};
+use crate::fsutil::remove_tree;
+use crate::hooks::{self, HookEnv};
+
+/// Everything an install needs from the configuration, checked before anything changes.
+pub struct Settings {
+    pub layout: Layout,
+    pub format: ReleaseFormat,
+    pub keep: usize,
+    pub owner: Option<(u32, u32)>,
+    pub hooks: Vec<Hook>,
+    pub role: Option<String>,
+    /// Whose signatures are accepted, and whether one is required.
+    pub trust: Trust,
+}
+
+/// What an install did (the `--json` of `release pull`, the reports' detail).
+#[derive(Debug, Default, Serialize)]
+pub struct Pulled {
+    pub release: String,
+    pub previous: Option<String>,
+    /// Already current: nothing fetched, nothing changed.
+    pub already_current: bool,
+    pub files: u64,
+    pub bundle_bytes: u64,
+    pub fetched_objects: usize,
+    pub fetched_bytes: u64,
+    pub reused_files: usize,
+    pub pruned: Vec<String>,
+    pub hooks_run: usize,
+}
+
+impl Pulled {
+    pub fn human(&self, link: &str) -> String {
+        if self.already_current {
+            return format!(
+                "already on release {}; nothing fetched, nothing changed\n",
+                self.release
+            );
+        }
+        let mut text = format!(
+            "switched {link} to release {} (was {}): {} verified; ",
+            self.release,
+            self.previous.as_deref().unwrap_or("none"),
+            crate::output::count(self.files, "file", "files")
+        );
+        if self.bundle_bytes > 0 {
+            text += &format!("fetched the bundle ({})", human_bytes(self.bundle_bytes));
+        } else {
+            text += &format!(
+                "fetched {} objects ({}), reused {} local files",
+                self.fetched_objects,
+                human_bytes(self.fetched_bytes),
+                self.reused_files
+            );
+        }
+        text.push('\n');
+        if self.hooks_run > 0 {
+            text += &format!(
+                "{} ran\n",
+                crate::output::count(self.hooks_run as u64, "hook", "hooks")
+            );
+        }
+        if !self.pruned.is_empty() {
+            text += &format!("removed old releases: {}\n", self.pruned.join(", "));
+        }
+        text
+    }
+
+    /// One line for a report: what staging took.
+    pub fn staged_detail(&self) -> String {
+        format!(
+            "{} files verified; {} objects fetched, {} files reused{}",
+            self.files,
+            self.fetched_objects,
+            self.reused_files,
+            if self.bundle_bytes > 0 {
+                ", bundle fetched"
+            } else {
+                ""
+            }
+        )
+    }
+
+    fn count(&mut self, fetched: Fetched) {
+        self.bundle_bytes = fetched.bundle_bytes;
+        self.fetched_objects = fetched.objects;
+        self.fetched_bytes = fetched.object_bytes;
+        self.reused_files = fetched.reused;
+    }
+}
+
+/// What the source says is current: an embark pointer, or a pull-deploy `latest-deploy`.
+#[derive(Debug, Clone)]
+pub enum Target {
+    Embark(Box<Pointer>),
+    PullDeploy(Latest),
+}
+
+impl Target {
+    pub fn id(&self) -> String {
+        match self {
+            Target::Embark(pointer) => pointer.release.clone(),
+            Target::PullDeploy(latest) => latest.id(),
+        }
+    }
+
+    pub fn pointer(&self) -> Option<&Pointer> {
+        match self {
+            Target::Embark(pointer) => Some(pointer),
+            Target::PullDeploy(_) => None,
+        }
+    }
+}
+
+pub async fn read_target(store: &Store, format: ReleaseFormat) -> Result<Target, ReleaseError> {
+    Ok(match format {
+        ReleaseFormat::Embark => Target::Embark(Box::new(manifest::read_pointer(store).await?)),
+        ReleaseFormat::PullDeploy => Target::PullDeploy(super::legacy::read_latest(store).await?),
+    })
+}
+
+/// What a plan found: current already, or what would be done.
+pub enum Planned {
+    Current(Pulled),
+    Would(String),
+}
+
+/// The pipeline over one source, one configuration and the client the HTTP hooks use.
+#[derive(Clone, Copy)]
+pub struct Pipeline<'a> {
+    pub store: &'a Store,
+    pub settings: &'a Settings,
+    pub http: &'a reqwest::Client,
+}
+
+/// This machine's releases are ours: the lock is held, and an interrupted switch was finished.
+pub struct Locked {
+    lock: Lock,
+}
+
+/// What staging found.
+pub enum Stage {
+    /// The target is current here already, and its tree is intact: nothing to do.
+    Current(Pulled),
+    /// Fetched and verified into `releases/<id>` (or found there); nothing live changed.
+    Staged(Staged),
+}
+
+/// A release fetched and verified into `releases/<id>`, the lock still held.
+pub struct Staged {
+    lock: Lock,
+    pulled: Pulled,
+}
+
+/// A staged release made ready to go live (shared paths, prepare hooks: none yet).
+pub struct Prepared {
+    lock: Lock,
+    pulled: Pulled,
+}
+
+impl Staged {
+    pub fn pulled(&self) -> &Pulled {
+        &self.pulled
+    }
+}
+
+impl Pipeline<'_> {
+    /// Takes the lock (waiting for another pull), then finishes what an interrupted switch left
+    /// undone: the record repaired, and the hooks of the current release run if they never did.
+    pub async fn begin(&self) -> Result<Locked, ReleaseError> {
+        let lock = self.settings.layout.lock().await?;
+        let layout = &self.settings.layout;
+        if let Some(due) = layout.repair()? {
+            tracing::warn!(
+                release = %due,
+                "the hooks of release {due} did not run after its switch (interrupted): running them now"
+            );
+            let previous = layout.state().previous;
+            let ran = self.run_hooks(&due, previous.as_deref()).await;
+            layout.hooks_ran(&due)?;
+            ran?;
+        }
+        Ok(Locked { lock })
+    }
+
+    /// Fetches and verifies the target into `releases/<id>`, unless it is current already or staged
+    /// already. A failure leaves nothing behind and nothing switched.
+    pub async fn stage(&self, locked: Locked, target: &Target) -> Result<Stage, ReleaseError> {
+        let layout = &self.settings.layout;
+        let id = target.id();
+        let current = layout.current();
+        let present = layout.release(&id).is_dir() && layout.manifest_copy(&id).is_file();
+        let mut pulled = Pulled {
+            release: id.clone(),
+            previous: current.clone(),
+            ..Pulled::default()
+        };
+        let pointer = match target {
+            Target::PullDeploy(latest) => {
+                self.refuse_unsigned(&id)?;
+                pulled.files = latest.count;
+                if current.as_deref() == Some(id.as_str()) && present {
+                    return Ok(Stage::Current(already_current(id)));
+                }
+                if !present {
+                    self.stage_legacy(latest, &mut pulled).await?;
+                }
+                return Ok(Stage::Staged(Staged {
+                    lock: locked.lock,
+                    pulled,
+                }));
+            }
+            Target::Embark(pointer) => pointer,
+        };
+        let verified = self.manifest(pointer).await?;
+        let staged = present && intact(layout, &id, &verified);
+        if current.as_deref() == Some(id.as_str()) && staged {
+            return Ok(Stage::Current(already_current(id)));
+        }
+        pulled.files = verified.files();
+        if !staged {
+            // Where each content already is here: read from every local manifest, so only when
+            // needed (a release already staged, as the agent finds it after its barrier, needs none).
+            let local = layout.local_objects();
+            let partial = layout.partial(&id);
+            let owner = self.settings.owner;
+            let filled = fetch::fill(self.store, &id, &verified.nodes, &partial, &local, owner)
+                .await
+                .and_then(|fetched| {
+                    pulled.count(fetched);
+                    layout.commit(&id, &verified.bytes)
+                });
+            if let Err(err) = filled {
+                let _ = remove_tree(&partial);
+                return Err(err);
+            }
+        }
+        Ok(Stage::Staged(Staged {
+            lock: locked.lock,
+            pulled,
+        }))
+    }
+
+    /// Makes the staged tree ready to go live. Nothing to do yet: shared paths and prepare hooks come
+    /// here, before the link moves.
+    pub async fn prepare(&self, staged: Staged) -> Result<Prepared, ReleaseError> {
+        Ok(Prepared {
+            lock: staged.lock,
+            pulled: staged.pulled,
+        })
+    }
+
+    /// Switches the link to the prepared release, runs its hooks, prunes old releases; the lock is
+    /// released when this returns.
+    pub async fn switch(&self, prepared: Prepared) -> Result<Pulled, ReleaseError> {
+        let Prepared { lock, mut pulled } = prepared;
+        let layout = &self.settings.layout;
+        let id = pulled.release.clone();
+        pulled.previous = layout.switch(&id)?;
+        tracing::info!(release = %id, "switched {} to release {id}", layout.link);
+        let hook_result = self.run_hooks(&id, pulled.previous.as_deref()).await;
+        layout.hooks_ran(&id)?;
+        pulled.hooks_run = hook_result.as_ref().map_or(0, |n| *n);
+        pulled.pruned = layout.prune(self.settings.keep);
+        drop(lock);
+        hook_result?;
+        Ok(pulled)
+    }
+
+    /// Every phase in order: the target installed and live (or current already).
+    pub async fn install(&self, target: &Target) -> Result<Pulled, ReleaseError> {
+        let locked = self.begin().await?;
+        match self.stage(locked, target).await? {
+            Stage::Current(pulled) => Ok(pulled),
+            Stage::Staged(staged) => self.switch(self.prepare(staged).await?).await,
+        }
+    }
+
+    /// What [`Pipeline::install`] would do; nothing changes and no lock is taken.
+    pub async fn plan(&self, target: &Target) -> Result<Planned, ReleaseError> {
+        let layout = &self.settings.layout;
+        let id = target.id();
+        let current = layout.current();
+        let from = current.as_deref().unwrap_or("nothing");
+        let present = layout.release(&id).is_dir() && layout.manifest_copy(&id).is_file();
+        let pointer = match target {
+            Target::PullDeploy(latest) => {
+                self.refuse_unsigned(&id)?;
+                if current.as_deref() == Some(id.as_str()) && present {
+                    return Ok(Planned::Current(already_current(id)));
+                }
+                return Ok(Planned::Would(format!(
+                    "would switch {} from {from} to the pull-deploy release {} ({} files): fetch every file",
+                    layout.link, latest.stamp, latest.count
+                )));
+            }
+            Target::Embark(pointer) => pointer,
+        };
+        let verified = self.manifest(pointer).await?;
+        let staged = present && intact(layout, &id, &verified);
+        if current.as_deref() == Some(id.as_str()) && staged {
+            return Ok(Planned::Current(already_current(id)));
+        }
+        let head = format!(
+            "would switch {} from {from} to release {id} ({} files)",
+            layout.link,
+            verified.files()
+        );
+        Ok(Planned::Would(if staged {
+            format!("{head}: already staged here, nothing to fetch")
+        } else {
+            format!(
+                "{head}: {}",
+                fetch_plan(&verified.nodes, &layout.local_objects())
+            )
+        }))
+    }
+
+    /// The target's manifest, held to this machine's trust (a local copy saves the fetch).
+    async fn manifest(&self, pointer: &Pointer) -> Result<Verified, ReleaseError> {
+        let layout = Some(&self.settings.layout);
+        manifest::read(self.store, pointer, &self.settings.trust, layout).await
+    }
+
+    fn refuse_unsigned(&self, id: &str) -> Result<(), ReleaseError> {
+        if self.settings.trust.required {
+            return Err(ReleaseError::Unsignable {
+                release: id.to_string(),
+                source_url: self.store.source.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The pull-deploy layout: every file fetched and hashed (it has no hashes to reuse anything by).
+    async fn stage_legacy(&self, latest: &Latest, pulled: &mut Pulled) -> Result<(), ReleaseError> {
+        let layout = &self.settings.layout;
+        let partial = layout.partial(&pulled.release);
+        let _ = remove_tree(&partial);
+        let result = async {
+            fs::create_dir(&partial).map_err(|e| io_failed("creating", &partial, &e))?;
+            let (manifest, files, bytes) =
+                super::legacy::stage(self.store, latest, &partial).await?;
+            pulled.fetched_objects = files;
+            pulled.fetched_bytes = bytes;
+            fetch::finish(&[], &partial, self.settings.owner)?;
+            layout.commit(&pulled.release, &manifest)
+        }
+        .await;
+        if result.is_err() {
+            let _ = remove_tree(&partial);
+        }
+        result
+    }
+
+    async fn run_hooks(&self, id: &str, previous: Option<&str>) -> Result<usize, ReleaseError> {
+        let settings = self.settings;
+        let dir = settings.layout.release(id);
+        let env = HookEnv {
+            vars: vec![
+                ("EMBARK_RELEASE", id.to_string()),
+                (
+                    "EMBARK_PREVIOUS_RELEASE",
+                    previous.unwrap_or("").to_string(),
+                ),
+                ("EMBARK_ROLE", settings.role.clone().unwrap_or_default()),
+                ("EMBARK_RELEASE_DIR", dir.display().to_string()),
+            ],
+            dir: &dir,
+        };
+        let selected = hooks::for_role(&settings.hooks, settings.role.as_deref());
+        for (index, hook) in selected.iter().enumerate() {
+            tracing::info!(release = %id, "running hook {}", hooks::describe(hook));
+            if let Err(why) = hooks::run(hook, &env, self.http).await {
+                return Err(ReleaseError::HookFailed {
+                    link: settings.layout.link.clone(),
+                    release: id.to_string(),
+                    hook: hooks::describe(hook),
+                    why,
+                    ran: index,
+                    total: selected.len(),
+                });
+            }
+        }
+        Ok(selected.len())
+    }
+}
+
+fn already_current(release: String) -> Pulled {
+    Pulled {
+        release,
+        already_current: true,
+        ..Pulled::default()
+    }
+}
+
+/// A release already under `releases/<id>` is used only when its manifest copy is the one the pointer
+/// names and its tree matches that manifest; otherwise it is fetched again.
+fn intact(layout: &Layout, id: &str, verified: &Verified) -> bool {
+    let copy = fs::read(layout.manifest_copy(id)).map_err(|e| e.to_string());
+    let check = copy.and_then(|bytes| {
+        if bytes != verified.bytes {
+            return Err("its manifest copy is not the one the pointer names".to_string());
+        }
+        layout.matches(id, &verified.nodes)
+    });
+    match check {
+        Ok(()) => true,
+        Err(why) => {
+            tracing::warn!(release = %id, "the local copy of release {id} cannot be used ({why}); fetching it again");
+            false
+        }
+    }
+}
+
+/// What fetching `nodes` takes, given what is here already.
+fn fetch_plan(nodes: &[Node], local: &HashMap<String, PathBuf>) -> String {
+    if local.is_empty() {
+        return "fetch the bundle (no earlier release here)".to_string();
+    }
+    let (mut fetch, mut bytes, mut reuse) = (0, 0, 0);
+    let mut seen = HashSet::new();
+    for node in nodes {
+        if let Node::File { sha256, size, .. } = node {
+            if local.contains_key(sha256) {
+                reuse += 1;
+            } else if seen.insert(sha256) {
+                fetch += 1;
+                bytes += size;
+            }
+        }
+    }
+    format!(
+        "fetch {fetch} objects ({}), reuse {reuse} local files",
+        human_bytes(bytes)
+    )
+}

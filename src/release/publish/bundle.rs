@@ -1,0 +1,138 @@
+//! The bundle a push publishes: the whole tree as one tar.zst, streamed into a multipart upload as it
+//! is written (never more than a few parts in memory), each file hashed again as it goes in.
+
+use std::fs;
+use std::io::{self, Read, Write};
+use std::path::Path;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::fsutil::HashingReader;
+use crate::release::error::{io_failed, ReleaseError};
+use crate::release::format::Node;
+use crate::release::progress::Progress;
+use crate::release::store::{Store, PART_SIZE};
+
+/// Stream the tree as tar.zst into a (multipart) upload; never more than a few parts in memory.
+pub async fn upload_bundle(
+    store: &Store,
+    root: &Path,
+    nodes: &[Node],
+    id: &str,
+) -> Result<u64, ReleaseError> {
+    let (tx, rx) = mpsc::channel::<Bytes>(1);
+    let root = root.to_path_buf();
+    let owned: Vec<Node> = nodes.to_vec();
+    let writer = tokio::task::spawn_blocking(move || write_bundle(&root, &owned, tx));
+    let key = store.source.bundle_key(id);
+    let mut progress = Progress::new("uploading the bundle", 0);
+    let uploaded = store.upload_stream(&key, rx, |n| progress.add(n)).await;
+    progress.finish();
+    let written = writer
+        .await
+        .map_err(|e| ReleaseError::Failed(format!("writing the bundle stopped: {e}")))?;
+    // The writer's error explains an upload that ended early; report it first.
+    written?;
+    uploaded
+}
+
+/// Sends the bytes written to it in parts of [`PART_SIZE`].
+struct PartWriter {
+    tx: mpsc::Sender<Bytes>,
+    buf: Vec<u8>,
+    sent_any: bool,
+}
+
+impl PartWriter {
+    /// The last part: whatever is left (an empty object still gets its one part).
+    fn finish(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() && self.sent_any {
+            return Ok(());
+        }
+        self.send()
+    }
+
+    fn send(&mut self) -> io::Result<()> {
+        self.sent_any = true;
+        let part = std::mem::replace(&mut self.buf, Vec::with_capacity(PART_SIZE));
+        self.tx
+            .blocking_send(Bytes::from(part))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the upload stopped"))
+    }
+}
+
+impl Write for PartWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let room = PART_SIZE - self.buf.len();
+        let n = data.len().min(room);
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() >= PART_SIZE {
+            self.send()?;
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn write_bundle(root: &Path, nodes: &[Node], tx: mpsc::Sender<Bytes>) -> Result<(), ReleaseError> {
+    let fail = |e: io::Error| ReleaseError::Failed(format!("writing the bundle failed: {e}"));
+    let part = PartWriter {
+        tx,
+        buf: Vec::with_capacity(PART_SIZE),
+        sent_any: false,
+    };
+    let encoder = zstd::Encoder::new(part, 3).map_err(fail)?;
+    let mut tar = tar::Builder::new(encoder);
+    tar.mode(tar::HeaderMode::Deterministic);
+    for node in nodes {
+        let mut header = tar::Header::new_gnu();
+        header.set_mtime(0);
+        match node {
+            Node::Dir { path, mode } => {
+                header.set_entry_type(tar::EntryType::Directory);
+                header.set_mode(*mode);
+                header.set_size(0);
+                tar.append_data(&mut header, path, io::empty())
+                    .map_err(fail)?;
+            }
+            Node::Symlink { path, target } => {
+                header.set_entry_type(tar::EntryType::Symlink);
+                header.set_mode(0o777);
+                header.set_size(0);
+                tar.append_link(&mut header, path, target).map_err(fail)?;
+            }
+            Node::File {
+                path,
+                size,
+                sha256,
+                mode,
+            } => {
+                let full = root.join(path);
+                let file = fs::File::open(&full).map_err(|e| io_failed("reading", &full, &e))?;
+                header.set_entry_type(tar::EntryType::Regular);
+                header.set_mode(*mode);
+                header.set_size(*size);
+                // Hashed as it is written: a file that changed since it was hashed fails the push.
+                let mut reader = HashingReader::new(file.take(*size));
+                tar.append_data(&mut header, path, &mut reader)
+                    .map_err(|e| {
+                        ReleaseError::Failed(format!(
+                            "'{path}' changed while it was being pushed ({e}); push again"
+                        ))
+                    })?;
+                if reader.finish().0 != *sha256 {
+                    return Err(ReleaseError::Failed(format!(
+                        "'{path}' changed while it was being pushed; push again"
+                    )));
+                }
+            }
+        }
+    }
+    let encoder = tar.into_inner().map_err(fail)?;
+    let mut part = encoder.finish().map_err(fail)?;
+    part.finish().map_err(fail)?;
+    Ok(())
+}

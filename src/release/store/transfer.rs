@@ -1,0 +1,232 @@
+//! The store's streamed transfers: a file under its content address, a stream as a multipart upload
+//! (a few parts in memory), and a download written to a new file, hashed and bounded as it arrives,
+//! each retried on its own.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use bytes::Bytes;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+
+use super::*;
+use crate::release::progress::Progress;
+
+impl Store {
+    /// Upload one file under its content address; S3 checks the body against the sha256.
+    pub async fn put_file(
+        &self,
+        key: &str,
+        path: &Path,
+        sha256_hex: &str,
+    ) -> Result<(), ReleaseError> {
+        let cannot_read = |err: aws_smithy_types::byte_stream::error::Error| {
+            ReleaseError::Failed(format!(
+                "cannot read {}: {}",
+                path.display(),
+                crate::output::error_chain(&err)
+            ))
+        };
+        let body = ByteStream::from_path(path).await.map_err(cannot_read)?;
+        let body = Mutex::new(Some(body));
+        let checksum =
+            aws_smithy_types::base64::encode(hex::decode(sha256_hex).unwrap_or_default());
+        let bucket = &self.source.bucket;
+        let checksum = &checksum;
+        let body = &body;
+        self.call(|c| async move {
+            // The body opened above; opened again only for a second try in the bucket's region.
+            let opened = body.lock().unwrap_or_else(PoisonError::into_inner).take();
+            let body = match opened {
+                Some(body) => body,
+                None => ByteStream::from_path(path)
+                    .await
+                    .map_err(SdkError::construction_failure)?,
+            };
+            c.put_object()
+                .bucket(bucket)
+                .key(key)
+                .checksum_sha256(checksum)
+                .body(body)
+                .send()
+                .await
+        })
+        .await
+        .map_err(|err| self.failed("s3:PutObject", key, &err))?;
+        Ok(())
+    }
+
+    /// Upload what arrives on `chunks` (each at least [`PART_SIZE`] except the last) as one object:
+    /// one PutObject when it all fits in one part, else a multipart upload, aborted on failure.
+    pub async fn upload_stream(
+        &self,
+        key: &str,
+        mut chunks: mpsc::Receiver<Bytes>,
+        mut sent: impl FnMut(u64),
+    ) -> Result<u64, ReleaseError> {
+        let first = chunks.recv().await.unwrap_or_default();
+        let Some(second) = chunks.recv().await else {
+            let size = first.len() as u64;
+            let (bucket, first) = (&self.source.bucket, &first);
+            self.call(|c| async move {
+                c.put_object()
+                    .bucket(bucket)
+                    .key(key)
+                    .body(ByteStream::from(first.clone()))
+                    .send()
+                    .await
+            })
+            .await
+            .map_err(|err| self.failed("s3:PutObject", key, &err))?;
+            sent(size);
+            return Ok(size);
+        };
+        let bucket = &self.source.bucket;
+        let upload = self
+            .call(|c| async move {
+                c.create_multipart_upload()
+                    .bucket(bucket)
+                    .key(key)
+                    .send()
+                    .await
+            })
+            .await
+            .map_err(|err| self.failed("s3:CreateMultipartUpload", key, &err))?;
+        let upload_id = upload.upload_id().unwrap_or_default().to_string();
+        let result = self
+            .upload_parts(key, &upload_id, [first, second], &mut chunks, &mut sent)
+            .await;
+        if result.is_err() {
+            let _ = self
+                .client()
+                .abort_multipart_upload()
+                .bucket(&self.source.bucket)
+                .key(key)
+                .upload_id(&upload_id)
+                .send()
+                .await;
+        }
+        result
+    }
+
+    async fn upload_parts(
+        &self,
+        key: &str,
+        upload_id: &str,
+        head: [Bytes; 2],
+        chunks: &mut mpsc::Receiver<Bytes>,
+        sent: &mut impl FnMut(u64),
+    ) -> Result<u64, ReleaseError> {
+        let mut parts = Vec::new();
+        let mut total = 0u64;
+        let mut pending: Vec<Bytes> = head.into();
+        pending.reverse();
+        loop {
+            let chunk = match pending.pop() {
+                Some(chunk) => chunk,
+                None => match chunks.recv().await {
+                    Some(chunk) => chunk,
+                    None => break,
+                },
+            };
+            let number = parts.len() as i32 + 1;
+            let size = chunk.len() as u64;
+            let part = self
+                .client()
+                .upload_part()
+                .bucket(&self.source.bucket)
+                .key(key)
+                .upload_id(upload_id)
+                .part_number(number)
+                .body(ByteStream::from(chunk))
+                .send()
+                .await
+                .map_err(|err| self.failed("s3:UploadPart", key, &err))?;
+            parts.push(
+                CompletedPart::builder()
+                    .part_number(number)
+                    .set_e_tag(part.e_tag().map(str::to_string))
+                    .build(),
+            );
+            total += size;
+            sent(size);
+        }
+        self.client()
+            .complete_multipart_upload()
+            .bucket(&self.source.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|err| self.failed("s3:CompleteMultipartUpload", key, &err))?;
+        Ok(total)
+    }
+
+    /// GET `key` into a new file at `target`, hashing as it goes (a body that breaks off is fetched
+    /// again), never writing more than `limit` bytes: a longer body returns a size above the limit and
+    /// leaves no file. Returns the sha256 and the size.
+    pub async fn download(
+        &self,
+        key: &str,
+        target: &Path,
+        progress: &Mutex<Progress>,
+        limit: Option<u64>,
+    ) -> Result<(String, u64), ReleaseError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let _ = std::fs::remove_file(target);
+            let file = crate::fsutil::open_new(target)
+                .map_err(|e| crate::release::error::io_failed("writing", target, &e))?;
+            let mut file = tokio::fs::File::from_std(file);
+            let (mut body, _) = self.get_stream(key).await?;
+            let mut hash = crate::fsutil::Hasher::new();
+            let mut broken = None;
+            while let Some(chunk) = body.next().await {
+                match chunk {
+                    Ok(chunk) => {
+                        hash.update(&chunk);
+                        if limit.is_some_and(|l| hash.bytes() > l) {
+                            // More than promised: stop here, write nothing of it; the caller sees
+                            // a size above the limit and says so.
+                            drop(file);
+                            let _ = std::fs::remove_file(target);
+                            return Ok(hash.finish());
+                        }
+                        file.write_all(&chunk)
+                            .await
+                            .map_err(|e| crate::release::error::io_failed("writing", target, &e))?;
+                        if let Ok(mut p) = progress.lock() {
+                            p.add(chunk.len() as u64);
+                        }
+                    }
+                    Err(err) => {
+                        broken = Some(crate::output::error_chain(&err));
+                        break;
+                    }
+                }
+            }
+            if let Some(why) = broken {
+                if attempt < OBJECT_ATTEMPTS {
+                    tracing::debug!("reading {key} broke off ({why}); again");
+                    continue;
+                }
+                return Err(ReleaseError::Failed(format!(
+                    "reading {} failed {attempt} times: {why}",
+                    self.url(key)
+                )));
+            }
+            file.flush()
+                .await
+                .map_err(|e| crate::release::error::io_failed("writing", target, &e))?;
+            return Ok(hash.finish());
+        }
+    }
+}
