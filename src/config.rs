@@ -139,6 +139,22 @@ pub struct ReleaseConfig {
     pub trusted_keys: Vec<String>,
     /// Refuse releases that are not signed by a trusted key.
     pub require_signature: bool,
+    /// Directories that live outside the releases and survive every deploy (uploads, `storage/`):
+    /// each release's copy is replaced by a link to `<shared_root>/<path>` before it goes live.
+    pub shared_dirs: Vec<String>,
+    /// Files that do the same (`.env`).
+    pub shared_files: Vec<String>,
+    /// Where shared paths live; default `<root>/shared`.
+    pub shared_root: Option<PathBuf>,
+}
+
+impl ReleaseConfig {
+    /// `shared_root`, or `<root>/shared`.
+    pub fn shared_root(&self) -> PathBuf {
+        self.shared_root
+            .clone()
+            .unwrap_or_else(|| self.root.join("shared"))
+    }
 }
 
 impl Default for ReleaseConfig {
@@ -154,6 +170,9 @@ impl Default for ReleaseConfig {
             hooks: Vec::new(),
             trusted_keys: Vec::new(),
             require_signature: false,
+            shared_dirs: Vec::new(),
+            shared_files: Vec::new(),
+            shared_root: None,
         }
     }
 }
@@ -175,6 +194,19 @@ pub struct Hook {
     /// Run the command as this user.
     #[serde(default)]
     pub user: Option<String>,
+    /// When a release hook runs: `prepare` (in the staged tree, before the link moves), `switch`
+    /// (after it moved; the default), `failure` (after an automatic rollback).
+    #[serde(default)]
+    pub phase: HookPhase,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HookPhase {
+    Prepare,
+    #[default]
+    Switch,
+    Failure,
 }
 
 fn default_hook_timeout() -> Duration {
@@ -225,6 +257,11 @@ pub struct HealthConfig {
     pub lifecycle_hook: LifecycleHook,
     pub target_groups: Vec<String>,
     pub on_failure: OnFailure,
+    /// After a release's switch, `url` must answer this status `successes` times in a row (within
+    /// `timeout`), its body holding `expect_body` when set; else the release is rolled back.
+    pub expect_status: u16,
+    pub expect_body: Option<String>,
+    pub successes: u32,
 }
 
 impl Default for HealthConfig {
@@ -235,6 +272,9 @@ impl Default for HealthConfig {
             lifecycle_hook: LifecycleHook::Auto,
             target_groups: Vec::new(),
             on_failure: OnFailure::Abandon,
+            expect_status: 200,
+            expect_body: None,
+            successes: 2,
         }
     }
 }
@@ -610,6 +650,18 @@ impl Config {
                     .to_string(),
             ));
         }
+        if let Err((key, message)) = check_shared(&self.release) {
+            return Err(invalid(key, message));
+        }
+        if self.health.successes == 0 {
+            return Err(invalid("successes", "must be at least 1".to_string()));
+        }
+        if !(100..=599).contains(&self.health.expect_status) {
+            return Err(invalid(
+                "expect_status",
+                "must be an HTTP status (100 to 599)".to_string(),
+            ));
+        }
         if self.release.link.is_empty() || self.release.link.contains('/') {
             return Err(invalid(
                 "link",
@@ -854,6 +906,63 @@ fn parse_bool(text: &str) -> Result<bool, String> {
         "false" => Ok(false),
         _ => Err("expected true or false".to_string()),
     }
+}
+
+/// `shared_dirs` and `shared_files`: plain relative paths inside a release, none inside another, and a
+/// `shared_root` outside `releases/` (a release's copy of a shared path is replaced by a link to it).
+fn check_shared(release: &ReleaseConfig) -> Result<(), (&'static str, String)> {
+    let mut all: Vec<(&'static str, &str)> = Vec::new();
+    for (key, paths) in [
+        ("shared_dirs", &release.shared_dirs),
+        ("shared_files", &release.shared_files),
+    ] {
+        for path in paths {
+            let plain = !path.is_empty()
+                && !path.starts_with('/')
+                && path
+                    .split('/')
+                    .all(|part| !part.is_empty() && part != "." && part != "..");
+            if !plain {
+                return Err((
+                    key,
+                    format!(
+                        "{path:?} is not a plain path inside the release (relative, no '.' or '..', not the release itself)"
+                    ),
+                ));
+            }
+            all.push((key, path.as_str()));
+        }
+    }
+    for (i, (key, a)) in all.iter().enumerate() {
+        for (_, b) in &all[i + 1..] {
+            let inside = |x: &str, y: &str| x == y || x.starts_with(&format!("{y}/"));
+            if inside(a, b) || inside(b, a) {
+                return Err((
+                    key,
+                    format!("{a:?} and {b:?} overlap: one shared path cannot hold another"),
+                ));
+            }
+        }
+    }
+    let root = release.shared_root();
+    if !root.is_absolute() {
+        return Err((
+            "shared_root",
+            format!("{} must be an absolute path", root.display()),
+        ));
+    }
+    let releases = release.root.join("releases");
+    if root.starts_with(&releases) || releases.starts_with(&root) || root == release.root {
+        return Err((
+            "shared_root",
+            format!(
+                "{} must lie outside {} (and not be the release root itself)",
+                root.display(),
+                releases.display()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// One rule for release sources everywhere: the file, the tag, `--to` and `--from`.

@@ -8,7 +8,8 @@ use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use common::{
-    assert_has, current_release, emulator, pull, unique, Embark, Emulator, Instance, Source,
+    assert_has, current_release, emulator, pull, unique, Embark, Emulator, Instance, Published,
+    Source,
 };
 use embark::release::format::sha256_hex;
 use serde_json::{json, Value};
@@ -174,13 +175,9 @@ fn round_trip_keeps_content_modes_links_and_names() {
 #[test]
 fn incremental_pull_fetches_only_changed_objects_and_a_rerun_fetches_nothing() {
     let emu = emulator();
-    let src = source(emu);
-    let tree = tempfile::tempdir().expect("tree");
-    small_tree(tree.path(), 200);
-    push(emu, tree.path(), &src, "v1");
-    let inst = instance(emu, &src, "web");
-    let root = tempfile::tempdir().expect("root");
-    pull(emu, &inst, root.path(), "").expect_code(0);
+    let set = Published::new(emu, |t| small_tree(t, 200));
+    let (src, tree, inst, root) = (&set.src, &set.tree, &set.inst, &set.root);
+    pull(emu, inst, root.path(), "").expect_code(0);
 
     // 1% of the files change.
     let mut changed = Vec::new();
@@ -196,9 +193,9 @@ fn incremental_pull_fetches_only_changed_objects_and_a_rerun_fetches_nothing() {
         "<?php // changed 3\n",
     )
     .expect("write");
-    let v2 = push(emu, tree.path(), &src, "v2");
+    let v2 = push(emu, tree.path(), src, "v2");
     let before = emu.s3_requests(&src.bucket, "GetObject").len();
-    let run = pull(emu, &inst, root.path(), "").expect_code(0);
+    let run = pull(emu, inst, root.path(), "").expect_code(0);
     assert_has(&run.stdout(), &format!("switched current to release {v2}"));
     assert_eq!(verify_current(root.path()), v2);
 
@@ -231,7 +228,7 @@ fn incremental_pull_fetches_only_changed_objects_and_a_rerun_fetches_nothing() {
 
     // Already current: one GET of the pointer, nothing else.
     let before = emu.s3_requests(&src.bucket, "").len();
-    let run = pull(emu, &inst, root.path(), "").expect_code(0);
+    let run = pull(emu, inst, root.path(), "").expect_code(0);
     assert_has(&run.stdout(), "already on release");
     let after: Vec<Value> = emu.s3_requests(&src.bucket, "")[before..].to_vec();
     assert_eq!(after.len(), 1, "{after:?}");
@@ -244,16 +241,12 @@ fn incremental_pull_fetches_only_changed_objects_and_a_rerun_fetches_nothing() {
 #[test]
 fn local_files_edited_in_place_are_fetched_again_not_reused() {
     let emu = emulator();
-    let src = source(emu);
-    let tree = tempfile::tempdir().expect("tree");
-    small_tree(tree.path(), 30);
-    let v1 = push(emu, tree.path(), &src, "v1");
-    let inst = instance(emu, &src, "web");
-    let root = tempfile::tempdir().expect("root");
-    pull(emu, &inst, root.path(), "").expect_code(0);
+    let set = Published::new(emu, |t| small_tree(t, 30));
+    let (src, tree, inst, root, v1) = (&set.src, &set.tree, &set.inst, &set.root, &set.first);
+    pull(emu, inst, root.path(), "").expect_code(0);
 
     // Somebody edits the live release: one file keeps its size, one grows.
-    let live = root.path().join("releases").join(&v1);
+    let live = root.path().join("releases").join(v1);
     let same_size = "vendor/pkg2/f2.php";
     let grown = "vendor/pkg5/f12.php";
     let mut bytes = fs::read(live.join(same_size)).expect("read");
@@ -264,9 +257,9 @@ fn local_files_edited_in_place_are_fetched_again_not_reused() {
     fs::write(live.join(grown), &bytes).expect("write");
 
     fs::write(tree.path().join("vendor/pkg0/f0.php"), "<?php // v2\n").expect("write");
-    let v2 = push(emu, tree.path(), &src, "v2");
+    let v2 = push(emu, tree.path(), src, "v2");
     let before = emu.s3_requests(&src.bucket, "GetObject").len();
-    pull(emu, &inst, root.path(), "").expect_code(0);
+    pull(emu, inst, root.path(), "").expect_code(0);
     // Every file of v2 has the bytes its manifest names: the edits did not travel.
     assert_eq!(verify_current(root.path()), v2);
     let mut fetched: Vec<String> = emu.s3_requests(&src.bucket, "GetObject")[before..]
@@ -596,23 +589,19 @@ fn a_bundle_with_a_device_or_unlisted_entry_is_refused_and_leaves_nothing() {
 #[test]
 fn a_corrupt_object_is_refused_and_current_stays() {
     let emu = emulator();
-    let src = source(emu);
-    let tree = tempfile::tempdir().expect("tree");
-    small_tree(tree.path(), 20);
-    let v1 = push(emu, tree.path(), &src, "v1");
-    let inst = instance(emu, &src, "web");
-    let root = tempfile::tempdir().expect("root");
-    pull(emu, &inst, root.path(), "").expect_code(0);
+    let set = Published::new(emu, |t| small_tree(t, 20));
+    let (src, tree, inst, root, v1) = (&set.src, &set.tree, &set.inst, &set.root, &set.first);
+    pull(emu, inst, root.path(), "").expect_code(0);
     let body = "<?php // v2\n";
     fs::write(tree.path().join("vendor/pkg0/f0.php"), body).expect("write");
-    let v2 = push(emu, tree.path(), &src, "v2");
+    let v2 = push(emu, tree.path(), src, "v2");
     let sha = sha256_hex(body.as_bytes());
     emu.s3_put(
         &src.bucket,
         &format!("app/objects/{sha}"),
         b"<?php // evil\n".to_vec(),
     );
-    let run = pull(emu, &inst, root.path(), "").expect_code(1);
+    let run = pull(emu, inst, root.path(), "").expect_code(1);
     assert_has(&run.stderr(), "'vendor/pkg0/f0.php' of release");
     assert_has(&run.stderr(), "does not match its sha256");
     assert_eq!(current_release(root.path()).as_deref(), Some(v1.as_str()));

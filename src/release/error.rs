@@ -62,6 +62,40 @@ pub enum ReleaseError {
         path: String,
         why: String,
     },
+    /// A prepare hook failed: nothing was switched, and the release is recorded as failed here.
+    #[error("release {release} was not switched to: its prepare hook {hook} failed: {why}; nothing was switched")]
+    PrepareFailed {
+        release: String,
+        hook: String,
+        why: String,
+    },
+    /// The release failed after its switch (a switch hook, or validation) and the previous one is
+    /// live again.
+    #[error("rolled back to {to}: release {release} {reason}")]
+    RolledBack {
+        release: String,
+        to: String,
+        reason: String,
+    },
+    /// The release failed validation and there is no earlier release to go back to.
+    #[error(
+        "release {release} is live but {reason}; there is no earlier release here to roll back to"
+    )]
+    NotValidated { release: String, reason: String },
+    /// The release failed on this machine before; it is installed again only when asked.
+    #[error("release {release} failed here at {time} ({reason}); it is not installed again: push a newer release, or run `embark release pull --retry-failed` to try it once more")]
+    FailedHere {
+        release: String,
+        reason: String,
+        time: String,
+    },
+    /// The release failed on another instance of the fleet, and no good release is named.
+    #[error("release {release} failed on {instance} ({reason}) and names no release to go back to; push a newer release, or run `embark release pull --retry-failed`")]
+    FailedInFleet {
+        release: String,
+        instance: String,
+        reason: String,
+    },
     /// A hook of a release that is live failed.
     #[error("switched {link} to release {release}, but the hook {hook} failed: {why} ({ran} of {total} hooks had run)")]
     HookFailed {

@@ -359,3 +359,105 @@ async fn fetch_object(
         .map_err(|e| io_failed("setting the mode of", target, &e))?;
     Ok(total)
 }
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_s3::operation::get_object::GetObjectOutput;
+    use aws_sdk_s3::primitives::ByteStream;
+    use aws_smithy_mocks::{mock, Rule};
+
+    use super::*;
+    use crate::release::format::{sha256_hex, SourceUrl};
+
+    /// A rule serving `body` at `key`, as often as asked (its calls are counted).
+    fn serve(key: String, body: &'static [u8]) -> Rule {
+        mock!(aws_sdk_s3::Client::get_object)
+            .match_requests(move |r| r.key() == Some(key.as_str()))
+            .sequence()
+            .output(move || {
+                GetObjectOutput::builder()
+                    .content_length(body.len() as i64)
+                    .body(ByteStream::from_static(body))
+                    .build()
+            })
+            .repeatedly()
+            .build()
+    }
+
+    fn file(path: &str, body: &[u8]) -> Node {
+        Node::File {
+            path: path.into(),
+            size: body.len() as u64,
+            sha256: sha256_hex(body),
+            mode: 0o640,
+        }
+    }
+
+    #[tokio::test]
+    async fn each_content_is_fetched_once_and_intact_local_copies_are_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let here = dir.path().join("old-index.php");
+        fs::write(&here, b"kept").unwrap();
+        let edited = dir.path().join("old-lib.php");
+        fs::write(&edited, b"edited in place").unwrap();
+        let local = HashMap::from([(sha256_hex(b"kept"), here), (sha256_hex(b"lib"), edited)]);
+        let kept = serve(format!("app/objects/{}", sha256_hex(b"kept")), b"kept");
+        let lib = serve(format!("app/objects/{}", sha256_hex(b"lib")), b"lib");
+        let shared = serve(format!("app/objects/{}", sha256_hex(b"same")), b"same");
+        let store = Store::mocked(
+            &[&kept, &lib, &shared],
+            SourceUrl::parse("s3://deploy-bucket/app").unwrap(),
+        );
+        let nodes = vec![
+            Node::Dir {
+                path: "src".into(),
+                mode: 0o750,
+            },
+            file("index.php", b"kept"),
+            file("src/lib.php", b"lib"),
+            file("src/a.php", b"same"),
+            file("src/b.php", b"same"),
+        ];
+        let partial = dir.path().join(".partial-x");
+        let fetched = fill(
+            &store,
+            "20261202T000000Z-000002",
+            &nodes,
+            &partial,
+            &local,
+            None,
+        )
+        .await
+        .unwrap();
+        // Reused: index.php from the local release, and b.php copied from a.php once it arrived.
+        assert_eq!(
+            (fetched.objects, fetched.reused, fetched.bundle_bytes),
+            (2, 2, 0)
+        );
+        assert_eq!(kept.num_calls(), 0, "an intact local copy is not fetched");
+        assert_eq!(
+            lib.num_calls(),
+            1,
+            "a local copy edited in place is fetched"
+        );
+        assert_eq!(shared.num_calls(), 1, "one content, one GET, two files");
+        for (path, body) in [
+            ("index.php", &b"kept"[..]),
+            ("src/lib.php", b"lib"),
+            ("src/a.php", b"same"),
+            ("src/b.php", b"same"),
+        ] {
+            assert_eq!(fs::read(partial.join(path)).unwrap(), body, "{path}");
+            let mode = fs::metadata(partial.join(path))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o7777, 0o640, "{path}");
+        }
+        let mode = fs::metadata(partial.join("src"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7777, 0o750);
+    }
+}

@@ -54,6 +54,10 @@ pub struct Pointer {
     /// The release's signature (a copy of `releases/<id>/manifest.sig`), when it was pushed signed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<Signature>,
+    /// Set when a deploy agent moved the pointer back because this release failed validation on its
+    /// instance: agents switch back without waiting for the barrier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_of: Option<String>,
 }
 
 pub const SIGNATURE_FORMAT: &str = "embark-signature/1";

@@ -2,12 +2,15 @@
 //! pull` and the deploy agent alike (DESIGN.md "A release's life on an instance"):
 //!
 //! ```text
-//! begin (the lock; an interrupted switch finished) → stage (fetch + verify into releases/<id>)
-//!   → prepare (nothing yet) → switch (the link, the switch record, the hooks, pruning)
+//! begin (the lock; an interrupted switch or rollback finished) → stage (fetch + verify into
+//!   releases/<id>) → prepare (prepare hooks in the staged tree) → switch (the link, the switch
+//!   record, the switch hooks, pruning) → validate (the health URL) → (roll back)
 //! ```
 //!
 //! Each phase consumes the value the one before it made ([`Locked`] → [`Stage`] → [`Staged`] →
-//! [`Prepared`]), so switching to something that was not staged, or without the lock, does not compile.
+//! [`Prepared`] → [`Live`]), so switching to something that was not staged, or without the lock, does
+//! not compile. A switch hook or a validation that fails puts the previous release back (its switch
+//! hooks run again, then the failure hooks) and records the release as failed here.
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
@@ -18,13 +21,15 @@ use serde::Serialize;
 use super::error::{io_failed, ReleaseError};
 use super::fetch::{self, Fetched};
 use super::format::{Node, Pointer};
+use super::layout::Rollback;
 use super::layout::{Layout, Lock};
 use super::legacy::Latest;
 use super::manifest::{self, Verified};
 use super::progress::human_bytes;
 use super::store::Store;
 use super::trust::Trust;
-use crate::config::{Hook, ReleaseFormat};
+use super::validate::{validate, Validation};
+use crate::config::{Hook, HookPhase, ReleaseFormat};
 use crate::fsutil::remove_tree;
 use crate::hooks::{self, HookEnv};
 
@@ -38,6 +43,10 @@ pub struct Settings {
     pub role: Option<String>,
     /// Whose signatures are accepted, and whether one is required.
     pub trust: Trust,
+    /// What a release must answer after its switch (`[health] url`); none: not validated.
+    pub validation: Option<Validation>,
+    /// Install a release even though it failed here or in the fleet before (`--retry-failed`).
+    pub retry_failed: bool,
 }
 
 /// What an install did (the `--json` of `release pull`, the reports' detail).
@@ -54,6 +63,9 @@ pub struct Pulled {
     pub reused_files: usize,
     pub pruned: Vec<String>,
     pub hooks_run: usize,
+    /// How long validation took (milliseconds), when the release was validated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub validated_ms: Option<u64>,
 }
 
 impl Pulled {
@@ -81,6 +93,9 @@ impl Pulled {
             );
         }
         text.push('\n');
+        if let Some(ms) = self.validated_ms {
+            text += &format!("validated in {:.1} s\n", ms as f64 / 1000.0);
+        }
         if self.hooks_run > 0 {
             text += &format!(
                 "{} ran\n",
@@ -179,8 +194,14 @@ pub struct Staged {
     pulled: Pulled,
 }
 
-/// A staged release made ready to go live (shared paths, prepare hooks: none yet).
+/// A staged release made ready to go live (its prepare hooks ran).
 pub struct Prepared {
+    lock: Lock,
+    pulled: Pulled,
+}
+
+/// A release the link points at, its switch hooks run, not validated yet.
+pub struct Live {
     lock: Lock,
     pulled: Pulled,
 }
@@ -192,20 +213,30 @@ impl Staged {
 }
 
 impl Pipeline<'_> {
-    /// Takes the lock (waiting for another pull), then finishes what an interrupted switch left
-    /// undone: the record repaired, and the hooks of the current release run if they never did.
+    /// Takes the lock (waiting for another pull), then finishes what an interrupted run left undone:
+    /// a rollback completed, the record repaired, the hooks of the current release run if they never
+    /// did (a failing one is still due at the next run).
     pub async fn begin(&self) -> Result<Locked, ReleaseError> {
         let lock = self.settings.layout.lock().await?;
         let layout = &self.settings.layout;
+        if let Some(rollback) = layout.rollback() {
+            tracing::warn!(
+                release = %rollback.from,
+                "the rollback from {} to {} was interrupted: completing it",
+                rollback.from,
+                rollback.to
+            );
+            self.complete_rollback(&rollback).await?;
+        }
         if let Some(due) = layout.repair()? {
             tracing::warn!(
                 release = %due,
-                "the hooks of release {due} did not run after its switch (interrupted): running them now"
+                "the hooks of release {due} have not all run since its switch: running them now"
             );
             let previous = layout.state().previous;
-            let ran = self.run_hooks(&due, previous.as_deref()).await;
+            self.run_hooks(HookPhase::Switch, &due, previous.as_deref(), &[])
+                .await?;
             layout.hooks_ran(&due)?;
-            ran?;
         }
         Ok(Locked { lock })
     }
@@ -216,6 +247,17 @@ impl Pipeline<'_> {
         let layout = &self.settings.layout;
         let id = target.id();
         let current = layout.current();
+        if let Some(failed) = layout.failures().remove(&id) {
+            if !self.settings.retry_failed {
+                return Err(ReleaseError::FailedHere {
+                    release: id,
+                    reason: failed.reason,
+                    time: failed.time,
+                });
+            }
+            tracing::info!(release = %id, "trying release {id} again, which failed here at {} ({})", failed.time, failed.reason);
+            layout.forget_failed(&id)?;
+        }
         let present = layout.release(&id).is_dir() && layout.manifest_copy(&id).is_file();
         let mut pulled = Pulled {
             release: id.clone(),
@@ -268,39 +310,149 @@ impl Pipeline<'_> {
         }))
     }
 
-    /// Makes the staged tree ready to go live. Nothing to do yet: shared paths and prepare hooks come
-    /// here, before the link moves.
+    /// Makes the staged tree ready to go live: its prepare hooks run in it (`config:cache`,
+    /// `cache:warmup`). A failure switches nothing and records the release as failed here.
     pub async fn prepare(&self, staged: Staged) -> Result<Prepared, ReleaseError> {
-        Ok(Prepared {
-            lock: staged.lock,
-            pulled: staged.pulled,
-        })
+        let Staged { lock, pulled } = staged;
+        let layout = &self.settings.layout;
+        let id = &pulled.release;
+        if let Err(err) = self
+            .run_hooks(HookPhase::Prepare, id, layout.current().as_deref(), &[])
+            .await
+        {
+            let (hook, why) = match err {
+                ReleaseError::HookFailed { hook, why, .. } => (hook, why),
+                other => ("(none)".to_string(), other.to_string()),
+            };
+            layout.record_failed(id, &format!("its prepare hook {hook} failed: {why}"))?;
+            return Err(ReleaseError::PrepareFailed {
+                release: id.clone(),
+                hook,
+                why,
+            });
+        }
+        Ok(Prepared { lock, pulled })
     }
 
-    /// Switches the link to the prepared release, runs its hooks, prunes old releases; the lock is
-    /// released when this returns.
-    pub async fn switch(&self, prepared: Prepared) -> Result<Pulled, ReleaseError> {
+    /// Switches the link to the prepared release and runs its switch hooks, then prunes old
+    /// releases. A failing hook rolls back to the previous release; with none, the release stays and
+    /// its hooks are due at the next run.
+    pub async fn switch(&self, prepared: Prepared) -> Result<Live, ReleaseError> {
         let Prepared { lock, mut pulled } = prepared;
         let layout = &self.settings.layout;
         let id = pulled.release.clone();
         pulled.previous = layout.switch(&id)?;
         tracing::info!(release = %id, "switched {} to release {id}", layout.link);
-        let hook_result = self.run_hooks(&id, pulled.previous.as_deref()).await;
+        match self
+            .run_hooks(HookPhase::Switch, &id, pulled.previous.as_deref(), &[])
+            .await
+        {
+            Ok(ran) => pulled.hooks_run = ran,
+            Err(err) => {
+                let reason = match &err {
+                    ReleaseError::HookFailed { hook, why, .. } => {
+                        format!("failed its switch hook {hook}: {why}")
+                    }
+                    other => format!("failed its switch hooks: {other}"),
+                };
+                return Err(match pulled.previous.clone() {
+                    Some(to) => self.roll_back(&id, &to, reason).await,
+                    None => err,
+                });
+            }
+        }
         layout.hooks_ran(&id)?;
-        pulled.hooks_run = hook_result.as_ref().map_or(0, |n| *n);
         pulled.pruned = layout.prune(self.settings.keep);
-        drop(lock);
-        hook_result?;
-        Ok(pulled)
+        Ok(Live { lock, pulled })
     }
 
-    /// Every phase in order: the target installed and live (or current already).
+    /// Probes the live release (when `[health] url` is set); a failure rolls back to the previous
+    /// release. The lock is released when this returns.
+    pub async fn validate(&self, live: Live) -> Result<Pulled, ReleaseError> {
+        let Live { lock, mut pulled } = live;
+        let Some(validation) = &self.settings.validation else {
+            return Ok(pulled);
+        };
+        match validate(self.http, validation).await {
+            Ok(took) => {
+                tracing::info!(release = %pulled.release, "release {} validated in {:.1} s", pulled.release, took.as_secs_f64());
+                pulled.validated_ms = Some(took.as_millis() as u64);
+                drop(lock);
+                Ok(pulled)
+            }
+            Err(why) => {
+                let reason = format!("failed validation: {why}");
+                Err(match pulled.previous.clone() {
+                    Some(to) => self.roll_back(&pulled.release, &to, reason).await,
+                    None => ReleaseError::NotValidated {
+                        release: pulled.release,
+                        reason,
+                    },
+                })
+            }
+        }
+    }
+
+    /// Every phase in order: the target installed, live and validated (or current already).
     pub async fn install(&self, target: &Target) -> Result<Pulled, ReleaseError> {
         let locked = self.begin().await?;
         match self.stage(locked, target).await? {
             Stage::Current(pulled) => Ok(pulled),
-            Stage::Staged(staged) => self.switch(self.prepare(staged).await?).await,
+            Stage::Staged(staged) => {
+                let live = self.switch(self.prepare(staged).await?).await?;
+                self.validate(live).await
+            }
         }
+    }
+
+    /// `from` failed for `reason`: the link goes back to `to`, crash-safely (the rollback is recorded
+    /// first and completed by the next run if this one dies). The error says what happened.
+    async fn roll_back(&self, from: &str, to: &str, reason: String) -> ReleaseError {
+        let rollback = Rollback {
+            from: from.to_string(),
+            to: to.to_string(),
+            reason: reason.clone(),
+        };
+        tracing::error!(release = %from, "release {from} {reason}: rolling back to {to}");
+        if let Err(err) = self.settings.layout.begin_rollback(&rollback) {
+            return err;
+        }
+        if let Err(err) = self.complete_rollback(&rollback).await {
+            return ReleaseError::Failed(format!(
+                "release {from} {reason}; rolling back to {to} did not complete: {err}"
+            ));
+        }
+        ReleaseError::RolledBack {
+            release: from.to_string(),
+            to: to.to_string(),
+            reason,
+        }
+    }
+
+    /// The link back on `to`, its switch hooks run again (OPcache must forget the bad code), then the
+    /// failure hooks; the rollback record cleared. Each step is safe to repeat.
+    async fn complete_rollback(&self, rollback: &Rollback) -> Result<(), ReleaseError> {
+        let layout = &self.settings.layout;
+        let to = &rollback.to;
+        if layout.current().as_deref() != Some(to.as_str()) {
+            layout.switch(to)?;
+        }
+        let hooks = self
+            .run_hooks(HookPhase::Switch, to, Some(&rollback.from), &[])
+            .await;
+        if hooks.is_ok() {
+            layout.hooks_ran(to)?;
+        }
+        let failure_env = [
+            ("EMBARK_FAILED_RELEASE", rollback.from.clone()),
+            ("EMBARK_FAILURE", rollback.reason.clone()),
+        ];
+        let failure = self
+            .run_hooks(HookPhase::Failure, to, Some(&rollback.from), &failure_env)
+            .await;
+        layout.end_rollback()?;
+        hooks?;
+        failure.map(|_| ())
     }
 
     /// What [`Pipeline::install`] would do; nothing changes and no lock is taken.
@@ -380,22 +532,31 @@ impl Pipeline<'_> {
         result
     }
 
-    async fn run_hooks(&self, id: &str, previous: Option<&str>) -> Result<usize, ReleaseError> {
+    /// The hooks of `phase` for this role, in order, in release `id`'s directory; the first failure
+    /// stops them.
+    async fn run_hooks(
+        &self,
+        phase: HookPhase,
+        id: &str,
+        previous: Option<&str>,
+        extra: &[(&'static str, String)],
+    ) -> Result<usize, ReleaseError> {
         let settings = self.settings;
         let dir = settings.layout.release(id);
-        let env = HookEnv {
-            vars: vec![
-                ("EMBARK_RELEASE", id.to_string()),
-                (
-                    "EMBARK_PREVIOUS_RELEASE",
-                    previous.unwrap_or("").to_string(),
-                ),
-                ("EMBARK_ROLE", settings.role.clone().unwrap_or_default()),
-                ("EMBARK_RELEASE_DIR", dir.display().to_string()),
-            ],
-            dir: &dir,
-        };
-        let selected = hooks::for_role(&settings.hooks, settings.role.as_deref());
+        let previous = previous.unwrap_or("").to_string();
+        let mut vars = vec![
+            ("EMBARK_RELEASE", id.to_string()),
+            ("EMBARK_PREVIOUS", previous.clone()),
+            ("EMBARK_PREVIOUS_RELEASE", previous),
+            ("EMBARK_ROLE", settings.role.clone().unwrap_or_default()),
+            ("EMBARK_RELEASE_DIR", dir.display().to_string()),
+        ];
+        vars.extend(extra.iter().cloned());
+        let env = HookEnv { vars, dir: &dir };
+        let selected: Vec<&Hook> = hooks::for_role(&settings.hooks, settings.role.as_deref())
+            .into_iter()
+            .filter(|hook| hook.phase == phase)
+            .collect();
         for (index, hook) in selected.iter().enumerate() {
             tracing::info!(release = %id, "running hook {}", hooks::describe(hook));
             if let Err(why) = hooks::run(hook, &env, self.http).await {
@@ -462,3 +623,6 @@ fn fetch_plan(nodes: &[Node], local: &HashMap<String, PathBuf>) -> String {
         human_bytes(bytes)
     )
 }
+
+#[cfg(test)]
+mod tests;

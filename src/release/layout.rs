@@ -1,7 +1,7 @@
 //! The on-disk layout of releases on this machine: `<root>/releases/<id>/`, the `current` link, embark's own bookkeeping in
 //! `<root>/.embark/` (lock, manifests of local releases, the previous release), staging, switch, pruning.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -30,6 +30,25 @@ pub struct State {
     pub previous: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hooks_due: Option<String>,
+    /// A rollback under way: written (with the release recorded as failed) before the link moves
+    /// back, cleared once the previous release's hooks and the failure hooks ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<Rollback>,
+}
+
+/// Going back from the release `from`, which failed for `reason`, to `to`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rollback {
+    pub from: String,
+    pub to: String,
+    pub reason: String,
+}
+
+/// A release that failed on this machine (`.embark/failed.json`): not installed again unless asked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failed {
+    pub reason: String,
+    pub time: String,
 }
 
 /// The local lock: one pull (or deploy) at a time on this machine; released when the process dies.
@@ -55,6 +74,9 @@ impl Layout {
     }
     pub fn manifest_copy(&self, id: &str) -> PathBuf {
         self.meta().join("manifests").join(format!("{id}.json"))
+    }
+    fn failed_path(&self) -> PathBuf {
+        self.meta().join("failed.json")
     }
     fn state_path(&self) -> PathBuf {
         self.meta().join("state.json")
@@ -199,12 +221,10 @@ impl Layout {
     /// clears that. After the link moved, a failure says the release is live.
     pub fn switch(&self, id: &str) -> Result<Option<String>, ReleaseError> {
         let previous = self.current();
-        let before = State {
-            current: previous.clone(),
-            previous: self.state().previous,
-            hooks_due: Some(id.to_string()),
-        };
-        self.write_state(&before)?;
+        let mut state = self.state();
+        state.current = previous.clone();
+        state.hooks_due = Some(id.to_string());
+        self.write_state(&state)?;
         let temp = self
             .root
             .join(format!(".{}.tmp-{}", self.link, std::process::id()));
@@ -216,15 +236,70 @@ impl Layout {
             let _ = fs::remove_file(&temp);
             return Err(io_failed("switching", &link, &err));
         }
-        let after = State {
-            current: Some(id.to_string()),
-            previous: previous.clone().filter(|p| p != id),
-            hooks_due: Some(id.to_string()),
-        };
+        state.current = Some(id.to_string());
+        state.previous = previous.clone().filter(|p| p != id);
         sync_dir(&self.root)
-            .and_then(|()| self.write_state(&after))
+            .and_then(|()| self.write_state(&state))
             .map_err(|err| live_anyway(&self.link, id, err))?;
         Ok(previous)
+    }
+
+    /// Releases that failed here, by id.
+    pub fn failures(&self) -> BTreeMap<String, Failed> {
+        fs::read(self.failed_path())
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    /// `id` is not to be installed again (unless the operator asks).
+    pub fn record_failed(&self, id: &str, reason: &str) -> Result<(), ReleaseError> {
+        let mut failures = self.failures();
+        failures.insert(
+            id.to_string(),
+            Failed {
+                reason: reason.to_string(),
+                time: crate::status::now(),
+            },
+        );
+        self.write_failures(&failures)
+    }
+
+    /// The operator retries `id` (`release pull --retry-failed`).
+    pub fn forget_failed(&self, id: &str) -> Result<(), ReleaseError> {
+        let mut failures = self.failures();
+        if failures.remove(id).is_some() {
+            self.write_failures(&failures)?;
+        }
+        Ok(())
+    }
+
+    fn write_failures(&self, failures: &BTreeMap<String, Failed>) -> Result<(), ReleaseError> {
+        let bytes = serde_json::to_vec_pretty(failures)
+            .map_err(|e| ReleaseError::Failed(format!("cannot encode the failures: {e}")))?;
+        write_synced(&self.failed_path(), &bytes)
+    }
+
+    /// Before the link moves back: the release is recorded as failed and the rollback as under
+    /// way, so that a crash at any later point is completed by the next run.
+    pub fn begin_rollback(&self, rollback: &Rollback) -> Result<(), ReleaseError> {
+        self.record_failed(&rollback.from, &rollback.reason)?;
+        let mut state = self.state();
+        state.rollback = Some(rollback.clone());
+        self.write_state(&state)
+    }
+
+    /// The rollback under way, if a run was interrupted during one.
+    pub fn rollback(&self) -> Option<Rollback> {
+        self.state().rollback
+    }
+
+    pub fn end_rollback(&self) -> Result<(), ReleaseError> {
+        let mut state = self.state();
+        if state.rollback.take().is_some() {
+            self.write_state(&state)?;
+        }
+        Ok(())
     }
 
     /// The hooks of `id` ran (or failed, which is reported): nothing is due any more.

@@ -151,6 +151,7 @@ pub async fn pointer_for(store: &Store, id: &str) -> Result<(Pointer, Vec<u8>), 
         message: String::new(),
         delta: None,
         signature: read_signature(store, id).await?,
+        rollback_of: None,
     };
     Ok((pointer, bytes))
 }

@@ -13,6 +13,7 @@
 pub mod agent;
 pub mod delta;
 pub mod error;
+pub mod failure;
 pub mod fetch;
 pub mod format;
 pub mod install;
@@ -26,6 +27,7 @@ pub mod rules;
 pub mod store;
 pub mod trust;
 pub mod unpack;
+pub mod validate;
 
 pub use error::{io_failed, ReleaseError};
 pub use progress::{human_bytes, Progress};
@@ -77,6 +79,20 @@ pub fn settings(config: &Config) -> Result<Settings, ReleaseError> {
         hooks: config.release.hooks.clone(),
         role: config.role.clone(),
         trust: trust(config)?,
+        validation: validation(config),
+        retry_failed: false,
+    })
+}
+
+/// `[health] url` and what it must answer after a switch; none without a URL.
+pub fn validation(config: &Config) -> Option<validate::Validation> {
+    let health = &config.health;
+    health.url.as_ref().map(|url| validate::Validation {
+        url: url.clone(),
+        expect_status: health.expect_status,
+        expect_body: health.expect_body.clone(),
+        successes: health.successes,
+        timeout: health.timeout,
     })
 }
 
@@ -137,13 +153,18 @@ pub async fn stage(instance: &Instance, http: &reqwest::Client) -> Result<Staged
         return Ok(Staged::NotConfigured);
     }
     let store = store_of(&instance.aws, config)?;
-    let settings = settings(config)?;
+    // The boot's health step probes the same URL before CONTINUE: no second validation here.
+    let settings = Settings {
+        validation: None,
+        ..settings(config)?
+    };
     let pipeline = Pipeline {
         store: &store,
         settings: &settings,
         http,
     };
     let target = install::read_target(&store, settings.format).await?;
+    let target = failure::avoid(&store, &settings, target).await?;
     let locked = pipeline.begin().await?;
     let stage = pipeline.stage(locked, &target).await?;
     Ok(Staged::Ready(Box::new(Ready {
@@ -170,7 +191,10 @@ pub async fn switch(staged: Staged, http: &reqwest::Client) -> Result<StepOutcom
     };
     let pulled = match stage {
         Stage::Current(pulled) => pulled,
-        Stage::Staged(staged) => pipeline.switch(pipeline.prepare(staged).await?).await?,
+        Stage::Staged(staged) => {
+            let live = pipeline.switch(pipeline.prepare(staged).await?).await?;
+            pipeline.validate(live).await?
+        }
     };
     Ok(StepOutcome::Pulled {
         pulled,
@@ -189,13 +213,17 @@ pub async fn step(
         return Ok(StepOutcome::NotConfigured);
     }
     let store = store_of(&instance.aws, config)?;
-    let settings = settings(config)?;
+    let settings = Settings {
+        validation: None, // the boot's health step probes it
+        ..settings(config)?
+    };
     let pipeline = Pipeline {
         store: &store,
         settings: &settings,
         http,
     };
     let target = install::read_target(&store, settings.format).await?;
+    let target = failure::avoid(&store, &settings, target).await?;
     let pulled = if plan {
         match pipeline.plan(&target).await? {
             Planned::Would(text) => return Ok(StepOutcome::Planned(text)),

@@ -78,6 +78,13 @@ impl Store {
         }
     }
 
+    /// A store whose S3 calls are answered by `aws-smithy-mocks` rules (unit tests).
+    #[cfg(test)]
+    pub fn mocked(rules: &[&aws_smithy_mocks::Rule], source: SourceUrl) -> Store {
+        let builder = aws_sdk_s3::Config::builder().region(Region::new("eu-west-1"));
+        Store::from_conf(crate::testing::mocked_config(builder, rules), source)
+    }
+
     /// The bucket is in `region` (`[release] region`), not the instance's: ask there from the start.
     pub fn in_region(self, region: Option<&str>) -> Store {
         match region {
@@ -491,11 +498,8 @@ mod tests {
                     .build(),
             )
         });
-        let store = Store::from_conf(
-            crate::testing::mocked_config(
-                aws_sdk_s3::Config::builder().region(Region::new("eu-west-1")),
-                &[&denied],
-            ),
+        let store = Store::mocked(
+            &[&denied],
             SourceUrl::parse("s3://deploy-bucket/app").unwrap(),
         );
         let err = store.get_small("app/current", 1024).await.unwrap_err();

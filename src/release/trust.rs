@@ -132,6 +132,7 @@ mod tests {
             message: String::new(),
             delta: None,
             signature,
+            rollback_of: None,
         }
     }
 

@@ -522,3 +522,43 @@ pub fn current_release(root: &Path) -> Option<String> {
             .to_string()
     })
 }
+
+/// The set-up release tests share: a source of the test's own, a tree filled by the test and pushed to
+/// it as the first release, an instance of a group whose tags name the source (role `web`), and a
+/// release root for it (nothing pulled yet).
+pub struct Published {
+    pub src: Source,
+    pub tree: tempfile::TempDir,
+    pub first: String,
+    pub inst: Instance,
+    pub root: tempfile::TempDir,
+}
+
+impl Published {
+    pub fn new(emu: &Emulator, fill: impl FnOnce(&Path)) -> Published {
+        let src = emu.source("rel");
+        let tree = tempfile::tempdir().expect("tree");
+        fill(tree.path());
+        let first = emu.push_dir(tree.path(), &src.url, Some("v1"));
+        let inst =
+            emu.launch_one(json!({"tags": {"embark:release": src.url, "embark:role": "web"}}));
+        let root = tempfile::tempdir().expect("root");
+        Published {
+            src,
+            tree,
+            first,
+            inst,
+            root,
+        }
+    }
+
+    /// Push the tree as it is now; the new release's id.
+    pub fn push(&self, emu: &Emulator, message: &str) -> String {
+        emu.push_dir(self.tree.path(), &self.src.url, Some(message))
+    }
+
+    /// `release pull` on the instance into the root, with extra `[release]` lines.
+    pub fn pull(&self, emu: &Emulator, extra: &str) -> Run {
+        pull(emu, &self.inst, self.root.path(), extra)
+    }
+}

@@ -57,6 +57,8 @@ enum Deployed {
     Switched(String),
     /// Barrier deadline passed with `on_barrier_timeout = "hold"`.
     Held,
+    /// The release failed here or in the fleet before: not tried again (it says why, once).
+    Skipped(String),
 }
 
 /// Ends on SIGTERM or SIGINT, between steps (a deploy being staged is dropped: `current` is untouched
@@ -149,7 +151,10 @@ async fn poll_once(
         }
         Polled::Changed(etag) => {
             let target = read_target(agent.store, agent.settings.format).await?;
-            let outcome = deploy(agent, &target, stop).await?;
+            if let Some(why) = failed_in_fleet(agent, &target).await? {
+                return Ok(Some((etag, target.id(), Deployed::Skipped(why))));
+            }
+            let outcome = deploy(agent, &target, &etag, stop).await?;
             Ok(Some((etag, target.id(), outcome)))
         }
     }
@@ -164,6 +169,9 @@ async fn after_poll(
     match result {
         Ok(None) => {}
         Ok(Some((etag, id, outcome))) => {
+            if let Deployed::Skipped(why) = &outcome {
+                tracing::warn!(release = %id, "not deploying release {id}: {why}");
+            }
             if let Deployed::Switched(previous) = &outcome {
                 let text = format!("deployed release {id} (was {previous})");
                 tracing::info!(release = %id, "{text}");
@@ -214,6 +222,7 @@ fn jittered(interval: Duration) -> Duration {
 async fn deploy(
     agent: &Agent<'_>,
     target: &Target,
+    etag: &str,
     stop: &mut Stop,
 ) -> Result<Deployed, ReleaseError> {
     let started = Instant::now();
@@ -222,8 +231,26 @@ async fn deploy(
         Some(agent.instance_id.clone()),
         agent.group.clone(),
     );
-    let result = deploy_steps(agent, target, stop, &mut report.steps).await;
-    if matches!(result, Ok(Deployed::Current)) {
+    let mut result = deploy_steps(agent, target, stop, &mut report.steps).await;
+    if let Err(err) = &result {
+        if let Some(failure) = fleet_failure(agent, err) {
+            // The release is bad for the fleet: say so at the source, and move the pointer back.
+            let t = Instant::now();
+            let published = super::failure::publish(agent.store, &failure, Some(etag)).await;
+            let (outcome, detail) = match published {
+                Ok(done) => (Outcome::Ok, done),
+                Err(why) => (Outcome::Failed, why.to_string()),
+            };
+            tracing::info!(release = %failure.release, "{detail}");
+            record(&mut report.steps, "fleet rollback", t, outcome, detail);
+        }
+    }
+    if let Err(ReleaseError::FailedHere { reason, time, .. }) = &result {
+        result = Ok(Deployed::Skipped(format!(
+            "it failed here at {time} ({reason})"
+        )));
+    }
+    if matches!(result, Ok(Deployed::Current) | Ok(Deployed::Skipped(_))) {
         return result; // nothing happened: keep the last real deploy's report
     }
     report.finished = Some(crate::status::now());
@@ -240,6 +267,47 @@ async fn deploy(
         tracing::warn!("{why}");
     }
     result
+}
+
+/// The record a failure of this instance's leaves at the source: a failed validation or switch hook
+/// (rolled back to the release before), or a failed prepare hook (nothing switched).
+fn fleet_failure(agent: &Agent<'_>, err: &ReleaseError) -> Option<super::failure::FailureRecord> {
+    let (release, reason, rolled_back_to) = match err {
+        ReleaseError::RolledBack {
+            release,
+            to,
+            reason,
+        } => (release, reason.clone(), Some(to.clone())),
+        ReleaseError::PrepareFailed {
+            release, hook, why, ..
+        } => (
+            release,
+            format!("failed its prepare hook {hook}: {why}"),
+            agent.settings.layout.current(),
+        ),
+        ReleaseError::NotValidated { release, reason } => (release, reason.clone(), None),
+        _ => return None,
+    };
+    Some(super::failure::FailureRecord {
+        release: release.clone(),
+        instance: agent.instance_id.clone(),
+        reason,
+        time: crate::status::now(),
+        rolled_back_to,
+    })
+}
+
+/// Why not to deploy `target`, when the fleet recorded it as failed (one small GET per deploy).
+async fn failed_in_fleet(
+    agent: &Agent<'_>,
+    target: &Target,
+) -> Result<Option<String>, ReleaseError> {
+    if agent.settings.retry_failed || target.pointer().is_none() {
+        return Ok(None);
+    }
+    Ok(super::failure::read(agent.store, &target.id())
+        .await?
+        .map(|r| format!("it failed on {} at {} ({})", r.instance, r.time, r.reason)))
 }
 
 /// Time a step and add it to the report.
@@ -265,12 +333,23 @@ async fn deploy_steps(
     write_marker(agent, &id).await?;
     tracing::info!(release = %id, "release {id} staged and verified; ready marker written");
     let t = Instant::now();
-    let cleaner = match &agent.group {
-        Some(group) => match barrier_step(agent, group, target, stop, steps).await? {
+    let rollback = target.pointer().and_then(|p| p.rollback_of.clone());
+    let cleaner = match (&agent.group, rollback) {
+        (_, Some(failed)) => {
+            record(
+                steps,
+                "barrier",
+                t,
+                Outcome::Skipped,
+                format!("a rollback from the failed release {failed}: no barrier"),
+            );
+            false
+        }
+        (Some(group), None) => match barrier_step(agent, group, target, stop, steps).await? {
             (Held::Yes, _) => return Ok(Deployed::Held),
             (Held::No, wrote_go) => wrote_go,
         },
-        None => {
+        (None, None) => {
             record(
                 steps,
                 "barrier",
@@ -325,7 +404,10 @@ async fn switch_step(
         Stage::Staged(staged) => staged,
     };
     let switched = match pipeline.prepare(staged).await {
-        Ok(prepared) => pipeline.switch(prepared).await,
+        Ok(prepared) => match pipeline.switch(prepared).await {
+            Ok(live) => pipeline.validate(live).await,
+            Err(err) => Err(err),
+        },
         Err(err) => Err(err),
     };
     let pulled = match switched {

@@ -366,6 +366,7 @@ async fn write_pointer(
         message: manifest.message.clone(),
         delta,
         signature,
+        rollback_of: None,
     };
     let pointer_bytes = serde_json::to_vec_pretty(&pointer)
         .map_err(|e| ReleaseError::Failed(format!("cannot encode the pointer: {e}")))?;
