@@ -179,6 +179,20 @@ pub fn instance_policy(f: &Features) -> Value {
                 f.partition, source.bucket
             )),
         ));
+        // A release that fails validation on one instance is bad for the fleet: that agent records
+        // it (`failed/<id>.json`, create-only) and moves the pointer back, conditionally on the
+        // pointer it deployed (docs/deploys.md).
+        statements.push(statement(
+            "DeployAgentFleetRollback",
+            &["s3:PutObject"],
+            json!([
+                format!(
+                    "arn:{}:s3:::{}/{prefix}failed/*",
+                    f.partition, source.bucket
+                ),
+                format!("arn:{}:s3:::{}/{prefix}current", f.partition, source.bucket),
+            ]),
+        ));
     }
     statements.extend(group_statements(f));
     if !f.target_groups.is_empty() {
@@ -488,6 +502,8 @@ mod tests {
             "aws:ResourceTag/embark:pool",
             "arn:aws:s3:::bucket-b/app/*",
             "arn:aws:s3:::bucket-b/app/ready/*",
+            "arn:aws:s3:::bucket-b/app/failed/*",
+            "arn:aws:s3:::bucket-b/app/current",
             "autoscaling:CompleteLifecycleAction",
             "sns:Publish",
         ] {

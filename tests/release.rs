@@ -429,7 +429,8 @@ http_get = "http://127.0.0.1:{port}/opcache-reset.php"
         format!("release={first} previous= role=web dir={}", dir.display())
     );
 
-    // A failing hook: the switch happened, the report says which hook failed.
+    // A failing hook: the switch happened, the report says which hook failed, and the previous
+    // release is live again with its hooks run again (issue "A bad release never stays live").
     fs::write(tree.path().join("new.php"), "<?php").expect("write");
     let second = push(emu, tree.path(), &src, "v2");
     let run = pull(
@@ -444,14 +445,14 @@ http_get = "http://127.0.0.1:{port}/opcache-reset.php"
     .expect_code(1);
     assert_has(
         &run.stderr(),
-        &format!("switched current to release {second}, but the hook `false` failed: it exited with status 1"),
+        &format!("rolled back to {first}: release {second} failed its switch hook `false`: it exited with status 1"),
     );
     assert_eq!(
         current_release(root.path()).as_deref(),
-        Some(second.as_str())
+        Some(first.as_str())
     );
     let env = fs::read_to_string(&out).expect("hook output");
-    assert_has(&env, &format!("previous={first}"));
+    assert_has(&env, &format!("release={first} previous={second}"));
     assert!(!env.contains("cron-only"), "{env}");
 }
 

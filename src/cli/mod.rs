@@ -265,6 +265,9 @@ pub enum ReleaseCommand {
         /// Stable JSON output
         #[arg(long)]
         json: bool,
+        /// Install the current release even though it failed here or in the fleet before
+        #[arg(long)]
+        retry_failed: bool,
     },
     /// The deploy agent: stage new releases, wait for the fleet barrier, switch (runs until SIGTERM)
     Watch,
@@ -465,7 +468,11 @@ async fn release_command(ctx: &Context, command: &ReleaseCommand) -> Result<(), 
             message,
             sign,
         } => commands::push_release(ctx, dir, to, message, sign.as_deref()).await,
-        ReleaseCommand::Pull { plan, json } => commands::pull_release(ctx, *plan, *json).await,
+        ReleaseCommand::Pull {
+            plan,
+            json,
+            retry_failed,
+        } => commands::pull_release(ctx, *plan, *json, *retry_failed).await,
         ReleaseCommand::Watch => commands::run_agent(ctx, agent_after_poll(ctx)).await,
         ReleaseCommand::Rollback { to, from } => {
             commands::rollback_release(ctx, to.as_deref(), from.as_deref()).await

@@ -9,12 +9,12 @@ use crate::context::Context;
 use crate::error::Error;
 use crate::output::{print_either, say, say_line};
 use crate::release::format::SourceUrl;
-use crate::release::install::{read_target, Pipeline, Planned};
+use crate::release::install::{read_target, Pipeline, Planned, Settings};
 use crate::release::listing::{list, Listing};
 use crate::release::publish::sign::{Signer, SigningKey};
 use crate::release::publish::{push, rollback};
 use crate::release::store::Store;
-use crate::release::{layout, manifest, settings, store_of, trust, ReleaseError};
+use crate::release::{failure, layout, manifest, settings, store_of, trust, ReleaseError};
 
 /// The store a command names with `--to` / `--from`, reached without asking IMDS (a laptop, CI).
 pub async fn standalone_store(ctx: &Context, url: &str) -> Result<Store, ReleaseError> {
@@ -58,10 +58,18 @@ pub async fn push_release(
 }
 
 /// `release pull [--plan] [--json]`.
-pub async fn pull_release(ctx: &Context, plan: bool, json: bool) -> Result<(), Error> {
+pub async fn pull_release(
+    ctx: &Context,
+    plan: bool,
+    json: bool,
+    retry_failed: bool,
+) -> Result<(), Error> {
     let instance = ctx.instance().await?;
     let store = store_of(&instance.aws, &instance.config)?;
-    let settings = settings(&instance.config)?;
+    let settings = Settings {
+        retry_failed,
+        ..settings(&instance.config)?
+    };
     let http = ctx.http_client()?;
     // The same bound as the boot's: a pull run by hand or by a script ends.
     let deadline = instance.config.deadline;
@@ -72,6 +80,7 @@ pub async fn pull_release(ctx: &Context, plan: bool, json: bool) -> Result<(), E
     };
     let pull = async {
         let target = read_target(&store, settings.format).await?;
+        let target = failure::avoid(&store, &settings, target).await?;
         if plan {
             pipeline.plan(&target).await
         } else {

@@ -17,6 +17,9 @@ pub struct Listed {
     pub bytes: u64,
     pub current: bool,
     pub local: bool,
+    /// Recorded as failed at the source: on which instance, why, when.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed: Option<super::failure::FailureRecord>,
 }
 
 #[derive(Debug, Serialize)]
@@ -44,6 +47,18 @@ impl Listing {
                 r.who,
                 r.message
             );
+            if let Some(f) = &r.failed {
+                text += &format!(
+                    "     FAILED on {} at {}: {}{}\n",
+                    f.instance,
+                    f.time,
+                    f.reason,
+                    f.rolled_back_to
+                        .as_deref()
+                        .map(|to| format!(" (rolled back to {to})"))
+                        .unwrap_or_default()
+                );
+            }
         }
         text
     }
@@ -53,9 +68,11 @@ pub async fn list(store: &Store, layout: &Layout) -> Result<Listing, ReleaseErro
     let current = store.read_pointer().await?.map(|(p, _)| p.release);
     let local = layout.local_releases();
     let mut releases = remote_releases(store).await?;
+    let mut failed = super::failure::all(store).await?;
     for r in &mut releases {
         r.current = current.as_deref() == Some(r.release.as_str());
         r.local = local.contains(&r.release);
+        r.failed = failed.remove(&r.release);
     }
     // Newest first; ids sort by the second, `created` by the millisecond.
     releases.sort_by(|a, b| (&b.created, &b.release).cmp(&(&a.created, &a.release)));
@@ -84,6 +101,7 @@ pub async fn remote_releases(store: &Store) -> Result<Vec<Listed>, ReleaseError>
             Ok(Some(Listed {
                 current: false,
                 local: false,
+                failed: None,
                 release: id,
                 created: m.created,
                 who: m.who,

@@ -562,3 +562,72 @@ impl Published {
         pull(emu, &self.inst, self.root.path(), extra)
     }
 }
+
+/// A local HTTP server standing in for the PHP app behind `[health] url`: it answers with the status
+/// written in `<root>/current/health.txt` (200 when there is none, or with no root), as the web
+/// server would serve the live release. Stops when dropped.
+pub struct AppServer {
+    pub url: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl AppServer {
+    pub fn new(root: Option<&Path>) -> AppServer {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let url = format!(
+            "http://127.0.0.1:{}/health.php",
+            listener.local_addr().expect("addr").port()
+        );
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let root = root.map(Path::to_path_buf);
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            // Bounded: ends when the server is dropped, and after ten minutes at the most.
+            let until = Instant::now() + Duration::from_secs(600);
+            while !stopped.load(Ordering::SeqCst) && Instant::now() < until {
+                let mut conn = match listener.accept() {
+                    Ok((conn, _)) => conn,
+                    Err(_) => {
+                        std::thread::sleep(Duration::from_millis(10));
+                        continue;
+                    }
+                };
+                let _ = conn.set_nonblocking(false);
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf);
+                let status: u16 = root
+                    .as_ref()
+                    .and_then(|r| std::fs::read_to_string(r.join("current/health.txt")).ok())
+                    .and_then(|t| t.trim().parse().ok())
+                    .unwrap_or(200);
+                let body = format!("status {status}");
+                let _ = conn.write_all(
+                    format!(
+                        "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                    .as_bytes(),
+                );
+            }
+        });
+        AppServer {
+            url,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for AppServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
