@@ -337,3 +337,80 @@ fn one_instance_failing_validation_brings_the_fleet_back_and_a_newer_push_deploy
         assert_eq!(run.code(), 0, "agent exit\n{}", run.stderr());
     }
 }
+
+#[test]
+fn shared_paths_survive_deploys_and_a_rollback_and_hostile_names_are_refused() {
+    let emu = emulator();
+    let set = Published::new(emu, |t| {
+        fs::create_dir_all(t.join("public/uploads")).expect("mkdir");
+        fs::write(t.join("public/uploads/logo.png"), "logo").expect("write");
+        fs::write(t.join(".env"), "APP_KEY=shipped").expect("write");
+        fs::write(t.join("health.txt"), "200").expect("write");
+    });
+    let app = AppServer::new(Some(set.root.path()));
+    let extra = format!(
+        "shared_dirs = [\"public/uploads\"]\nshared_files = [\".env\"]\n{}",
+        health(&app.url)
+    );
+    set.pull(emu, &extra).expect_code(0);
+    let shared = set.root.path().join("shared");
+    assert_eq!(
+        fs::read_to_string(shared.join("public/uploads/logo.png")).expect("seeded"),
+        "logo"
+    );
+    assert_eq!(
+        fs::read_to_string(shared.join(".env")).expect("seeded"),
+        "APP_KEY=shipped"
+    );
+    fs::write(shared.join("public/uploads/user.jpg"), "upload").expect("write");
+    fs::write(shared.join(".env"), "APP_KEY=real").expect("write");
+    let live = set.root.path().join("current");
+    for i in 2..=4 {
+        fs::write(set.tree.path().join("index.php"), format!("<?php // {i}")).expect("write");
+        let id = set.push(emu, &format!("v{i}"));
+        set.pull(emu, &extra).expect_code(0);
+        assert_eq!(
+            current_release(set.root.path()).as_deref(),
+            Some(id.as_str())
+        );
+        assert_eq!(
+            fs::read_to_string(live.join("public/uploads/user.jpg")).expect("upload"),
+            "upload"
+        );
+        assert_eq!(
+            fs::read_to_string(live.join(".env")).expect(".env"),
+            "APP_KEY=real"
+        );
+    }
+    // Already current: the linked paths are not a "tree that differs".
+    let run = set.pull(emu, &extra).expect_code(0);
+    assert_has(&run.stdout(), "nothing changed");
+    // A release that fails validation is rolled back; the uploads are still served.
+    fs::write(set.tree.path().join("health.txt"), "500").expect("write");
+    set.push(emu, "bad");
+    set.pull(emu, &extra).expect_code(1);
+    assert_eq!(
+        fs::read_to_string(live.join("public/uploads/user.jpg")).expect("upload"),
+        "upload"
+    );
+
+    for bad in [
+        "shared_dirs = [\"/var/www/uploads\"]",
+        "shared_dirs = [\"../outside\"]",
+        "shared_dirs = [\"public/../..\"]",
+        "shared_dirs = [\".\"]",
+        "shared_files = [\"\"]",
+        "shared_dirs = [\"public\"]\nshared_files = [\"public/.env\"]",
+        &format!(
+            "shared_root = \"{}\"",
+            set.root.path().join("releases/x").display()
+        ),
+    ] {
+        let run = set.pull(emu, bad).expect_code(2);
+        assert_has(&run.stderr(), "shared_");
+    }
+    assert_eq!(
+        fs::read_to_string(live.join("public/uploads/user.jpg")).expect("upload"),
+        "upload"
+    );
+}

@@ -26,6 +26,7 @@ use super::layout::{Layout, Lock};
 use super::legacy::Latest;
 use super::manifest::{self, Verified};
 use super::progress::human_bytes;
+use super::shared::Shared;
 use super::store::Store;
 use super::trust::Trust;
 use super::validate::{validate, Validation};
@@ -47,6 +48,8 @@ pub struct Settings {
     pub validation: Option<Validation>,
     /// Install a release even though it failed here or in the fleet before (`--retry-failed`).
     pub retry_failed: bool,
+    /// Paths linked to shared storage while a release is prepared.
+    pub shared: Shared,
 }
 
 /// What an install did (the `--json` of `release pull`, the reports' detail).
@@ -282,7 +285,7 @@ impl Pipeline<'_> {
             Target::Embark(pointer) => pointer,
         };
         let verified = self.manifest(pointer).await?;
-        let staged = present && intact(layout, &id, &verified);
+        let staged = present && intact(layout, &self.settings.shared, &id, &verified);
         if current.as_deref() == Some(id.as_str()) && staged {
             return Ok(Stage::Current(already_current(id)));
         }
@@ -290,7 +293,7 @@ impl Pipeline<'_> {
         if !staged {
             // Where each content already is here: read from every local manifest, so only when
             // needed (a release already staged, as the agent finds it after its barrier, needs none).
-            let local = layout.local_objects();
+            let local = layout.local_objects(|p| self.settings.shared.covers(p));
             let partial = layout.partial(&id);
             let owner = self.settings.owner;
             let filled = fetch::fill(self.store, &id, &verified.nodes, &partial, &local, owner)
@@ -316,6 +319,11 @@ impl Pipeline<'_> {
         let Staged { lock, pulled } = staged;
         let layout = &self.settings.layout;
         let id = &pulled.release;
+        let dir = layout.release(id);
+        if let Err(err) = self.settings.shared.link_into(&dir, self.settings.owner) {
+            layout.record_failed(id, &err.to_string())?;
+            return Err(err);
+        }
         if let Err(err) = self
             .run_hooks(HookPhase::Prepare, id, layout.current().as_deref(), &[])
             .await
@@ -476,7 +484,7 @@ impl Pipeline<'_> {
             Target::Embark(pointer) => pointer,
         };
         let verified = self.manifest(pointer).await?;
-        let staged = present && intact(layout, &id, &verified);
+        let staged = present && intact(layout, &self.settings.shared, &id, &verified);
         if current.as_deref() == Some(id.as_str()) && staged {
             return Ok(Planned::Current(already_current(id)));
         }
@@ -490,7 +498,10 @@ impl Pipeline<'_> {
         } else {
             format!(
                 "{head}: {}",
-                fetch_plan(&verified.nodes, &layout.local_objects())
+                fetch_plan(
+                    &verified.nodes,
+                    &layout.local_objects(|p| self.settings.shared.covers(p)),
+                )
             )
         }))
     }
@@ -584,13 +595,13 @@ fn already_current(release: String) -> Pulled {
 
 /// A release already under `releases/<id>` is used only when its manifest copy is the one the pointer
 /// names and its tree matches that manifest; otherwise it is fetched again.
-fn intact(layout: &Layout, id: &str, verified: &Verified) -> bool {
+fn intact(layout: &Layout, shared: &Shared, id: &str, verified: &Verified) -> bool {
     let copy = fs::read(layout.manifest_copy(id)).map_err(|e| e.to_string());
     let check = copy.and_then(|bytes| {
         if bytes != verified.bytes {
             return Err("its manifest copy is not the one the pointer names".to_string());
         }
-        layout.matches(id, &verified.nodes)
+        layout.matches(id, &shared.kept(&verified.nodes))
     });
     match check {
         Ok(()) => true,

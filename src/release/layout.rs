@@ -187,7 +187,8 @@ impl Layout {
     }
 
     /// Where each content hash can be found in a local release (for incremental pulls).
-    pub fn local_objects(&self) -> HashMap<String, PathBuf> {
+    /// Paths for which `skip` is true are left out (shared paths: not the release's own bytes).
+    pub fn local_objects(&self, skip: impl Fn(&str) -> bool) -> HashMap<String, PathBuf> {
         let mut found = HashMap::new();
         for id in self.local_releases() {
             let Some(nodes) = self.read_manifest_copy(&id).and_then(|m| m.validate().ok()) else {
@@ -196,6 +197,9 @@ impl Layout {
             let base = self.release(&id);
             for node in nodes {
                 if let Node::File { path, sha256, .. } = node {
+                    if skip(&path) {
+                        continue;
+                    }
                     found.entry(sha256).or_insert_with(|| base.join(path));
                 }
             }

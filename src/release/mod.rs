@@ -24,6 +24,7 @@ pub mod manifest;
 pub mod progress;
 pub mod publish;
 pub mod rules;
+pub mod shared;
 pub mod store;
 pub mod trust;
 pub mod unpack;
@@ -81,6 +82,11 @@ pub fn settings(config: &Config) -> Result<Settings, ReleaseError> {
         trust: trust(config)?,
         validation: validation(config),
         retry_failed: false,
+        shared: shared::Shared {
+            root: config.release.shared_root(),
+            dirs: config.release.shared_dirs.clone(),
+            files: config.release.shared_files.clone(),
+        },
     })
 }
 

@@ -129,6 +129,7 @@ fn settings(root: &Path, hooks: Vec<Hook>, keep: usize) -> Settings {
         trust: Trust::default(),
         validation: None,
         retry_failed: false,
+        shared: Default::default(),
     }
 }
 
