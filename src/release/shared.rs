@@ -40,7 +40,7 @@ impl Shared {
     }
 
     /// The nodes a local release still holds as its manifest says.
-    pub fn kept<'a>(&self, nodes: &'a [Node]) -> Vec<Node> {
+    pub fn kept(&self, nodes: &[Node]) -> Vec<Node> {
         nodes
             .iter()
             .filter(|n| !self.covers(n.path()))
