@@ -414,3 +414,65 @@ fn shared_paths_survive_deploys_and_a_rollback_and_hostile_names_are_refused() {
         "upload"
     );
 }
+
+#[test]
+fn a_rollback_killed_at_any_point_is_completed_by_the_next_run() {
+    let emu = emulator();
+    let set = Published::new(emu, |t| {
+        fs::write(t.join("health.txt"), "200").expect("write");
+    });
+    let app = AppServer::new(Some(set.root.path()));
+    let dir = set.root.path();
+    let (log, kill_switch, kill_failure) = (
+        dir.join("hooks.log"),
+        dir.join("kill-in-switch-hook"),
+        dir.join("kill-in-failure-hook"),
+    );
+    let v1 = set.first.clone();
+    // Each kill file makes its hook SIGKILL embark once (the hook's parent), mid-rollback.
+    let extra = format!(
+        r#"
+[[release.hooks]]
+run = ["sh", "-c", "if [ $EMBARK_RELEASE = {v1} ] && [ -f {ks} ]; then rm {ks}; kill -9 $PPID; sleep 5; fi; echo switch $EMBARK_RELEASE >> {log}"]
+[[release.hooks]]
+phase = "failure"
+run = ["sh", "-c", "if [ -f {kf} ]; then rm {kf}; kill -9 $PPID; sleep 5; fi; echo failure $EMBARK_FAILED_RELEASE >> {log}"]
+{health}"#,
+        ks = kill_switch.display(),
+        kf = kill_failure.display(),
+        log = log.display(),
+        health = health(&app.url)
+    );
+    set.pull(emu, &extra).expect_code(0);
+    fs::write(set.tree.path().join("health.txt"), "500").expect("write");
+    let v2 = set.push(emu, "bad");
+    let state = || fs::read_to_string(dir.join(".embark/state.json")).expect("state");
+
+    // Killed while the previous release's switch hooks run again (the link is back on v1).
+    fs::write(&kill_switch, "").expect("write");
+    let run = set.pull(emu, &extra);
+    assert_ne!(run.code(), 0, "{}", run.stderr());
+    assert_eq!(current_release(dir).as_deref(), Some(v1.as_str()));
+    assert_has(&state(), "rollback");
+    let run = set.pull(emu, &extra).expect_code(1);
+    assert_has(&run.stderr(), &format!("release {v2} failed here at"));
+    assert_eq!(current_release(dir).as_deref(), Some(v1.as_str()));
+    assert!(!state().contains("rollback"), "{}", state());
+    assert_eq!(
+        lines(&log)[lines(&log).len() - 2..],
+        [format!("switch {v1}"), format!("failure {v2}")]
+    );
+
+    // Killed in the failure hook: the next run runs it (at least once) and clears the record.
+    fs::write(&kill_failure, "").expect("write");
+    let run = Embark::new(emu, &set.inst)
+        .config(&format!("[release]\nroot = \"{}\"\n{extra}", dir.display()))
+        .run(&["release", "pull", "--retry-failed"]);
+    assert_ne!(run.code(), 0, "{}", run.stderr());
+    assert_eq!(current_release(dir).as_deref(), Some(v1.as_str()));
+    assert_has(&state(), "rollback");
+    set.pull(emu, &extra).expect_code(1);
+    assert!(!state().contains("rollback"), "{}", state());
+    assert_eq!(lines(&log).last(), Some(&format!("failure {v2}")));
+    assert_eq!(current_release(dir).as_deref(), Some(v1.as_str()));
+}

@@ -333,3 +333,52 @@ async fn a_manifest_that_names_another_release_is_refused_before_anything_is_wri
     assert!(layout.local_releases().is_empty());
     assert_eq!(leftovers(layout), Vec::<String>::new());
 }
+
+#[tokio::test]
+async fn a_rollback_interrupted_before_the_link_moved_back_is_completed_by_begin() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("hooks.log");
+    let failure = Hook {
+        phase: HookPhase::Failure,
+        run: Some(vec![
+            "sh".into(),
+            "-c".into(),
+            format!("echo failure $EMBARK_FAILED_RELEASE >> {}", log.display()),
+        ]),
+        ..logging_hook(&log)
+    };
+    let settings = settings(
+        &dir.path().join("app"),
+        vec![logging_hook(&log), failure],
+        3,
+    );
+    let layout = &settings.layout;
+    drop(layout.prepare().unwrap());
+    install_locally(layout, OLD, &[("index.php", b"old")]);
+    install_locally(layout, NEW, &[("index.php", b"new")]);
+    // What `roll_back` writes first; the process died before the link moved.
+    layout
+        .begin_rollback(&Rollback {
+            from: NEW.into(),
+            to: OLD.into(),
+            reason: "failed validation: HTTP 500".into(),
+        })
+        .unwrap();
+    assert_eq!(layout.current().as_deref(), Some(NEW));
+    let store = Source::new().store();
+    let http = http();
+    let pipeline = Pipeline {
+        store: &store,
+        settings: &settings,
+        http: &http,
+    };
+    drop(pipeline.begin().await.unwrap());
+    assert_eq!(layout.current().as_deref(), Some(OLD));
+    assert_eq!(
+        fs::read_to_string(&log).unwrap(),
+        format!("{OLD}\nfailure {NEW}\n")
+    );
+    assert_eq!(layout.state().rollback, None);
+    assert_eq!(layout.state().hooks_due, None);
+    assert!(layout.failures().contains_key(NEW));
+}
