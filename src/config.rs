@@ -1075,14 +1075,24 @@ fn describe(path: &Path, text: &str, err: &toml::de::Error) -> ConfigError {
         let expected: Vec<&str> = rest.split('`').skip(2).step_by(2).collect();
         let section = line.and_then(|n| section_of(text, n));
         let hint = nearest(&unknown, &expected).map(|n| format!("did you mean `{n}`?"));
-        let place = section
-            .map(|s| format!(" in [{s}]"))
-            .unwrap_or_else(|| " at the top level".to_string());
+        // `[frobnicate]` is reported on its own header line: an unknown section, not a key in it.
+        let is_section = section.as_deref() == Some(unknown.as_str())
+            && line
+                .and_then(|n| text.lines().nth(n.saturating_sub(1)))
+                .is_some_and(|l| l.trim_start().starts_with('['));
+        let message = if is_section {
+            "unknown section".to_string()
+        } else {
+            let place = section
+                .map(|s| format!(" in [{s}]"))
+                .unwrap_or_else(|| " at the top level".to_string());
+            format!("unknown key{place}")
+        };
         return ConfigError::Invalid {
             path: path.to_path_buf(),
             line,
             key: Some(unknown),
-            message: format!("unknown key{place}"),
+            message,
             hint,
         };
     }

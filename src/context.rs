@@ -96,6 +96,17 @@ impl Context {
         Ok(self.instance_of(identity, aws)?)
     }
 
+    /// [`Context::instance`] for a command that can also run without one (a workstation, CI): IMDS
+    /// is asked for `deadline` at most, not the boot's `imds_deadline`.
+    pub async fn instance_within(
+        &self,
+        deadline: std::time::Duration,
+    ) -> Result<Instance, ContextError> {
+        let imds = Imds::new(self.http.clone(), deadline.min(self.config.imds_deadline));
+        let (identity, aws) = identity::identify(&imds, self.http.clone()).await?;
+        Ok(self.instance_of(identity, aws)?)
+    }
+
     /// The configuration with `identity`'s group tags applied.
     pub fn instance_of(&self, identity: Identity, aws: Aws) -> Result<Instance, ConfigError> {
         let mut config = self.config.clone();

@@ -28,6 +28,19 @@ fn unknown_key_names_line_key_and_nearest() {
 }
 
 #[test]
+fn an_unknown_section_is_called_a_section() {
+    rejected(
+        "deadline = \"10m\"\n\n[helth]\nurl = \"http://127.0.0.1/\"\n",
+        &[
+            "line 3",
+            "`helth`",
+            "unknown section",
+            "did you mean `health`",
+        ],
+    );
+}
+
+#[test]
 fn wrong_type_names_line_and_key() {
     rejected(
         "[release]\nkeep = \"three\"\n",

@@ -1000,3 +1000,35 @@ fn write_temp(dir: &Path, name: &str, bytes: &[u8]) -> String {
     fs::write(&p, bytes).expect("write");
     p.display().to_string()
 }
+
+#[test]
+fn a_push_to_a_bucket_without_a_prefix_says_where_the_release_goes() {
+    let emu = emulator();
+    let bucket = unique("root");
+    emu.bucket(&bucket);
+    let tree = tempfile::tempdir().expect("tree");
+    fs::write(tree.path().join("index.php"), "<?php").expect("write");
+    let url = format!("s3://{bucket}");
+    let run = emu
+        .workstation()
+        .run(&["release", "push", path(tree.path()), "--to", &url])
+        .expect_code(0);
+    assert_has(&run.stderr(), "names no prefix");
+    assert_has(&run.stdout(), "1 file (");
+    assert_has(&run.stdout(), "1 new object (");
+    assert!(emu.s3_keys(&bucket).contains(&"current".to_string()));
+}
+
+#[test]
+fn workstation_commands_without_a_source_ask_imds_briefly_and_name_the_way_out() {
+    for args in [
+        &["release", "list"][..],
+        &["release", "verify"],
+        &["release", "rollback"],
+    ] {
+        let run = Embark::offline().run(args).expect_code(2);
+        let err = run.stderr();
+        assert_has(&err, "within 3s");
+        assert_has(&err, "--from s3://bucket/prefix");
+    }
+}

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use crate::aws::Aws;
 use crate::config::Config;
-use crate::context::Context;
+use crate::context::{Context, ContextError};
 use crate::error::Error;
 use crate::output::{print_either, say, say_line};
 use crate::release::format::SourceUrl;
@@ -23,13 +23,25 @@ pub async fn standalone_store(ctx: &Context, url: &str) -> Result<Store, Release
     Ok(Store::new(&aws, source))
 }
 
+/// How long a command that can run without an instance (`release list`, `verify`, `rollback`) asks
+/// IMDS for the instance's source before saying how to name one.
+const WORKSTATION_IMDS: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// The store `--from URL` names (reached without IMDS, with the file's settings), else the instance's
 /// source (its tags on the file's settings).
 async fn store_from(ctx: &Context, from: Option<&str>) -> Result<(Store, Config), Error> {
     Ok(match from {
         Some(url) => (standalone_store(ctx, url).await?, ctx.config.clone()),
         None => {
-            let instance = ctx.instance().await?;
+            let instance = match ctx.instance_within(WORKSTATION_IMDS).await {
+                Ok(instance) => instance,
+                Err(ContextError::Identity(err)) => {
+                    return Err(Error::Usage(format!(
+                        "{err}; not on an EC2 instance? Name the source with --from s3://bucket/prefix (its region from AWS_REGION or [release] region)"
+                    )))
+                }
+                Err(err) => return Err(err.into()),
+            };
             (store_of(&instance.aws, &instance.config)?, instance.config)
         }
     })
@@ -45,6 +57,11 @@ pub async fn push_release(
 ) -> Result<(), Error> {
     let key = sign.map(SigningKey::parse).transpose()?;
     let source = SourceUrl::parse(to).map_err(ReleaseError::Usage)?;
+    if source.prefix.is_empty() {
+        tracing::warn!(
+            "{source} names no prefix: the release is published at the bucket's root (`current`, `releases/`, `objects/`); name one, such as {source}/app, to keep applications apart"
+        );
+    }
     let aws = Aws::load_standalone(ctx.http.clone()).await;
     let signer = key.map(|key| {
         let kms =

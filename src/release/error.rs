@@ -15,6 +15,9 @@ pub enum ReleaseError {
     /// This machine's disk is full.
     #[error("no space left on the device while {action} {}: free some space (or lower [release] keep) and run `embark release pull` again", path.display())]
     NoSpace { action: String, path: PathBuf },
+    /// A local file system is mounted read-only.
+    #[error("cannot {action} {}: the file system is read-only: put [release] root (and the state dir) on a writable file system, or remount it read-write", path.display())]
+    ReadOnly { action: String, path: PathBuf },
     /// Reading or writing a local file failed.
     #[error("cannot {action} {}: {source}", path.display())]
     Io {
@@ -124,6 +127,11 @@ pub fn io_failed(action: &str, path: &std::path::Path, err: &std::io::Error) -> 
             action: action.to_string(),
             path: path.to_path_buf(),
         }
+    } else if err.raw_os_error() == Some(nix::libc::EROFS) {
+        ReleaseError::ReadOnly {
+            action: infinitive(action),
+            path: path.to_path_buf(),
+        }
     } else {
         ReleaseError::Io {
             action: infinitive(action),
@@ -178,6 +186,14 @@ mod tests {
             let text = io_failed(action, path, &denied).to_string();
             assert!(text.starts_with(expected), "{action}: {text}");
         }
+        let read_only = std::io::Error::from_raw_os_error(nix::libc::EROFS);
+        let text = io_failed("creating", path, &read_only).to_string();
+        assert!(
+            text.starts_with(
+                "cannot create /var/www/app: the file system is read-only: put [release] root"
+            ),
+            "{text}"
+        );
         let full = std::io::Error::from_raw_os_error(nix::libc::ENOSPC);
         let text = io_failed("writing", path, &full).to_string();
         assert!(

@@ -185,8 +185,9 @@ impl Store {
             ));
         match err.code() {
             Some("NoSuchBucket") => ReleaseError::Failed(format!(
-                "{err}: the bucket {} does not exist (or is not reachable with these credentials)",
-                self.source.bucket
+                "{err}: the bucket {} does not exist (or is not reachable with these credentials): check the bucket's name in the source, its region (`[release] region`, asked in {}), and that the credentials belong to the account that owns it",
+                self.source.bucket,
+                self.region()
             )),
             _ => err.into(),
         }

@@ -38,11 +38,11 @@ pub struct Pushed {
 impl Pushed {
     pub fn human(&self, source: &str) -> String {
         format!(
-            "pushed release {} to {source}: {} files ({}); uploaded {} new objects ({}) and the bundle ({}); it is now current\n",
+            "pushed release {} to {source}: {} ({}); uploaded {} ({}) and the bundle ({}); it is now current\n",
             self.release,
-            self.files,
+            crate::output::count(self.files, "file", "files"),
             human_bytes(self.bytes),
-            self.uploaded_objects,
+            crate::output::count(self.uploaded_objects as u64, "new object", "new objects"),
             human_bytes(self.uploaded_bytes),
             human_bytes(self.bundle_bytes)
         )
@@ -423,11 +423,15 @@ async fn upload_objects(
         })
         .collect();
     let total: u64 = missing.iter().map(|m| m.2).sum();
-    tracing::info!(
-        "{} of the release's objects are new ({}); uploading them",
-        missing.len(),
-        human_bytes(total)
-    );
+    match missing.len() {
+        0 => tracing::info!("every object of the release is at the source already"),
+        n => tracing::info!(
+            "{} new ({}); uploading {}",
+            crate::output::count(n as u64, "object is", "objects are"),
+            human_bytes(total),
+            if n == 1 { "it" } else { "them" }
+        ),
+    }
     let progress = Mutex::new(Progress::new("uploading objects", total));
     let count = missing.len();
     stream::iter(missing.iter().map(Ok))
