@@ -34,7 +34,8 @@ gets() {  # bytes of every GET since the log was cleared, by kind
         def kind: if (.path | test("/objects/")) then "objects"
                   elif (.path | endswith("/current")) then "pointer"
                   elif (.path | endswith("manifest.delta.zst")) then "delta"
-                  elif (.path | endswith("manifest.json")) then "manifest" else .path end;
+                  elif (.path | endswith("manifest.json")) then "manifest"
+                  elif (.path | test("/failed/")) then "failure-record" else .path end;
         group_by(kind) | map("\(.[0] | kind)=\(map(.bytes_out) | add)") | join(" ")'
 }
 total() { curl -sf "$endpoint/_embark/requests?operation=GetObject" | jq '[.[].bytes_out] | add // 0'; }

@@ -108,6 +108,21 @@ pub async fn run(ctx: &Context, options: &Options) -> Result<(), Error> {
     }
 }
 
+/// The configuration does not load (a syntax error, an unknown key): the boot still identifies the
+/// instance with every default and applies the failure policy (ABANDON, or Unhealthy) with the
+/// configuration's error as the reason, and writes its report, so that the group replaces the
+/// instance now instead of at the lifecycle hook's timeout. `ctx` holds the defaults; `broken` is the
+/// error (exit 2).
+pub async fn run_unconfigured(
+    ctx: &Context,
+    options: &Options,
+    broken: Error,
+) -> Result<(), Error> {
+    let mut boot = Boot::new(ctx, options);
+    let known = boot.identify().await.ok().map(Box::new);
+    boot.finish_early(EarlyFailure { err: broken, known }).await
+}
+
 /// A boot under way: its options, its report, and what it learnt about the lifecycle action.
 struct Boot<'a> {
     ctx: &'a Context,
@@ -272,42 +287,38 @@ impl<'a> Boot<'a> {
     }
 
     /// EIP, EFS and the release's fetch and verification need nothing from each other: they run at
-    /// once, each bounded and timed as its own step, and the first failure cancels the others (their
-    /// work is dropped; a half-staged release is a partial directory the next pull removes). Only the
-    /// switch and its hooks wait, for the mounts. The release step's time is its fetch plus its switch.
+    /// once, each bounded and timed as its own step. A failure does not cancel the others: a step
+    /// that has changed the world (an address bound, a file system mounted) finishes within its own
+    /// deadline and is reported with what it did, never as not run. Only the switch and its hooks
+    /// wait, for the mounts. The release step's time is its fetch plus its switch.
     async fn overlapped(&mut self, instance: &Instance) -> Result<(), (Step, Error)> {
         let http = self
             .ctx
             .http_client()
             .map_err(|e| (Step::Release, Error::from(e)))?;
         let this = &*self;
-        let eip = async {
-            let work = this.step_outcome(Step::Eip, instance);
-            split(Step::Eip, this.timed(Step::Eip, instance, work).await)
+        let eip = this.timed(Step::Eip, instance, this.step_outcome(Step::Eip, instance));
+        let efs = this.timed(Step::Efs, instance, this.step_outcome(Step::Efs, instance));
+        let stage = this.timed(Step::Release, instance, async {
+            release::stage(instance, &http).await.map_err(Error::from)
+        });
+        let ((eip_took, eip), (efs_took, efs), (staging, staged)) = tokio::join!(eip, efs, stage);
+        let mut first = None;
+        for (step, took, result) in [(Step::Eip, eip_took, eip), (Step::Efs, efs_took, efs)] {
+            if let Err(err) = self.finished(step, instance, took, result) {
+                first.get_or_insert((step, err));
+            }
+        }
+        let staged = match staged {
+            Ok(staged) => staged,
+            Err(err) => {
+                let err = self.failed(Step::Release, instance, staging, err);
+                return Err(first.unwrap_or((Step::Release, err)));
+            }
         };
-        let efs = async {
-            let work = this.step_outcome(Step::Efs, instance);
-            split(Step::Efs, this.timed(Step::Efs, instance, work).await)
-        };
-        let stage = async {
-            let work = async { release::stage(instance, &http).await.map_err(Error::from) };
-            split(
-                Step::Release,
-                this.timed(Step::Release, instance, work).await,
-            )
-        };
-        let ((eip_took, eip), (efs_took, efs), (staging, staged)) =
-            match tokio::try_join!(eip, efs, stage) {
-                Ok(all) => all,
-                Err(failed) => {
-                    let (step, elapsed, err) = *failed;
-                    return Err((step, self.failed(step, instance, elapsed, err)));
-                }
-            };
-        self.finished(Step::Eip, instance, eip_took, Ok(eip))
-            .map_err(|e| (Step::Eip, e))?;
-        self.finished(Step::Efs, instance, efs_took, Ok(efs))
-            .map_err(|e| (Step::Efs, e))?;
+        if let Some(failed) = first {
+            return Err(failed);
+        }
         let work = async {
             let done = release::switch(staged, &http).await?;
             Ok(Box::new(done) as Box<dyn Reported + Send>)
@@ -605,19 +616,6 @@ async fn bounded<T>(
             humantime::format_duration(limit)
         ))),
     }
-}
-
-/// A step that failed, how long it ran, and why.
-type StepFailure = (Step, Duration, Error);
-
-/// A timed step's result, its failure carrying the step and the time it took (for `try_join!`).
-fn split<T>(
-    step: Step,
-    (elapsed, result): (Duration, Result<T, Error>),
-) -> Result<(Duration, T), Box<StepFailure>> {
-    result
-        .map(|value| (elapsed, value))
-        .map_err(|err| Box::new((step, elapsed, err)))
 }
 
 fn indent(text: &str) -> String {

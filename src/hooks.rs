@@ -1,9 +1,10 @@
 //! Hooks: argv commands (no shell) and HTTP GETs (the opcache reset pattern), run after a release's
 //! switch and, as stop hooks, when an instance drains.
 
-use std::os::fd::AsFd;
 use std::path::Path;
 use std::process::Stdio;
+
+use tokio::io::AsyncReadExt;
 
 use crate::config::Hook;
 
@@ -59,11 +60,9 @@ async fn run_command(hook: &Hook, argv: &[String], env: &HookEnv<'_>) -> Result<
         .current_dir(env.dir)
         .envs(env.vars.iter().map(|(k, v)| (*k, v.as_str())))
         .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .kill_on_drop(true);
-    // The hook's output goes to our stderr (the boot log); stdout stays embark's report.
-    if let Ok(err) = std::io::stderr().as_fd().try_clone_to_owned() {
-        command.stdout(Stdio::from(err));
-    }
     if let Some(user) = &hook.user {
         let (uid, gid) =
             crate::command::resolve_owner(user).map_err(|why| format!("its user names {why}"))?;
@@ -72,19 +71,97 @@ async fn run_command(hook: &Hook, argv: &[String], env: &HookEnv<'_>) -> Result<
     let mut child = command
         .spawn()
         .map_err(|e| format!("cannot start {program}: {e}"))?;
-    match tokio::time::timeout(hook.timeout, child.wait()).await {
-        Ok(Ok(status)) if status.success() => Ok(()),
-        Ok(Ok(status)) => Err(match status.code() {
-            Some(code) => format!("it exited with status {code}"),
-            None => format!("it was killed ({status})"),
-        }),
-        Ok(Err(err)) => Err(format!("waiting for it failed: {err}")),
+    // The hook's output goes to our stderr (the boot log), line by line; stdout stays embark's
+    // report. The end of its stderr is kept for the error.
+    let name = describe(hook);
+    let out = child
+        .stdout
+        .take()
+        .map(|o| relay(o, name.clone(), "stdout"));
+    let err = child.stderr.take().map(|e| relay(e, name, "stderr"));
+    let relays = async {
+        let (_, tail) = tokio::join!(
+            async {
+                if let Some(out) = out {
+                    out.await;
+                }
+            },
+            async {
+                match err {
+                    Some(err) => err.await,
+                    None => String::new(),
+                }
+            }
+        );
+        tail
+    };
+    let waited = async {
+        let status = child.wait().await;
+        // Bounded: a process the hook left running in the background may hold its pipes open.
+        let tail = tokio::time::timeout(RELAY_AFTER_EXIT, relays)
+            .await
+            .unwrap_or_default();
+        (status, tail)
+    };
+    let result = match tokio::time::timeout(hook.timeout, waited).await {
+        Ok((Ok(status), _)) if status.success() => return Ok(()),
+        Ok((Ok(status), tail)) => (
+            match status.code() {
+                Some(code) => format!("it exited with status {code}"),
+                None => format!("it was killed ({status})"),
+            },
+            tail,
+        ),
+        Ok((Err(err), tail)) => (format!("waiting for it failed: {err}"), tail),
         Err(_) => {
             let _ = child.kill().await;
-            Err(format!(
-                "it did not finish within {}; killed",
-                humantime::format_duration(hook.timeout)
-            ))
+            (
+                format!(
+                    "it did not finish within {}; killed",
+                    humantime::format_duration(hook.timeout)
+                ),
+                String::new(),
+            )
+        }
+    };
+    Err(match result {
+        (why, tail) if tail.trim().is_empty() => why,
+        (why, tail) => format!("{why}; its stderr ended with: {}", tail.trim_end()),
+    })
+}
+
+/// How long a hook's output is still read after it exited.
+const RELAY_AFTER_EXIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// The end of a hook's stderr kept for its error, and the longest line relayed whole.
+const TAIL: usize = 2048;
+const LINE: usize = 16 << 10;
+
+/// Relays `stream` line by line; returns its last [`TAIL`] bytes (at a character boundary).
+async fn relay(
+    stream: impl tokio::io::AsyncRead + Unpin,
+    hook: String,
+    which: &'static str,
+) -> String {
+    use tokio::io::AsyncBufReadExt;
+    let mut reader = tokio::io::BufReader::new(stream);
+    let mut tail: Vec<u8> = Vec::new();
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match (&mut reader)
+            .take(LINE as u64)
+            .read_until(b'\n', &mut line)
+            .await
+        {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        let text = String::from_utf8_lossy(&line);
+        crate::output::hook_line(&hook, which, text.trim_end_matches(['\n', '\r']));
+        tail.extend_from_slice(&line);
+        if tail.len() > TAIL {
+            tail.drain(..tail.len() - TAIL);
         }
     }
+    String::from_utf8_lossy(&tail).into_owned()
 }

@@ -14,8 +14,12 @@ pub enum LogFormat {
     Json,
 }
 
+/// The format chosen at start-up, for output that is not a log event of embark's own (hook output).
+static FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
+
 /// `verbosity`: -1 quiet, 0 default, 1 `-v`, 2+ `-vv`.
 pub fn init_logging(format: LogFormat, verbosity: i8) {
+    let _ = FORMAT.set(format);
     let own = match verbosity {
         i8::MIN..=-1 => "warn",
         0 => "info",
@@ -121,6 +125,15 @@ where
             text.push('\n');
             let _ = std::io::stderr().lock().write_all(text.as_bytes());
         }
+    }
+}
+
+/// One line a hook wrote: as it is for people (the hook speaks for itself in the boot log), or a JSON
+/// line naming the hook and the stream, so that every line on stderr parses.
+pub fn hook_line(hook: &str, stream: &'static str, line: &str) {
+    match FORMAT.get() {
+        Some(LogFormat::Json) => tracing::info!(hook, stream, "{line}"),
+        _ => eprintln!("{line}"),
     }
 }
 

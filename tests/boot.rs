@@ -819,3 +819,71 @@ fn a_failing_address_step_cancels_the_release_and_switches_nothing() {
     assert_eq!(report["steps"][1]["outcome"], "failed");
     assert_eq!(report["steps"][5]["outcome"], "not_run");
 }
+
+#[test]
+fn a_config_file_that_does_not_load_abandons_at_once_and_status_still_reads_the_report() {
+    let emu = emulator();
+    let name = unique("badconf");
+    emu.seed(json!({"name": name, "pool_size": 1, "lifecycle_hook": true}));
+    let inst = emu.launch_one(json!({"group": name}));
+    let state = tempfile::tempdir().expect("state");
+    let broken = "[eip]\npooll = \"web\"\n";
+    let run = Embark::new(emu, &inst)
+        .config(broken)
+        .env("EMBARK_STATE_DIR", state.path())
+        .run(&["boot"])
+        .expect_code(2);
+    assert_has(&run.stderr(), "did you mean `pool`");
+    // The group replaces the instance now, not at the hook's timeout.
+    assert_eq!(the_action(emu, &inst.id)["result"], "ABANDON");
+    let status = Embark::new(emu, &inst)
+        .config(broken)
+        .env("EMBARK_STATE_DIR", state.path())
+        .run(&["status", "--json"]);
+    let report: Value = serde_json::from_str(&status.stdout()).expect("status JSON");
+    assert_eq!(report["instance_id"], inst.id.as_str(), "{report}");
+    let error = report["error"].as_str().unwrap_or_default();
+    assert!(error.contains("pooll"), "{error}");
+    assert!(error.contains("ABANDON"), "{error}");
+}
+
+/// Issue "What a new operator still trips on", item 1: the release fails (nothing published) while
+/// the address is being bound; the boot must not report the EIP step as not run when it bound one.
+#[test]
+fn a_failing_release_does_not_hide_an_address_bound_beside_it() {
+    let emu = emulator();
+    let name = unique("hide");
+    emu.seed(
+        json!({"name": name, "pool_size": 2, "lifecycle_hook": false,
+                    "group_tags": {"embark:eip-pool": name,
+                                   "embark:release": format!("s3://{name}-deploy/empty")}}),
+    );
+    let inst = emu.launch_one(json!({"group": name}));
+    emu.fault(
+        json!({"service": "ec2", "operation": "AssociateAddress", "latency_ms": 800,
+                     "params": {"InstanceId": inst.id}}),
+    );
+    let root = tempfile::tempdir().expect("root");
+    let state = tempfile::tempdir().expect("state");
+    let config = format!(
+        "[release]\nroot = \"{}\"\n[health]\non_failure = \"keep\"\n",
+        root.path().display()
+    );
+    let run = on(emu, &inst, state.path(), &config)
+        .run(&["boot"])
+        .expect_code(1);
+    assert_has(&run.stderr(), "no release has been published");
+    let bound: Vec<Value> = emu
+        .addresses(&name)
+        .into_iter()
+        .filter(|a| a["instance_id"] == inst.id.as_str())
+        .collect();
+    assert_eq!(bound.len(), 1, "{bound:?}");
+    let report = status_json(on(emu, &inst, state.path(), &config));
+    let eip = &report["steps"][1];
+    assert_eq!(eip["name"], "eip", "{report}");
+    assert_eq!(eip["outcome"], "ok", "{report}");
+    let ip = bound[0]["public_ip"].as_str().expect("public ip");
+    assert_has(eip["detail"].as_str().unwrap_or_default(), ip);
+    assert_eq!(report["steps"][3]["outcome"], "failed", "{report}");
+}

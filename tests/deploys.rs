@@ -476,3 +476,45 @@ run = ["sh", "-c", "if [ -f {kf} ]; then rm {kf}; kill -9 $PPID; sleep 5; fi; ec
     assert_eq!(lines(&log).last(), Some(&format!("failure {v2}")));
     assert_eq!(current_release(dir).as_deref(), Some(v1.as_str()));
 }
+
+#[test]
+fn hook_output_is_relayed_as_json_lines_and_a_failure_quotes_its_stderr() {
+    let emu = emulator();
+    let set = Published::new(emu, |t| {
+        fs::write(t.join("index.php"), "<?php").expect("write");
+    });
+    let extra = "[[release.hooks]]\nrun = [\"sh\", \"-c\", \"echo cache cleared; echo 'PHP Fatal error: config missing' >&2; exit 3\"]\n";
+    let run = Embark::new(emu, &set.inst)
+        .config(&format!(
+            "[release]\nroot = \"{}\"\n{extra}",
+            set.root.path().display()
+        ))
+        .run(&["--log-format", "json", "release", "pull"])
+        .expect_code(1);
+    let err = run.stderr();
+    let lines: Vec<Value> = err
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let hook_lines: Vec<(&str, &str)> = lines
+        .iter()
+        .filter(|l| l.get("hook").is_some())
+        .map(|l| {
+            (
+                l["stream"].as_str().unwrap_or_default(),
+                l["message"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert!(hook_lines.contains(&("stdout", "cache cleared")), "{err}");
+    assert!(
+        hook_lines.contains(&("stderr", "PHP Fatal error: config missing")),
+        "{err}"
+    );
+    let last = lines.last().expect("a final error");
+    assert_has(
+        last["message"].as_str().unwrap_or_default(),
+        "exited with status 3; its stderr ended with: PHP Fatal error: config missing",
+    );
+}

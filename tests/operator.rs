@@ -120,6 +120,30 @@ fn version_names_the_commit() {
 }
 
 #[test]
+fn a_usage_error_with_json_logs_is_one_json_line() {
+    let run = Embark::offline()
+        .run(&["--log-format", "json", "release", "pull", "--no-such-flag"])
+        .expect_code(2);
+    let err = run.stderr();
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    let value: Value = serde_json::from_str(lines[0]).unwrap_or_else(|e| panic!("{e}: {err}"));
+    assert_eq!(value["exit_code"], json!(2), "{value}");
+    assert!(
+        value["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("--no-such-flag"),
+        "{value}"
+    );
+    // For people, clap's own words, unchanged.
+    let run = Embark::offline()
+        .run(&["release", "pull", "--no-such-flag"])
+        .expect_code(2);
+    assert!(run.stderr().contains("Usage:"), "{}", run.stderr());
+}
+
+#[test]
 fn json_logs_are_json_on_every_line_the_final_error_included() {
     let run = Embark::offline()
         .config("imds_deadline = \"5s\"\n")

@@ -9,7 +9,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::boot;
 use crate::config::{Config, ConfigPath};
-use crate::context::Context;
+use crate::context::{Context, ContextError};
 use crate::error::Error;
 use crate::identity::Identity;
 use crate::output::{print_either, say, say_line, LogFormat};
@@ -364,7 +364,19 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
                 plan: *plan,
                 plan_steps: plan_steps.clone(),
             };
-            boot::run(&load()?, &options).await?
+            match load() {
+                Ok(ctx) => boot::run(&ctx, &options).await?,
+                Err(ContextError::Config(broken)) => {
+                    let mut defaults = Config::default();
+                    if let Some(dir) = &cli.state_dir {
+                        defaults.state_dir = dir.clone();
+                    }
+                    let source = crate::config::Source::Defaults(config_path.path.clone());
+                    let ctx = Context::with_config(defaults, source)?;
+                    boot::run_unconfigured(&ctx, &options, broken.into()).await?
+                }
+                Err(err) => return Err(err.into()),
+            }
         }
         Command::Health => {
             let ctx = load()?;
@@ -373,7 +385,15 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
             say_line(&done.detail());
         }
         Command::Status { json } => {
-            let (mut config, _) = Config::load(&config_path)?;
+            // The report is read even when the configuration does not load (a boot that failed on
+            // it wrote one): only the state dir is needed.
+            let mut config = match Config::load(&config_path) {
+                Ok((config, _)) => config,
+                Err(err) => {
+                    tracing::warn!("{err}; reading the status with the default state dir");
+                    Config::default()
+                }
+            };
             if let Some(dir) = &cli.state_dir {
                 config.state_dir = dir.clone();
             }
