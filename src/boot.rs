@@ -108,7 +108,7 @@ pub async fn run(ctx: &Context, options: &Options) -> Result<(), Error> {
     }
 }
 
-/// The configuration does not load (a syntax error, an unknown key): the boot still identifies the
+/// The configuration file does not parse (a syntax error, an unknown key): the boot still identifies the
 /// instance with every default and applies the failure policy (ABANDON, or Unhealthy) with the
 /// configuration's error as the reason, and writes its report, so that the group replaces the
 /// instance now instead of at the lifecycle hook's timeout. `ctx` holds the defaults; `broken` is the

@@ -1032,3 +1032,45 @@ fn workstation_commands_without_a_source_ask_imds_briefly_and_name_the_way_out()
         assert_has(&err, "--from s3://bucket/prefix");
     }
 }
+
+#[test]
+fn a_warm_pull_where_everything_changed_takes_the_bundle_and_says_why() {
+    let emu = emulator();
+    let set = Published::new(emu, |t| small_tree(t, 200));
+    set.pull(emu, "").expect_code(0);
+    for i in 0..200 {
+        let p = set
+            .tree
+            .path()
+            .join(format!("vendor/pkg{}/f{i}.php", i % 7));
+        fs::write(p, format!("<?php // v2 {i}\n").repeat(20 + i)).expect("write");
+    }
+    let v2 = set.push(emu, "everything changed");
+    let plan = Embark::new(emu, &set.inst)
+        .config(&format!(
+            "[release]\nroot = \"{}\"\n",
+            set.root.path().display()
+        ))
+        .run(&["release", "pull", "--plan"])
+        .expect_code(0);
+    assert_has(
+        &plan.stdout(),
+        "fetch the bundle (200 of 200 files changed: one GET of the bundle",
+    );
+    let before = emu.s3_requests(&set.src.bucket, "GetObject").len();
+    let run = set.pull(emu, "").expect_code(0);
+    assert_has(&run.stdout(), "fetched the bundle");
+    let gets: Vec<String> = emu.s3_requests(&set.src.bucket, "GetObject")[before..]
+        .iter()
+        .filter_map(|r| r["path"].as_str().map(str::to_string))
+        .collect();
+    assert!(!gets.iter().any(|p| p.contains("/objects/")), "{gets:?}");
+    assert_eq!(
+        gets.iter()
+            .filter(|p| p.ends_with("bundle.tar.zst"))
+            .count(),
+        1,
+        "{gets:?}"
+    );
+    assert_eq!(verify_current(set.root.path()), v2);
+}

@@ -366,7 +366,9 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
             };
             match load() {
                 Ok(ctx) => boot::run(&ctx, &options).await?,
-                Err(ContextError::Config(broken)) => {
+                // A file that is there but does not parse: the instance is given back at once. (A
+                // named file that is missing stays a plain usage error: nothing is touched.)
+                Err(ContextError::Config(broken @ crate::config::ConfigError::Invalid { .. })) => {
                     let mut defaults = Config::default();
                     if let Some(dir) = &cli.state_dir {
                         defaults.state_dir = dir.clone();

@@ -125,7 +125,9 @@ pub async fn avoid(
     let Target::Embark(pointer) = &target else {
         return Ok(target);
     };
-    if settings.retry_failed {
+    // Current here already: nothing to install (and an up-to-date pull stays one GET).
+    let current = settings.layout.current();
+    if settings.retry_failed || current.as_deref() == Some(pointer.release.as_str()) {
         return Ok(target);
     }
     let Some(record) = read(store, &pointer.release).await? else {

@@ -30,6 +30,63 @@ pub struct Fetched {
     pub reused: usize,
 }
 
+/// How a release is fetched.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Way {
+    /// One GET of the bundle; why.
+    Bundle(String),
+    /// The objects this machine lacks (each content once); the rest copied from local releases.
+    Objects {
+        fetch: usize,
+        bytes: u64,
+        reuse: usize,
+    },
+}
+
+/// The cost model that picks the way (docs/release-format.md): a request costs [`REQUEST_SECONDS`]
+/// (S3's first-byte latency), [`FETCHES_AT_ONCE`] run at once, and one stream carries
+/// [`STREAM_BYTES_PER_SECOND`]. The bundle is priced at the release's uncompressed size (it is never
+/// more), and chosen only when it is clearly cheaper (half the time): the objects reuse local bytes.
+const REQUEST_SECONDS: f64 = 0.020;
+const STREAM_BYTES_PER_SECOND: f64 = 90e6;
+
+impl Way {
+    pub fn choose(nodes: &[Node], local: &HashMap<String, PathBuf>) -> Way {
+        if local.is_empty() {
+            return Way::Bundle("no earlier release here".into());
+        }
+        let (mut fetch, mut bytes, mut reuse, mut total) = (0usize, 0u64, 0usize, 0u64);
+        let mut seen = std::collections::HashSet::new();
+        for node in nodes {
+            if let Node::File { sha256, size, .. } = node {
+                total = total.saturating_add(*size);
+                if local.contains_key(sha256) {
+                    reuse += 1;
+                } else if seen.insert(sha256) {
+                    fetch += 1;
+                    bytes = bytes.saturating_add(*size);
+                }
+            }
+        }
+        let rounds = fetch.div_ceil(FETCHES_AT_ONCE) as f64;
+        let objects = rounds * REQUEST_SECONDS + bytes as f64 / STREAM_BYTES_PER_SECOND;
+        let bundle = REQUEST_SECONDS + total as f64 / STREAM_BYTES_PER_SECOND;
+        if bundle * 2.0 < objects {
+            return Way::Bundle(format!(
+                "{fetch} of {} files changed: one GET of the bundle (~{:.2} s) is cheaper than {fetch} object GETs (~{:.2} s)",
+                nodes.iter().filter(|n| matches!(n, Node::File { .. })).count(),
+                bundle,
+                objects
+            ));
+        }
+        Way::Objects {
+            fetch,
+            bytes,
+            reuse,
+        }
+    }
+}
+
 /// Fetch and verify the release `id` into `partial` (created afresh), then give it its modes and
 /// `owner` and sync it. `local`: where each content already is on this machine (empty: cold).
 pub async fn fill(
@@ -43,7 +100,8 @@ pub async fn fill(
     let _ = remove_tree(partial);
     fs::create_dir(partial).map_err(|e| io_failed("creating", partial, &e))?;
     let mut fetched = Fetched::default();
-    if local.is_empty() {
+    if let Way::Bundle(why) = Way::choose(nodes, local) {
+        tracing::info!(release = %id, "fetching the bundle: {why}");
         match fetch_bundle(store, id, nodes, partial).await {
             Ok(bytes) => fetched.bundle_bytes = bytes,
             Err(Fetch::Fatal(err)) => return Err(err),
@@ -391,6 +449,49 @@ mod tests {
             sha256: sha256_hex(body),
             mode: 0o640,
         }
+    }
+
+    #[test]
+    fn the_bundle_is_chosen_when_it_is_clearly_cheaper_than_the_objects() {
+        let files = |n: usize, size: usize| -> Vec<Node> {
+            (0..n)
+                .map(|i| file(&format!("f{i}.php"), format!("{i:0size$}").as_bytes()))
+                .collect()
+        };
+        let local_of = |nodes: &[Node]| -> HashMap<String, PathBuf> {
+            nodes
+                .iter()
+                .filter_map(|n| match n {
+                    Node::File { sha256, .. } => Some((sha256.clone(), PathBuf::from("/x"))),
+                    _ => None,
+                })
+                .collect()
+        };
+        let old = files(20_000, 40);
+        // Nothing here: the bundle.
+        assert!(matches!(Way::choose(&old, &HashMap::new()), Way::Bundle(_)));
+        // Every one of 20,000 small files changed: 1,250 rounds of GETs against one GET.
+        let new = files(20_000, 41);
+        let Way::Bundle(why) = Way::choose(&new, &local_of(&old)) else {
+            panic!("20,000 changed small files must take the bundle");
+        };
+        assert!(why.contains("20000 of 20000 files changed"), "{why}");
+        // 1% of 10,000 files of 9 KB changed: the objects (the bundle would be ~90 MB).
+        let mut tree = files(10_000, 9_000);
+        let local = local_of(&tree);
+        for node in tree.iter_mut().step_by(100) {
+            if let Node::File { path, .. } = node {
+                *node = file(path, b"changed");
+            }
+        }
+        assert_eq!(
+            Way::choose(&tree, &local),
+            Way::Objects {
+                fetch: 1,
+                bytes: 7,
+                reuse: 9_900
+            }
+        );
     }
 
     #[tokio::test]

@@ -12,7 +12,7 @@
 //! not compile. A switch hook or a validation that fails puts the previous release back (its switch
 //! hooks run again, then the failure hooks) and records the release as failed here.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs;
 use std::path::PathBuf;
 
@@ -612,27 +612,19 @@ fn intact(layout: &Layout, shared: &Shared, id: &str, verified: &Verified) -> bo
     }
 }
 
-/// What fetching `nodes` takes, given what is here already.
+/// What fetching `nodes` takes, given what is here already, and why.
 fn fetch_plan(nodes: &[Node], local: &HashMap<String, PathBuf>) -> String {
-    if local.is_empty() {
-        return "fetch the bundle (no earlier release here)".to_string();
+    match fetch::Way::choose(nodes, local) {
+        fetch::Way::Bundle(why) => format!("fetch the bundle ({why})"),
+        fetch::Way::Objects {
+            fetch,
+            bytes,
+            reuse,
+        } => format!(
+            "fetch {fetch} objects ({}), reuse {reuse} local files",
+            human_bytes(bytes)
+        ),
     }
-    let (mut fetch, mut bytes, mut reuse) = (0, 0, 0);
-    let mut seen = HashSet::new();
-    for node in nodes {
-        if let Node::File { sha256, size, .. } = node {
-            if local.contains_key(sha256) {
-                reuse += 1;
-            } else if seen.insert(sha256) {
-                fetch += 1;
-                bytes += size;
-            }
-        }
-    }
-    format!(
-        "fetch {fetch} objects ({}), reuse {reuse} local files",
-        human_bytes(bytes)
-    )
 }
 
 #[cfg(test)]
