@@ -54,7 +54,7 @@ lint-shipping: static $(LINTVENV)/.installed
 	packer validate -var arch=arm64 -var embark_binary=$(STATIC) packer/
 	@# The units name /usr/local/bin/embark and Documentation=man:embark(1); verify copies that name
 	@# the binary just built, with its man page generated into a MANPATH of their own.
-	tmp=$$(mktemp -d) && mkdir -p "$$tmp/man/man1" && $(STATIC) man >"$$tmp/man/man1/embark.1" && \
+	tmp=$$(mktemp -d) && mkdir -p "$$tmp/man/man1" && $(STATIC) -q man --dir "$$tmp/man/man1" >/dev/null && \
 	    for u in packer/*.service; do \
 	    sed "s#/usr/local/bin/embark#$(CURDIR)/$(STATIC)#g" "$$u" >"$$tmp/$$(basename "$$u")"; done && \
 	    MANPATH="$$tmp/man" systemd-analyze verify "$$tmp"/*.service; status=$$?; rm -rf "$$tmp"; exit $$status

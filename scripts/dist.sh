@@ -14,11 +14,11 @@ name=embark-$version-$arch
 
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
-mkdir -p "$stage/$name/completions" "$stage/$name/systemd" "$out"
+mkdir -p "$stage/$name/completions" "$stage/$name/systemd" "$stage/$name/man" "$out"
 install -m 0755 "$bin" "$stage/$name/embark"
 # Run only where the binary can run (an aarch64 binary cannot generate on an x86_64 builder).
 if "$bin" --version >/dev/null 2>&1; then
-    "$bin" man >"$stage/$name/embark.1"
+    "$bin" -q man --dir "$stage/$name/man" >/dev/null   # embark.1 and one page per command
     for shell in bash zsh fish; do
         "$bin" completions "$shell" >"$stage/$name/completions/embark.$shell"
     done

@@ -326,6 +326,42 @@ fn one_instance_failing_validation_brings_the_fleet_back_and_a_newer_push_deploy
         .collect();
     assert_eq!(about_v2.len(), 1, "{messages:?}");
 
+    // The pointer back on v2 (as if the failing instance could not move it): no agent deploys it
+    // again, and a new instance installs the release the failing one went back to, saying so.
+    let sha2 = embark::release::format::sha256_hex(
+        &emu.s3_get(&fleet.bucket, &format!("app/releases/{v2}/manifest.json")),
+    );
+    let mut bad = pointer.clone();
+    bad["release"] = json!(v2);
+    bad["manifest_sha256"] = json!(sha2);
+    bad.as_object_mut().expect("pointer").remove("rollback_of");
+    emu.s3_put(
+        &fleet.bucket,
+        "app/current",
+        serde_json::to_vec(&bad).expect("json"),
+    );
+    let fresh = emu.launch_one(json!({"group": fleet.name}));
+    let fresh_root = tempfile::tempdir().expect("root");
+    let run = Embark::new(emu, &fresh)
+        .config(&format!(
+            "[release]\nroot = \"{}\"\n",
+            fresh_root.path().display()
+        ))
+        .run(&["release", "pull"])
+        .expect_code(0);
+    assert_has(
+        &run.stderr(),
+        &format!("release {v2} failed on {}", agents[0].inst.id),
+    );
+    assert_eq!(
+        current_release(fresh_root.path()).as_deref(),
+        Some(v1.as_str())
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    for a in &agents {
+        assert_eq!(current_release(a.root.path()).as_deref(), Some(v1.as_str()));
+    }
+
     // A newer push deploys to every instance.
     let v3 = push(emu, &fleet, tree.path(), "200");
     assert!(all_on(&agents, &v3), "the fleet never reached {v3}");

@@ -65,6 +65,32 @@ fn completions_and_the_man_page_come_from_the_same_definitions() {
     let man = stdout(&embark(&["man"]));
     assert!(man.contains(".TH embark"), "{man}");
     assert!(man.contains("boot"), "{man}");
+    // Every page embark(1) names is written by `man --dir`, each with its options and examples.
+    let dir = tempfile::tempdir().expect("dir");
+    embark(&["man", "--dir", dir.path().to_str().expect("utf-8")]);
+    let named: Vec<String> = man
+        .split("embark\\-")
+        .skip(1)
+        .filter_map(|rest| rest.split_once("(1)").map(|(name, _)| name))
+        .map(|name| name.replace("\\-", "-"))
+        .filter(|name| name.chars().all(|c| c.is_ascii_lowercase() || c == '-'))
+        .map(|name| format!("embark-{name}.1"))
+        .collect();
+    assert!(named.contains(&"embark-boot.1".to_string()), "{named:?}");
+    for page in &named {
+        assert!(
+            dir.path().join(page).is_file(),
+            "{page} is named but not written"
+        );
+    }
+    let pull = std::fs::read_to_string(dir.path().join("embark-release-pull.1")).expect("page");
+    assert!(pull.contains("retry\\-failed"), "{pull}");
+    assert!(
+        std::fs::read_to_string(dir.path().join("embark-release-watch.1"))
+            .expect("page")
+            .contains("EXAMPLES"),
+        "release watch has examples"
+    );
     let bad = embark(&["completions", "tcsh"]);
     assert_eq!(bad.status.code(), Some(2));
 }
@@ -97,6 +123,8 @@ fn every_command_has_examples_and_boot_comes_first() {
         vec!["release", "verify"],
         vec!["config", "example"],
         vec!["completions"],
+        vec!["release", "watch"],
+        vec!["man"],
     ] {
         let mut args = cmd.clone();
         args.push("--help");

@@ -81,7 +81,7 @@ impl Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Every configured step in order: identity, Elastic IP, EFS, release, health
+    /// Every configured step in order: identity, Elastic IP, EFS, release, logs, health
     #[command(after_help = "EXAMPLES:
   embark boot                      from user-data or embark-boot.service
   embark boot --plan               what every step would do; nothing changes
@@ -153,8 +153,10 @@ pub enum Command {
     },
     /// The least-privilege IAM policy (JSON) for the configured features
     #[command(after_help = "EXAMPLES:
-  embark iam-policy --pool web --release s3://my-deploy-bucket/app --group web > instance-policy.json
-  embark iam-policy --publisher --release s3://my-deploy-bucket/app > ci-policy.json")]
+  embark iam-policy --pool web --group web \\
+      --release s3://my-deploy-bucket/app >instance-policy.json
+  embark iam-policy --publisher \\
+      --release s3://my-deploy-bucket/app >ci-policy.json")]
     IamPolicy(IamPolicyArgs),
     /// CloudWatch agent configuration: one log stream per file of the [[logs.files]] globs
     Logs {
@@ -166,7 +168,7 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
-    /// Shell completions for bash, zsh or fish, on stdout
+    /// Shell completions for bash, zsh, fish, elvish or powershell, on stdout
     #[command(after_help = "EXAMPLES:
   embark completions bash > /etc/bash_completion.d/embark
   embark completions zsh > \"${fpath[1]}/_embark\"
@@ -175,9 +177,15 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// The man page (roff) on stdout, generated from these definitions
-    #[command(hide = true)]
-    Man,
+    /// The man pages (roff), generated from these definitions: embark(1) on stdout, or every page
+    #[command(after_help = "EXAMPLES:
+  embark man | man -l -                       read embark(1) now
+  embark man --dir /usr/local/share/man/man1  install embark(1) and one page per command")]
+    Man {
+        /// Write embark.1 and one page per command (embark-boot.1, embark-release-pull.1, ...) here
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -270,6 +278,9 @@ pub enum ReleaseCommand {
         retry_failed: bool,
     },
     /// The deploy agent: stage new releases, wait for the fleet barrier, switch (runs until SIGTERM)
+    #[command(after_help = "EXAMPLES:
+  systemctl enable --now embark-watch.service   how it runs on an instance
+  embark release watch -v                       in the foreground, to see each poll")]
     Watch,
     /// Point the source's `current` at an earlier release (default: the one before); agents follow
     #[command(after_help = "EXAMPLES:
@@ -423,12 +434,22 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
             clap_complete::generate(*shell, &mut Cli::command(), "embark", &mut out);
             say(&String::from_utf8_lossy(&out));
         }
-        Command::Man => {
+        Command::Man { dir: None } => {
             let mut out = Vec::new();
-            clap_mangen::Man::new(Cli::command())
+            // As `--dir` renders it: no `help` pseudo-command, so every page it names exists.
+            clap_mangen::Man::new(Cli::command().disable_help_subcommand(true))
                 .render(&mut out)
                 .map_err(|e| Error::Setup(format!("cannot render the man page: {e}")))?;
             say(&String::from_utf8_lossy(&out));
+        }
+        Command::Man { dir: Some(dir) } => {
+            clap_mangen::generate_to(Cli::command(), dir).map_err(|e| {
+                Error::Usage(format!(
+                    "cannot write the man pages to {}: {e}",
+                    dir.display()
+                ))
+            })?;
+            say_line(&format!("man pages written to {}", dir.display()));
         }
     }
     Ok(())

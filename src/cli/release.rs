@@ -104,8 +104,11 @@ pub async fn pull_release(
             pipeline.install(&target).await.map(Planned::Current)
         }
     };
-    let planned = tokio::time::timeout(deadline, pull)
-        .await
+    let planned = tokio::time::timeout(deadline, pull).await;
+    if let Ok(Err(err)) = &planned {
+        notify_failure(&instance, err).await;
+    }
+    let planned = planned
         .map_err(|_| {
             ReleaseError::Failed(format!(
                 "the pull did not finish within the deadline of {} (`deadline` in the config file); current is unchanged unless it says otherwise above",
@@ -117,6 +120,25 @@ pub async fn pull_release(
         Planned::Current(pulled) => print_either(&pulled, json, |p| p.human(&settings.layout.link)),
     }
     Ok(())
+}
+
+/// A release that went live and failed (rolled back), or failed its prepare hooks: one message to the
+/// error topic, as the agent sends (other failures change nothing live and are the command's own).
+async fn notify_failure(instance: &crate::context::Instance, err: &ReleaseError) {
+    let (ReleaseError::RolledBack { .. }
+    | ReleaseError::PrepareFailed { .. }
+    | ReleaseError::NotValidated { .. }) = err
+    else {
+        return;
+    };
+    let Some(topic) = &instance.config.notify.error_topic else {
+        return;
+    };
+    let subject = crate::notify::subject(instance.group(), instance.id(), "release failed");
+    if let Err(why) = crate::notify::publish(&instance.aws, topic, &subject, &err.to_string()).await
+    {
+        tracing::warn!("{why}");
+    }
 }
 
 /// `release watch`: the deploy agent, until SIGTERM or SIGINT.

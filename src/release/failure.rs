@@ -30,8 +30,13 @@ fn key(store: &Store, id: &str) -> String {
 }
 
 /// The record of `id`'s failure, if any (an unreadable one counts as none: it only saves work).
+/// Asked with a list of its exact key (a 200 either way, as cheap as a GET), and read only if there.
 pub async fn read(store: &Store, id: &str) -> Result<Option<FailureRecord>, ReleaseError> {
-    let Some((bytes, _)) = store.get_small(&key(store, id), RECORD_LIMIT).await? else {
+    let key = key(store, id);
+    if !store.list_keys(&key).await?.contains(&key) {
+        return Ok(None);
+    }
+    let Some((bytes, _)) = store.get_small(&key, RECORD_LIMIT).await? else {
         return Ok(None);
     };
     Ok(serde_json::from_slice(&bytes).ok())

@@ -234,7 +234,7 @@ impl Pipeline<'_> {
         if let Some(due) = layout.repair()? {
             tracing::warn!(
                 release = %due,
-                "the hooks of release {due} have not all run since its switch: running them now"
+                "the hooks of release {due} did not run after its switch (interrupted, or one failed): running them now"
             );
             let previous = layout.state().previous;
             self.run_hooks(HookPhase::Switch, &due, previous.as_deref(), &[])
@@ -426,9 +426,19 @@ impl Pipeline<'_> {
             return err;
         }
         if let Err(err) = self.complete_rollback(&rollback).await {
-            return ReleaseError::Failed(format!(
-                "release {from} {reason}; rolling back to {to} did not complete: {err}"
-            ));
+            if self.settings.layout.current().as_deref() != Some(to) {
+                return ReleaseError::Failed(format!(
+                    "release {from} {reason}; rolling back to {to} did not complete: {err}"
+                ));
+            }
+            // The link is back; what failed is a hook of the release rolled back to (due again).
+            return ReleaseError::RolledBack {
+                release: from.to_string(),
+                to: to.to_string(),
+                reason: format!(
+                    "{reason}; then a hook of {to} failed too ({err}): it is due at the next run"
+                ),
+            };
         }
         ReleaseError::RolledBack {
             release: from.to_string(),
