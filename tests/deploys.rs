@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{
-    assert_has, current_release, emulator, unique, wait_until, AppServer, Embark, Emulator,
+    assert_has, current_release, emulator, wait_until, AppServer, Embark, Emulator, Fleet,
     Instance, Published, Running,
 };
 use serde_json::{json, Value};
@@ -194,28 +194,6 @@ fn a_failing_switch_hook_with_nothing_to_go_back_to_stays_due_until_it_succeeds(
     assert_has(&run.stdout(), "nothing changed");
 }
 
-struct Fleet {
-    name: String,
-    bucket: String,
-    source: String,
-    seed: Value,
-}
-
-fn fleet(emu: &Emulator) -> Fleet {
-    let name = unique("bad");
-    let source = format!("s3://{name}-deploy/app");
-    let seed = emu.seed(
-        json!({"name": name, "pool_size": 1, "lifecycle_hook": false,
-                               "group_tags": {"embark:release": source}}),
-    );
-    Fleet {
-        bucket: format!("{name}-deploy"),
-        name,
-        source,
-        seed,
-    }
-}
-
 struct Agent {
     inst: Instance,
     root: tempfile::TempDir,
@@ -263,7 +241,7 @@ fn all_on(agents: &[Agent], id: &str) -> bool {
 #[test]
 fn one_instance_failing_validation_brings_the_fleet_back_and_a_newer_push_deploys() {
     let emu = emulator();
-    let fleet = fleet(emu);
+    let fleet = emu.fleet("bad");
     let tree = tempfile::tempdir().expect("tree");
     let v1 = push(emu, &fleet, tree.path(), "200");
     let instances = emu.launch(json!({"group": fleet.name, "count": 3}));

@@ -7,31 +7,14 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::{
-    assert_has, current_release, emulator, unique, wait_until, Embark, Emulator, Instance, Running,
+    assert_has, current_release, emulator, unique, wait_until, Embark, Emulator, Fleet, Instance,
+    Running,
 };
 use serde_json::{json, Value};
 
-struct Fleet {
-    name: String,
-    bucket: String,
-    source: String,
-    seed: Value,
-}
-
 /// A group without a launching hook (instances start InService) and its release bucket.
 fn fleet(emu: &Emulator) -> Fleet {
-    let name = unique("fleet");
-    let source = format!("s3://{name}-deploy/app");
-    let seed = emu.seed(
-        json!({"name": name, "pool_size": 1, "lifecycle_hook": false,
-                               "group_tags": {"embark:release": source}}),
-    );
-    Fleet {
-        bucket: format!("{name}-deploy"),
-        name,
-        source,
-        seed,
-    }
+    emu.fleet("fleet")
 }
 
 impl Fleet {

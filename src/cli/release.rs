@@ -90,11 +90,7 @@ pub async fn pull_release(
     let http = ctx.http_client()?;
     // The same bound as the boot's: a pull run by hand or by a script ends.
     let deadline = instance.config.deadline;
-    let pipeline = Pipeline {
-        store: &store,
-        settings: &settings,
-        http: &http,
-    };
+    let pipeline = Pipeline::new(&store, &settings, &http);
     let pull = async {
         let target = read_target(&store, settings.format).await?;
         let target = failure::avoid(&store, &settings, target).await?;

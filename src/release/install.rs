@@ -215,7 +215,15 @@ impl Staged {
     }
 }
 
-impl Pipeline<'_> {
+impl<'a> Pipeline<'a> {
+    pub fn new(store: &'a Store, settings: &'a Settings, http: &'a reqwest::Client) -> Self {
+        Pipeline {
+            store,
+            settings,
+            http,
+        }
+    }
+
     /// Takes the lock (waiting for another pull), then finishes what an interrupted run left undone:
     /// a rollback completed, the record repaired, the hooks of the current release run if they never
     /// did (a failing one is still due at the next run).

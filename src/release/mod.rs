@@ -37,7 +37,7 @@ use crate::config::Config;
 use crate::context::Instance;
 use crate::status::{self, Reported};
 use format::SourceUrl;
-use install::{Pipeline, Planned, Pulled, Settings, Stage};
+use install::{Pipeline, Planned, Pulled, Settings, Stage, Target};
 use layout::{resolve_owner, Layout};
 use store::Store;
 
@@ -152,25 +152,32 @@ pub struct Ready {
     stage: Stage,
 }
 
-/// Fetch and verify the source's current release into `releases/<id>` (nothing when already current).
-pub async fn stage(instance: &Instance, http: &reqwest::Client) -> Result<Staged, ReleaseError> {
+/// The boot's store, settings and target; none without a source. The boot does not validate here:
+/// its health step probes the same URL before CONTINUE. A release the fleet recorded as failed gives
+/// way to the release its instance went back to.
+async fn boot_release(
+    instance: &Instance,
+) -> Result<Option<(Store, Settings, Target)>, ReleaseError> {
     let config = &instance.config;
     if config.release.source.is_none() {
-        return Ok(Staged::NotConfigured);
+        return Ok(None);
     }
     let store = store_of(&instance.aws, config)?;
-    // The boot's health step probes the same URL before CONTINUE: no second validation here.
     let settings = Settings {
         validation: None,
         ..settings(config)?
     };
-    let pipeline = Pipeline {
-        store: &store,
-        settings: &settings,
-        http,
-    };
     let target = install::read_target(&store, settings.format).await?;
     let target = failure::avoid(&store, &settings, target).await?;
+    Ok(Some((store, settings, target)))
+}
+
+/// Fetch and verify the source's current release into `releases/<id>` (nothing when already current).
+pub async fn stage(instance: &Instance, http: &reqwest::Client) -> Result<Staged, ReleaseError> {
+    let Some((store, settings, target)) = boot_release(instance).await? else {
+        return Ok(Staged::NotConfigured);
+    };
+    let pipeline = Pipeline::new(&store, &settings, http);
     let locked = pipeline.begin().await?;
     let stage = pipeline.stage(locked, &target).await?;
     Ok(Staged::Ready(Box::new(Ready {
@@ -190,11 +197,7 @@ pub async fn switch(staged: Staged, http: &reqwest::Client) -> Result<StepOutcom
         settings,
         stage,
     } = *ready;
-    let pipeline = Pipeline {
-        store: &store,
-        settings: &settings,
-        http,
-    };
+    let pipeline = Pipeline::new(&store, &settings, http);
     let pulled = match stage {
         Stage::Current(pulled) => pulled,
         Stage::Staged(staged) => {
@@ -214,22 +217,10 @@ pub async fn step(
     http: &reqwest::Client,
     plan: bool,
 ) -> Result<StepOutcome, ReleaseError> {
-    let config = &instance.config;
-    if config.release.source.is_none() {
+    let Some((store, settings, target)) = boot_release(instance).await? else {
         return Ok(StepOutcome::NotConfigured);
-    }
-    let store = store_of(&instance.aws, config)?;
-    let settings = Settings {
-        validation: None, // the boot's health step probes it
-        ..settings(config)?
     };
-    let pipeline = Pipeline {
-        store: &store,
-        settings: &settings,
-        http,
-    };
-    let target = install::read_target(&store, settings.format).await?;
-    let target = failure::avoid(&store, &settings, target).await?;
+    let pipeline = Pipeline::new(&store, &settings, http);
     let pulled = if plan {
         match pipeline.plan(&target).await? {
             Planned::Would(text) => return Ok(StepOutcome::Planned(text)),

@@ -498,6 +498,32 @@ impl Emulator {
     }
 }
 
+/// A group of the test's own without a launching hook (instances start InService), tagged with its
+/// release source `s3://<name>-deploy/app`, and its topics.
+pub struct Fleet {
+    pub name: String,
+    pub bucket: String,
+    pub source: String,
+    pub seed: Value,
+}
+
+impl Emulator {
+    pub fn fleet(&self, prefix: &str) -> Fleet {
+        let name = unique(prefix);
+        let source = format!("s3://{name}-deploy/app");
+        let seed = self.seed(
+            json!({"name": name, "pool_size": 1, "lifecycle_hook": false,
+                                    "group_tags": {"embark:release": source}}),
+        );
+        Fleet {
+            bucket: format!("{name}-deploy"),
+            name,
+            source,
+            seed,
+        }
+    }
+}
+
 /// A release source of a test's own.
 pub struct Source {
     pub bucket: String,

@@ -37,11 +37,7 @@ pub struct Agent<'a> {
 
 impl Agent<'_> {
     fn pipeline(&self) -> Pipeline<'_> {
-        Pipeline {
-            store: self.store,
-            settings: self.settings,
-            http: self.http,
-        }
+        Pipeline::new(self.store, self.settings, self.http)
     }
 }
 

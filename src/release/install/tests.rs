@@ -195,11 +195,7 @@ async fn a_stage_that_fails_verification_switches_nothing_and_leaves_nothing() {
     source.objects.insert(app, b"evil".to_vec());
     let store = source.store();
     let http = http();
-    let pipeline = Pipeline {
-        store: &store,
-        settings: &settings,
-        http: &http,
-    };
+    let pipeline = Pipeline::new(&store, &settings, &http);
     let err = pipeline
         .install(&Target::Embark(Box::new(pointer)))
         .await
@@ -234,11 +230,7 @@ async fn an_interrupted_switch_is_finished_before_a_new_release_is_staged() {
     let pointer = source.publish(NEW, NEW, &[("index.php", b"new")]);
     let store = source.store();
     let http = http();
-    let pipeline = Pipeline {
-        store: &store,
-        settings: &settings,
-        http: &http,
-    };
+    let pipeline = Pipeline::new(&store, &settings, &http);
     let locked = pipeline.begin().await.unwrap();
     assert_eq!(fs::read_to_string(&log).unwrap(), format!("{OLD}\n"));
     assert_eq!(layout.state().hooks_due, None);
@@ -288,11 +280,7 @@ async fn pruning_after_a_switch_keeps_the_release_just_left_however_old() {
     let pointer = source.publish(NEW, NEW, &[("index.php", b"new")]);
     let store = source.store();
     let http = http();
-    let pipeline = Pipeline {
-        store: &store,
-        settings: &settings,
-        http: &http,
-    };
+    let pipeline = Pipeline::new(&store, &settings, &http);
     let pulled = pipeline
         .install(&Target::Embark(Box::new(pointer)))
         .await
@@ -315,11 +303,7 @@ async fn a_manifest_that_names_another_release_is_refused_before_anything_is_wri
     let pointer = source.publish(NEW, OLD, &[("index.php", b"old")]);
     let store = source.store();
     let http = http();
-    let pipeline = Pipeline {
-        store: &store,
-        settings: &settings,
-        http: &http,
-    };
+    let pipeline = Pipeline::new(&store, &settings, &http);
     let target = Target::Embark(Box::new(pointer));
     let planned = pipeline.plan(&target).await;
     assert!(matches!(planned, Err(ReleaseError::Refused { .. })));
@@ -367,11 +351,7 @@ async fn a_rollback_interrupted_before_the_link_moved_back_is_completed_by_begin
     assert_eq!(layout.current().as_deref(), Some(NEW));
     let store = Source::new().store();
     let http = http();
-    let pipeline = Pipeline {
-        store: &store,
-        settings: &settings,
-        http: &http,
-    };
+    let pipeline = Pipeline::new(&store, &settings, &http);
     drop(pipeline.begin().await.unwrap());
     assert_eq!(layout.current().as_deref(), Some(OLD));
     assert_eq!(
