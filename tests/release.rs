@@ -6,10 +6,11 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use common::{
-    assert_has, current_release, emulator, pull, unique, Embark, Emulator, Instance, Published,
-    Source,
+    assert_has, current_release, emulator, pull, unique, wait_until, Embark, Emulator, Instance,
+    Published, Source,
 };
 use embark::release::format::sha256_hex;
 use serde_json::{json, Value};
@@ -1073,4 +1074,71 @@ fn a_warm_pull_where_everything_changed_takes_the_bundle_and_says_why() {
         "{gets:?}"
     );
     assert_eq!(verify_current(set.root.path()), v2);
+}
+
+#[test]
+fn an_interrupted_pull_says_what_it_left_and_the_next_pull_reuses_it() {
+    let emu = emulator();
+    let set = Published::new(emu, |t| small_tree(t, 300));
+    set.pull(emu, "").expect_code(0);
+    for i in 0..20 {
+        let p = set
+            .tree
+            .path()
+            .join(format!("vendor/pkg{}/f{i}.php", i % 7));
+        fs::write(p, format!("<?php // v2 {i}\n").repeat(30)).expect("write");
+    }
+    let v2 = set.push(emu, "20 files changed");
+    let objects = format!("/{}/app/objects/*", set.src.bucket);
+    emu.fault(
+        json!({"service": "s3", "operation": "GetObject", "path": objects,
+                     "latency_ms": 1500, "count": 20}),
+    );
+    let fetched = || {
+        emu.s3_requests(&set.src.bucket, "GetObject")
+            .iter()
+            .filter(|r| r["path"].as_str().unwrap_or_default().contains("/objects/"))
+            .count()
+    };
+    let before = fetched();
+    let running = Embark::new(emu, &set.inst)
+        .config(&format!(
+            "[release]\nroot = \"{}\"\n",
+            set.root.path().display()
+        ))
+        .spawn(&["release", "pull"]);
+    assert!(
+        wait_until(Duration::from_secs(30), || fetched() > before),
+        "no object was fetched"
+    );
+    // Let the first wave's files be written out, then Ctrl-C while the rest are in flight.
+    std::thread::sleep(Duration::from_millis(300));
+    running.interrupt();
+    let run = running.wait();
+    assert_eq!(run.code(), 1, "{}", run.stderr());
+    assert_has(&run.stderr(), "the pull was interrupted (SIGINT)");
+    assert_has(&run.stderr(), "fetched so far stay in");
+    assert_eq!(
+        current_release(set.root.path()).as_deref(),
+        Some(set.first.as_str())
+    );
+    let first_time = fetched() - before;
+    assert!(
+        first_time < 20,
+        "the pull finished before it was interrupted"
+    );
+
+    let again = fetched();
+    set.pull(emu, "").expect_code(0);
+    assert_eq!(verify_current(set.root.path()), v2);
+    let second_time = fetched() - again;
+    assert!(
+        second_time < 20,
+        "the second pull fetched all {second_time} objects again (the first fetched {first_time})"
+    );
+    assert!(
+        leftovers(set.root.path()).is_empty(),
+        "{:?}",
+        leftovers(set.root.path())
+    );
 }

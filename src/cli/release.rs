@@ -100,7 +100,10 @@ pub async fn pull_release(
             pipeline.install(&target).await.map(Planned::Current)
         }
     };
-    let planned = tokio::time::timeout(deadline, pull).await;
+    let planned = tokio::select! {
+        planned = tokio::time::timeout(deadline, pull) => planned,
+        signal = interrupted() => return Err(left_behind(&settings.layout, signal).into()),
+    };
     if let Ok(Err(err)) = &planned {
         notify_failure(&instance, err).await;
     }
@@ -116,6 +119,68 @@ pub async fn pull_release(
         Planned::Current(pulled) => print_either(&pulled, json, |p| p.human(&settings.layout.link)),
     }
     Ok(())
+}
+
+/// SIGINT (Ctrl-C) or SIGTERM: the pull is dropped between two awaits (the lock goes with the
+/// process; a switch under way is completed by the next run, as after a crash).
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut int), Ok(mut term)) => tokio::select! {
+            _ = int.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        },
+        _ => std::future::pending().await,
+    }
+}
+
+/// What an interrupted pull leaves: the files it fetched, kept for the next pull of that release.
+fn left_behind(layout: &crate::release::layout::Layout, signal: &str) -> ReleaseError {
+    let partial = std::fs::read_dir(layout.releases())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name().is_some_and(|n| {
+                n.to_string_lossy()
+                    .starts_with(crate::release::layout::PARTIAL_PREFIX)
+            })
+        });
+    let kept = match partial {
+        Some(dir) => {
+            let files = files_below(&dir);
+            format!(
+                "{} fetched so far stay in {} and are reused (each checked again) by the next pull",
+                crate::output::count(files, "file", "files"),
+                dir.display()
+            )
+        }
+        None => "nothing had been fetched yet".to_string(),
+    };
+    ReleaseError::Failed(format!(
+        "the pull was interrupted ({signal}): {kept}; {} is unchanged unless it says otherwise above",
+        layout.link
+    ))
+}
+
+/// Regular files below `dir`.
+fn files_below(dir: &std::path::Path) -> u64 {
+    let mut count = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(at) = stack.pop() {
+        for entry in std::fs::read_dir(&at).into_iter().flatten().flatten() {
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => stack.push(entry.path()),
+                Ok(t) if t.is_file() => count += 1,
+                _ => {}
+            }
+        }
+    }
+    count
 }
 
 /// A release that went live and failed (rolled back), or failed its prepare hooks: one message to the

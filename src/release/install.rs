@@ -301,7 +301,10 @@ impl<'a> Pipeline<'a> {
         if !staged {
             // Where each content already is here: read from every local manifest, so only when
             // needed (a release already staged, as the agent finds it after its barrier, needs none).
-            let local = layout.local_objects(|p| self.settings.shared.covers(p));
+            let mut local = layout.local_objects(|p| self.settings.shared.covers(p));
+            for (sha256, path) in layout.salvaged(&id, &verified.nodes) {
+                local.entry(sha256).or_insert(path);
+            }
             let partial = layout.partial(&id);
             let owner = self.settings.owner;
             let filled = fetch::fill(self.store, &id, &verified.nodes, &partial, &local, owner)
@@ -310,6 +313,7 @@ impl<'a> Pipeline<'a> {
                     pulled.count(fetched);
                     layout.commit(&id, &verified.bytes)
                 });
+            layout.drop_salvage();
             if let Err(err) = filled {
                 let _ = remove_tree(&partial);
                 return Err(err);

@@ -14,6 +14,8 @@ use super::format::{check_id, Manifest, Node};
 use crate::fsutil::remove_tree;
 
 pub const PARTIAL_PREFIX: &str = ".partial-";
+/// What an interrupted pull fetched, kept for the next pull of the same release.
+pub const SALVAGE_PREFIX: &str = ".salvage-";
 
 #[derive(Debug, Clone)]
 pub struct Layout {
@@ -138,8 +140,67 @@ impl Layout {
         Ok(Lock { _lock: lock })
     }
 
-    /// Partial directories and temporary links an interrupted pull left behind.
+    pub fn salvage(&self, id: &str) -> PathBuf {
+        self.releases().join(format!("{SALVAGE_PREFIX}{id}"))
+    }
+
+    /// Where each content of `nodes` may be in what an interrupted pull of `id` left (a file of the
+    /// size the manifest promises; its bytes are checked again as it is copied).
+    pub fn salvaged(&self, id: &str, nodes: &[Node]) -> HashMap<String, PathBuf> {
+        let base = self.salvage(id);
+        let mut found = HashMap::new();
+        for node in nodes {
+            if let Node::File {
+                path, sha256, size, ..
+            } = node
+            {
+                let candidate = base.join(path);
+                let fits = fs::symlink_metadata(&candidate)
+                    .is_ok_and(|m| m.file_type().is_file() && m.len() == *size);
+                if fits {
+                    found.entry(sha256.clone()).or_insert(candidate);
+                }
+            }
+        }
+        found
+    }
+
+    /// What interrupted pulls left, once a pull is done with it.
+    pub fn drop_salvage(&self) {
+        let Ok(entries) = fs::read_dir(self.releases()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(SALVAGE_PREFIX)
+            {
+                let _ = remove_tree(&entry.path());
+            }
+        }
+    }
+
+    /// Partial directories and temporary links an interrupted pull left behind. A partial release
+    /// is kept as salvage (`.salvage-<id>`): the next pull of that release reuses what it holds.
     fn clean_leftovers(&self) {
+        if let Ok(entries) = fs::read_dir(self.releases()) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let Some(id) = name.strip_prefix(PARTIAL_PREFIX) else {
+                    continue;
+                };
+                if check_id(id).is_ok() {
+                    let salvage = self.salvage(id);
+                    let _ = remove_tree(&salvage);
+                    if fs::rename(entry.path(), &salvage).is_ok() {
+                        tracing::info!(
+                            "keeping what an interrupted pull of release {id} fetched, for this pull"
+                        );
+                    }
+                }
+            }
+        }
         let temp_link = format!(".{}.tmp-", self.link);
         for (dir, prefix) in [
             (self.releases(), PARTIAL_PREFIX),

@@ -300,6 +300,14 @@ pub struct Running {
 
 impl Running {
     /// SIGTERM (a clean stop).
+    /// SIGINT, as Ctrl-C sends.
+    pub fn interrupt(&self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        );
+    }
+
     pub fn terminate(&self) {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.child.id() as i32),
