@@ -16,12 +16,9 @@ use std::collections::HashMap;
 use std::fs;
 use std::path::PathBuf;
 
-use serde::Serialize;
-
 use super::error::{io_failed, ReleaseError};
 use super::fetch::{self, Fetched};
 use super::format::{Node, Pointer};
-use super::layout::Rollback;
 use super::layout::{Layout, Lock};
 use super::legacy::Latest;
 use super::manifest::{self, Verified};
@@ -32,7 +29,6 @@ use super::trust::Trust;
 use super::validate::{validate, Validation};
 use crate::config::{Hook, HookPhase, ReleaseFormat};
 use crate::fsutil::remove_tree;
-use crate::hooks::{self, HookEnv};
 
 /// Everything an install needs from the configuration, checked before anything changes.
 pub struct Settings {
@@ -50,88 +46,6 @@ pub struct Settings {
     pub retry_failed: bool,
     /// Paths linked to shared storage while a release is prepared.
     pub shared: Shared,
-}
-
-/// What an install did (the `--json` of `release pull`, the reports' detail).
-#[derive(Debug, Default, Serialize)]
-pub struct Pulled {
-    pub release: String,
-    pub previous: Option<String>,
-    /// Already current: nothing fetched, nothing changed.
-    pub already_current: bool,
-    pub files: u64,
-    pub bundle_bytes: u64,
-    pub fetched_objects: usize,
-    pub fetched_bytes: u64,
-    pub reused_files: usize,
-    pub pruned: Vec<String>,
-    pub hooks_run: usize,
-    /// How long validation took (milliseconds), when the release was validated.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub validated_ms: Option<u64>,
-}
-
-impl Pulled {
-    pub fn human(&self, link: &str) -> String {
-        if self.already_current {
-            return format!(
-                "already on release {}; nothing fetched, nothing changed\n",
-                self.release
-            );
-        }
-        let mut text = format!(
-            "switched {link} to release {} (was {}): {} verified; ",
-            self.release,
-            self.previous.as_deref().unwrap_or("none"),
-            crate::output::count(self.files, "file", "files")
-        );
-        if self.bundle_bytes > 0 {
-            text += &format!("fetched the bundle ({})", human_bytes(self.bundle_bytes));
-        } else {
-            text += &format!(
-                "fetched {} objects ({}), reused {} local files",
-                self.fetched_objects,
-                human_bytes(self.fetched_bytes),
-                self.reused_files
-            );
-        }
-        text.push('\n');
-        if let Some(ms) = self.validated_ms {
-            text += &format!("validated in {:.1} s\n", ms as f64 / 1000.0);
-        }
-        if self.hooks_run > 0 {
-            text += &format!(
-                "{} ran\n",
-                crate::output::count(self.hooks_run as u64, "hook", "hooks")
-            );
-        }
-        if !self.pruned.is_empty() {
-            text += &format!("removed old releases: {}\n", self.pruned.join(", "));
-        }
-        text
-    }
-
-    /// One line for a report: what staging took.
-    pub fn staged_detail(&self) -> String {
-        format!(
-            "{} files verified; {} objects fetched, {} files reused{}",
-            self.files,
-            self.fetched_objects,
-            self.reused_files,
-            if self.bundle_bytes > 0 {
-                ", bundle fetched"
-            } else {
-                ""
-            }
-        )
-    }
-
-    fn count(&mut self, fetched: Fetched) {
-        self.bundle_bytes = fetched.bundle_bytes;
-        self.fetched_objects = fetched.objects;
-        self.fetched_bytes = fetched.object_bytes;
-        self.reused_files = fetched.reused;
-    }
 }
 
 /// What the source says is current: an embark pointer, or a pull-deploy `latest-deploy`.
@@ -425,66 +339,6 @@ impl<'a> Pipeline<'a> {
         }
     }
 
-    /// `from` failed for `reason`: the link goes back to `to`, crash-safely (the rollback is recorded
-    /// first and completed by the next run if this one dies). The error says what happened.
-    async fn roll_back(&self, from: &str, to: &str, reason: String) -> ReleaseError {
-        let rollback = Rollback {
-            from: from.to_string(),
-            to: to.to_string(),
-            reason: reason.clone(),
-        };
-        tracing::error!(release = %from, "release {from} {reason}: rolling back to {to}");
-        if let Err(err) = self.settings.layout.begin_rollback(&rollback) {
-            return err;
-        }
-        if let Err(err) = self.complete_rollback(&rollback).await {
-            if self.settings.layout.current().as_deref() != Some(to) {
-                return ReleaseError::Failed(format!(
-                    "release {from} {reason}; rolling back to {to} did not complete: {err}"
-                ));
-            }
-            // The link is back; what failed is a hook of the release rolled back to (due again).
-            return ReleaseError::RolledBack {
-                release: from.to_string(),
-                to: to.to_string(),
-                reason: format!(
-                    "{reason}; then a hook of {to} failed too ({err}): it is due at the next run"
-                ),
-            };
-        }
-        ReleaseError::RolledBack {
-            release: from.to_string(),
-            to: to.to_string(),
-            reason,
-        }
-    }
-
-    /// The link back on `to`, its switch hooks run again (OPcache must forget the bad code), then the
-    /// failure hooks; the rollback record cleared. Each step is safe to repeat.
-    async fn complete_rollback(&self, rollback: &Rollback) -> Result<(), ReleaseError> {
-        let layout = &self.settings.layout;
-        let to = &rollback.to;
-        if layout.current().as_deref() != Some(to.as_str()) {
-            layout.switch(to)?;
-        }
-        let hooks = self
-            .run_hooks(HookPhase::Switch, to, Some(&rollback.from), &[])
-            .await;
-        if hooks.is_ok() {
-            layout.hooks_ran(to)?;
-        }
-        let failure_env = [
-            ("EMBARK_FAILED_RELEASE", rollback.from.clone()),
-            ("EMBARK_FAILURE", rollback.reason.clone()),
-        ];
-        let failure = self
-            .run_hooks(HookPhase::Failure, to, Some(&rollback.from), &failure_env)
-            .await;
-        layout.end_rollback()?;
-        hooks?;
-        failure.map(|_| ())
-    }
-
     /// What [`Pipeline::install`] would do; nothing changes and no lock is taken.
     pub async fn plan(&self, target: &Target) -> Result<Planned, ReleaseError> {
         let layout = &self.settings.layout;
@@ -564,47 +418,6 @@ impl<'a> Pipeline<'a> {
         }
         result
     }
-
-    /// The hooks of `phase` for this role, in order, in release `id`'s directory; the first failure
-    /// stops them.
-    async fn run_hooks(
-        &self,
-        phase: HookPhase,
-        id: &str,
-        previous: Option<&str>,
-        extra: &[(&'static str, String)],
-    ) -> Result<usize, ReleaseError> {
-        let settings = self.settings;
-        let dir = settings.layout.release(id);
-        let previous = previous.unwrap_or("").to_string();
-        let mut vars = vec![
-            ("EMBARK_RELEASE", id.to_string()),
-            ("EMBARK_PREVIOUS", previous.clone()),
-            ("EMBARK_PREVIOUS_RELEASE", previous),
-            ("EMBARK_ROLE", settings.role.clone().unwrap_or_default()),
-            ("EMBARK_RELEASE_DIR", dir.display().to_string()),
-        ];
-        vars.extend(extra.iter().cloned());
-        let env = HookEnv { vars, dir: &dir };
-        let selected: Vec<&Hook> = hooks::for_role(&settings.hooks, settings.role.as_deref())
-            .into_iter()
-            .filter(|hook| hook.phase == phase)
-            .collect();
-        for (index, hook) in selected.iter().enumerate() {
-            tracing::info!(release = %id, "running hook {}", hooks::describe(hook));
-            if let Err(why) = hooks::run(hook, &env, self.http).await {
-                return Err(ReleaseError::HookFailed {
-                    link: settings.layout.link.clone(),
-                    release: id.to_string(),
-                    hook: hooks::describe(hook),
-                    why,
-                    ran: index,
-                    total: selected.len(),
-                });
-            }
-        }
-        Ok(selected.len())
-    }
 }
 
 fn already_current(release: String) -> Pulled {
@@ -648,6 +461,12 @@ fn fetch_plan(nodes: &[Node], local: &HashMap<String, PathBuf>) -> String {
         ),
     }
 }
+
+mod report;
+mod rollback;
+mod run_hooks;
+
+pub use report::Pulled;
 
 #[cfg(test)]
 mod tests;

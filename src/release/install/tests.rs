@@ -14,7 +14,7 @@ use aws_smithy_mocks::{mock, Rule};
 use super::*;
 use crate::config::HookPhase;
 use crate::release::format::{sha256_hex, Manifest, SourceUrl, POINTER_FORMAT};
-use crate::release::layout::State;
+use crate::release::layout::{Rollback, State};
 
 const OLD: &str = "20261201T000000Z-000001";
 const NEW: &str = "20261202T000000Z-000002";
