@@ -431,13 +431,14 @@ fn already_current(release: String) -> Pulled {
 /// A release already under `releases/<id>` is used only when its manifest copy is the one the pointer
 /// names and its tree matches that manifest; otherwise it is fetched again.
 fn intact(layout: &Layout, shared: &Shared, id: &str, verified: &Verified) -> bool {
-    let copy = fs::read(layout.manifest_copy(id)).map_err(|e| e.to_string());
-    let check = copy.and_then(|bytes| {
-        if bytes != verified.bytes {
-            return Err("its manifest copy is not the one the pointer names".to_string());
-        }
+    // Read from the copy already (the usual case): no second read of a manifest that may be large.
+    let same = verified.from_local_copy
+        || fs::read(layout.manifest_copy(id)).is_ok_and(|bytes| bytes == verified.bytes);
+    let check = if same {
         layout.matches(id, &shared.kept(&verified.nodes))
-    });
+    } else {
+        Err("its manifest copy is not the one the pointer names".to_string())
+    };
     match check {
         Ok(()) => true,
         Err(why) => {

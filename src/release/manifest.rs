@@ -18,6 +18,8 @@ use super::trust::{read_signature, Trust};
 pub struct Verified {
     pub bytes: Vec<u8>,
     pub nodes: Vec<Node>,
+    /// The bytes are this machine's copy of the manifest (`.embark/manifests/<id>.json`).
+    pub from_local_copy: bool,
 }
 
 impl Verified {
@@ -55,6 +57,7 @@ pub async fn read(
             .ok()
             .filter(|b| sha256_hex(b) == pointer.manifest_sha256)
     });
+    let from_local_copy = local.is_some();
     let rebuilt = match (local, layout) {
         (Some(bytes), _) => Some(bytes),
         (None, Some(layout)) => from_delta(store, pointer, layout).await,
@@ -69,7 +72,9 @@ pub async fn read(
                 release: id.clone(),
             })?,
     };
-    accept(store, pointer, bytes)
+    let mut verified = accept(store, pointer, bytes)?;
+    verified.from_local_copy = from_local_copy;
+    Ok(verified)
 }
 
 /// Bytes already fetched for `pointer` (a release named by id), held to the same checks as [`read`].
@@ -105,7 +110,11 @@ fn accept(store: &Store, pointer: &Pointer, bytes: Vec<u8>) -> Result<Verified, 
         )));
     }
     let nodes = manifest.validate().map_err(|r| refused(r.0))?;
-    Ok(Verified { bytes, nodes })
+    Ok(Verified {
+        bytes,
+        nodes,
+        from_local_copy: false,
+    })
 }
 
 /// `releases/<id>/manifest.json` as it is at the source, bounded; `None` when there is none (an

@@ -2,7 +2,7 @@
 //! The agents follow through the barrier.
 
 use crate::release::error::ReleaseError;
-use crate::release::format::{Pointer, POINTER_FORMAT};
+use crate::release::format::Pointer;
 use crate::release::manifest;
 use crate::release::store::{Condition, PutError, Store};
 use crate::release::trust::Trust;
@@ -47,7 +47,6 @@ pub async fn rollback(
     let (signed, bytes) = manifest::pointer_for(store, &target).await?;
     manifest::read_fetched(store, &signed, trust, bytes)?;
     let pointer = Pointer {
-        format: POINTER_FORMAT.into(),
         time: crate::status::now(),
         who: super::push::who(),
         message: format!("rollback from {}", current.release),
