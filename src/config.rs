@@ -146,6 +146,10 @@ pub struct ReleaseConfig {
     pub shared_files: Vec<String>,
     /// Where shared paths live; default `<root>/shared`.
     pub shared_root: Option<PathBuf>,
+    /// How long a run-once hook's leader holds its lease without renewing it (it renews every sixth
+    /// of it): when it dies, another instance runs the hook after this.
+    #[serde(with = "duration")]
+    pub once_lease: Duration,
 }
 
 impl ReleaseConfig {
@@ -173,6 +177,7 @@ impl Default for ReleaseConfig {
             shared_dirs: Vec::new(),
             shared_files: Vec::new(),
             shared_root: None,
+            once_lease: Duration::from_secs(60),
         }
     }
 }
@@ -198,6 +203,10 @@ pub struct Hook {
     /// (after it moved; the default), `failure` (after an automatic rollback).
     #[serde(default)]
     pub phase: HookPhase,
+    /// Run by one instance per deploy (a lease at the source), not by every instance: migrations, a
+    /// cache clear on shared storage. `prepare` and `switch` hooks only.
+    #[serde(default)]
+    pub once: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -228,6 +237,11 @@ pub struct WatchConfig {
     #[serde(with = "duration")]
     pub barrier: Duration,
     pub on_barrier_timeout: BarrierTimeout,
+    /// The waves a deploy switches in, e.g. `["1", "25%", "100%"]` (default one wave: `["100%"]`).
+    pub rollout: crate::rollout::Rollout,
+    /// After a wave validated, how long before the next wave's go.
+    #[serde(with = "duration")]
+    pub bake: Duration,
 }
 
 impl Default for WatchConfig {
@@ -236,6 +250,8 @@ impl Default for WatchConfig {
             interval: Duration::from_secs(10),
             barrier: Duration::from_secs(120),
             on_barrier_timeout: BarrierTimeout::Switch,
+            rollout: crate::rollout::Rollout::default(),
+            bake: Duration::ZERO,
         }
     }
 }
@@ -692,6 +708,29 @@ impl Config {
                     ))
                 }
             }
+        }
+        for hook in &self.release.hooks {
+            if hook.once && hook.phase == HookPhase::Failure {
+                return Err(invalid(
+                    "once",
+                    "only `prepare` and `switch` hooks can run once per deploy (a failure hook \
+                     undoes something on its own instance)"
+                        .to_string(),
+                ));
+            }
+        }
+        if self.drain.hooks.iter().any(|h| h.once) {
+            return Err(invalid(
+                "once",
+                "is for [[release.hooks]]: a stop hook runs on the instance that drains"
+                    .to_string(),
+            ));
+        }
+        if self.release.once_lease < Duration::from_secs(3) {
+            return Err(invalid(
+                "once_lease",
+                "must be at least 3s (the leader renews it every sixth of it)".to_string(),
+            ));
         }
         Ok(())
     }
@@ -1302,6 +1341,13 @@ error_topic = "arn:aws:sns:eu-west-1:123456789012:deploy-error"
                 "file_system",
             ),
             ("[[release.hooks]]\nroles = [\"web\"]", "hooks"),
+            (
+                "[[release.hooks]]\nrun = [\"true\"]\nphase = \"failure\"\nonce = true",
+                "once",
+            ),
+            ("[[drain.hooks]]\nrun = [\"true\"]\nonce = true", "once"),
+            ("[release]\nonce_lease = \"1s\"", "once_lease"),
+            ("[watch]\nrollout = [\"1\", \"50%\"]", "rollout"),
         ] {
             let err = parse(text).unwrap_err().to_string();
             assert!(err.contains(&format!("`{key}`")), "{text}: {err}");

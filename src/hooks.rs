@@ -30,15 +30,16 @@ pub fn describe(hook: &Hook) -> String {
     }
 }
 
-/// Run one hook; the error is why it failed.
-pub async fn run(hook: &Hook, env: &HookEnv<'_>, http: &reqwest::Client) -> Result<(), String> {
+/// Run one hook; the error is why it failed, the success the end of its output (at most 2 KiB: a
+/// run-once hook's outcome records it).
+pub async fn run(hook: &Hook, env: &HookEnv<'_>, http: &reqwest::Client) -> Result<String, String> {
     match (&hook.run, &hook.http_get) {
         (Some(argv), _) => run_command(hook, argv, env).await,
         (None, Some(url)) => {
             let request = http.get(url).timeout(hook.timeout).send();
             let response = request.await.map_err(|e| crate::output::error_chain(&e))?;
             if response.status().is_success() {
-                Ok(())
+                Ok(format!("HTTP {}", response.status()))
             } else {
                 Err(format!("it answered HTTP {}", response.status()))
             }
@@ -47,7 +48,7 @@ pub async fn run(hook: &Hook, env: &HookEnv<'_>, http: &reqwest::Client) -> Resu
     }
 }
 
-async fn run_command(hook: &Hook, argv: &[String], env: &HookEnv<'_>) -> Result<(), String> {
+async fn run_command(hook: &Hook, argv: &[String], env: &HookEnv<'_>) -> Result<String, String> {
     let (program, args) = argv
         .split_first()
         .ok_or_else(|| "its `run` is empty".to_string())?;
@@ -80,10 +81,11 @@ async fn run_command(hook: &Hook, argv: &[String], env: &HookEnv<'_>) -> Result<
         .map(|o| relay(o, name.clone(), "stdout"));
     let err = child.stderr.take().map(|e| relay(e, name, "stderr"));
     let relays = async {
-        let (_, tail) = tokio::join!(
+        tokio::join!(
             async {
-                if let Some(out) = out {
-                    out.await;
+                match out {
+                    Some(out) => out.await,
+                    None => String::new(),
                 }
             },
             async {
@@ -92,27 +94,26 @@ async fn run_command(hook: &Hook, argv: &[String], env: &HookEnv<'_>) -> Result<
                     None => String::new(),
                 }
             }
-        );
-        tail
+        )
     };
     let waited = async {
         let status = child.wait().await;
         // Bounded: a process the hook left running in the background may hold its pipes open.
-        let tail = tokio::time::timeout(RELAY_AFTER_EXIT, relays)
+        let (out, tail) = tokio::time::timeout(RELAY_AFTER_EXIT, relays)
             .await
             .unwrap_or_default();
-        (status, tail)
+        (status, out, tail)
     };
     let result = match tokio::time::timeout(hook.timeout, waited).await {
-        Ok((Ok(status), _)) if status.success() => return Ok(()),
-        Ok((Ok(status), tail)) => (
+        Ok((Ok(status), out, tail)) if status.success() => return Ok(last(&(out + &tail))),
+        Ok((Ok(status), _, tail)) => (
             match status.code() {
                 Some(code) => format!("it exited with status {code}"),
                 None => format!("it was killed ({status})"),
             },
             tail,
         ),
-        Ok((Err(err), tail)) => (format!("waiting for it failed: {err}"), tail),
+        Ok((Err(err), _, tail)) => (format!("waiting for it failed: {err}"), tail),
         Err(_) => {
             let _ = child.kill().await;
             (
@@ -135,6 +136,15 @@ const RELAY_AFTER_EXIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// The end of a hook's stderr kept for its error, and the longest line relayed whole.
 const TAIL: usize = 2048;
 const LINE: usize = 16 << 10;
+
+/// The last [`TAIL`] bytes of `text`, at a character boundary.
+fn last(text: &str) -> String {
+    let mut start = text.len().saturating_sub(TAIL);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    text[start..].to_string()
+}
 
 /// Relays `stream` line by line; returns its last [`TAIL`] bytes (at a character boundary).
 async fn relay(

@@ -7,7 +7,7 @@
 //! - `context` (configuration, clients, the identified instance) over `identity` (IMDSv2);
 //! - shared pieces, once each: `aws` (SDK setup, the AWS error adapter), `retry` (within a deadline),
 //!   `fsutil` (atomic writes, hashing), `net` (pure-Rust DNS), `config`, `status`, `notify`, `output`,
-//!   `s3url` (S3 URLs), `keys` (trusted public keys).
+//!   `s3url` (S3 URLs), `keys` (trusted public keys), `rollout` (a deploy's waves).
 
 pub mod aws;
 pub mod boot;
@@ -33,6 +33,7 @@ pub mod notify;
 pub mod output;
 pub mod release;
 pub mod retry;
+pub mod rollout;
 pub mod s3url;
 pub mod status;
 pub mod targets;

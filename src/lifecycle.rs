@@ -260,6 +260,30 @@ impl Lifecycle {
     }
 }
 
+/// The group's InService instances (one `DescribeAutoScalingGroups`): the deploy barrier's members, and
+/// the instances `release status` expects on the pointer's release.
+pub async fn in_service(
+    aws: &crate::aws::Aws,
+    group: &str,
+) -> Result<std::collections::BTreeSet<String>, AwsError> {
+    let asg = aws_sdk_autoscaling::Client::new(&aws.config);
+    let answer = asg
+        .describe_auto_scaling_groups()
+        .auto_scaling_group_names(group)
+        .send()
+        .await
+        .map_err(|err| {
+            AwsError::new("autoscaling:DescribeAutoScalingGroups", &err).on(format!("for {group}"))
+        })?;
+    Ok(answer
+        .auto_scaling_groups()
+        .iter()
+        .flat_map(|g| g.instances())
+        .filter(|i| i.lifecycle_state().map(|s| s.as_str()) == Some("InService"))
+        .filter_map(|i| i.instance_id().map(str::to_string))
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

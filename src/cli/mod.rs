@@ -305,6 +305,29 @@ pub enum ReleaseCommand {
         #[arg(long)]
         from: Option<String>,
     },
+    /// The fleet at a glance: the current release and what every instance serves, from the source
+    #[command(after_help = "EXAMPLES:
+  embark release status --from s3://my-deploy-bucket/app
+  embark release push ./build --to s3://my-deploy-bucket/app && \\
+    embark release status --from s3://my-deploy-bucket/app --wait --timeout 15m
+  embark release status --json | jq -r '.summary.verdict'
+
+EXIT STATUS (--wait): 0 every InService instance serves and validated the pointer's release; 1 it
+failed (rolled back), the pointer moved on, or the timeout passed; 2 usage.")]
+    Status {
+        /// The release source (default: [release] source of the configuration)
+        #[arg(long)]
+        from: Option<String>,
+        /// Stable JSON output (docs/cli.md has its schema)
+        #[arg(long)]
+        json: bool,
+        /// Wait until the fleet converged on the pointer's release (exit 0) or it failed (exit 1)
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits at most (default 30m)
+        #[arg(long, requires = "wait", value_parser = humantime::parse_duration)]
+        timeout: Option<std::time::Duration>,
+    },
     /// Releases in the source with time, message, files and size; marks current and local ones
     #[command(after_help = "EXAMPLES:
   embark release list --from s3://my-deploy-bucket/app
@@ -526,6 +549,12 @@ async fn release_command(ctx: &Context, command: &ReleaseCommand) -> Result<(), 
         ReleaseCommand::List { from, json } => {
             commands::list_releases(ctx, from.as_deref(), *json).await
         }
+        ReleaseCommand::Status {
+            from,
+            json,
+            wait,
+            timeout,
+        } => commands::fleet_status(ctx, from.as_deref(), *json, *wait, *timeout).await,
     }
 }
 

@@ -1,6 +1,7 @@
 //! The `embark release` commands: configuration in, a report out. The command line (`cli/mod.rs`)
 //! parses the arguments and calls one of these; the work is `crate::release`'s.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 
 use crate::aws::Aws;
@@ -225,6 +226,8 @@ pub async fn run_agent(
         barrier_noted: Default::default(),
         state_dir: ctx.config.state_dir.clone(),
         after_poll: after_poll(&instance),
+        once_lease: config.release.once_lease,
+        roster: Default::default(),
     };
     crate::release::agent::run(&agent).await?;
     Ok(())
@@ -289,4 +292,123 @@ pub async fn list_releases(ctx: &Context, from: Option<&str>, json: bool) -> Res
     let listing = list(&store, &layout(&config)).await?;
     print_either(&listing, json, Listing::human);
     Ok(())
+}
+
+/// How often `release status --wait` looks again (a GET and a list), and asks Auto Scaling again.
+const STATUS_POLL: std::time::Duration = std::time::Duration::from_secs(2);
+const STATUS_ASG_EVERY: std::time::Duration = std::time::Duration::from_secs(15);
+const STATUS_WAIT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+
+/// `release status [--from URL] [--json] [--wait [--timeout D]]`: runs anywhere with credentials; the
+/// source is `--from`, else the configuration's (no instance metadata is asked).
+pub async fn fleet_status(
+    ctx: &Context,
+    from: Option<&str>,
+    json: bool,
+    wait: bool,
+    timeout: Option<std::time::Duration>,
+) -> Result<(), Error> {
+    use crate::release::overview::{self, Overview, Verdict};
+    use std::io::IsTerminal;
+    let url = from
+        .map(str::to_string)
+        .or_else(|| ctx.config.release.source.clone())
+        .ok_or_else(|| {
+            Error::Usage(
+                "name the release source with --from s3://bucket/prefix (or set [release] source)"
+                    .into(),
+            )
+        })?;
+    let source = SourceUrl::parse(&url).map_err(ReleaseError::Usage)?;
+    let aws = Aws::load_standalone(ctx.http.clone()).await;
+    let store = Store::new(&aws, source).in_region(ctx.config.release.region.as_deref());
+    // The group's InService instances, asked again at most every STATUS_ASG_EVERY; a failure (no
+    // autoscaling:DescribeAutoScalingGroups where this runs) is said once, and every reporting agent
+    // is shown instead.
+    let asked = tokio::sync::Mutex::new(None::<(std::time::Instant, Option<BTreeSet<String>>)>);
+    let asked = &asked;
+    let aws = &aws;
+    let read = || async {
+        overview::read(&store, |group| async move {
+            let mut asked = asked.lock().await;
+            if let Some((at, set)) = asked.as_ref() {
+                if at.elapsed() < STATUS_ASG_EVERY {
+                    return set.clone();
+                }
+            }
+            let set = match crate::lifecycle::in_service(aws, &group).await {
+                Ok(set) => Some(set),
+                Err(err) => {
+                    if asked.is_none() {
+                        tracing::warn!("{err}; showing every agent that reports instead");
+                    }
+                    None
+                }
+            };
+            *asked = Some((std::time::Instant::now(), set.clone()));
+            set
+        })
+        .await
+    };
+    let first = read().await?;
+    if !wait {
+        print_either(&first, json, Overview::human);
+        return Ok(());
+    }
+    let Some(release) = first.pointer.as_ref().map(|p| p.release.clone()) else {
+        print_either(&first, json, Overview::human);
+        return Err(Error::Failed(format!(
+            "nothing was pushed to {url}: nothing to wait for"
+        )));
+    };
+    let limit = timeout.unwrap_or(STATUS_WAIT);
+    let started = std::time::Instant::now();
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new(first.summary.instances as u64);
+        if let Ok(style) = indicatif::ProgressStyle::with_template("[{bar:30}] {pos}/{len} {msg}") {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar
+    });
+    let mut overview = first;
+    let mut said = String::new();
+    let verdict = loop {
+        let verdict = overview.verdict(&release);
+        let line = overview.summary.text.clone();
+        match &bar {
+            Some(bar) => {
+                bar.set_length(overview.summary.instances as u64);
+                bar.set_position(overview.summary.on_pointer as u64);
+                bar.set_message(line);
+            }
+            None if line != said => {
+                say_line(&line);
+                said = line;
+            }
+            None => {}
+        }
+        if verdict != Verdict::Pending {
+            break verdict;
+        }
+        if started.elapsed() >= limit {
+            break Verdict::Failed(format!(
+                "release {release} did not converge within {}: {}",
+                humantime::format_duration(limit),
+                overview.summary.text
+            ));
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(STATUS_POLL) => {},
+            _ = tokio::signal::ctrl_c() => break Verdict::Failed("interrupted".into()),
+        }
+        overview = read().await?;
+    };
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    print_either(&overview, json, Overview::human);
+    match verdict {
+        Verdict::Failed(why) => Err(Error::Failed(why)),
+        _ => Ok(()),
+    }
 }

@@ -99,6 +99,15 @@ pub enum ReleaseError {
         instance: String,
         reason: String,
     },
+    /// A run-once hook failed on the instance that ran it (its leader): this instance does not go on
+    /// with the release either; the leader reports it to the fleet.
+    #[error("release {release}: its run-once hook {hook} failed on {on}")]
+    OnceFailed {
+        release: String,
+        hook: String,
+        /// The leader, when, and why: "i-0abc at 2026-…: it exited with status 1".
+        on: String,
+    },
     /// A hook of a release that is live failed.
     #[error("switched {link} to release {release}, but the hook {hook} failed: {why} ({ran} of {total} hooks had run)")]
     HookFailed {

@@ -22,6 +22,7 @@ use super::format::{Node, Pointer};
 use super::layout::{Layout, Lock};
 use super::legacy::Latest;
 use super::manifest::{self, Verified};
+use super::once::Scope;
 use super::progress::human_bytes;
 use super::shared::Shared;
 use super::store::Store;
@@ -63,6 +64,16 @@ impl Target {
         }
     }
 
+    /// Names this deploy of the release: a rollback to a release deployed before is a new deploy
+    /// (its barrier, waves and run-once hooks are its own).
+    pub fn token(&self) -> String {
+        let stamp = match self {
+            Target::Embark(pointer) => format!("{} {}", pointer.release, pointer.time),
+            Target::PullDeploy(latest) => format!("{} {}", latest.stamp, latest.epoch),
+        };
+        super::format::sha256_hex(stamp.as_bytes())[..12].to_string()
+    }
+
     pub fn pointer(&self) -> Option<&Pointer> {
         match self {
             Target::Embark(pointer) => Some(pointer),
@@ -90,6 +101,8 @@ pub struct Pipeline<'a> {
     pub store: &'a Store,
     pub settings: &'a Settings,
     pub http: &'a reqwest::Client,
+    /// The deploy whose run-once hooks are shared with the fleet; none: this instance leads.
+    pub once: Option<&'a Scope>,
 }
 
 /// This machine's releases are ours: the lock is held, and an interrupted switch was finished.
@@ -135,6 +148,15 @@ impl<'a> Pipeline<'a> {
             store,
             settings,
             http,
+            once: None,
+        }
+    }
+
+    /// Run-once hooks shared with the fleet through `scope`'s leases (the agent, a boot in a group).
+    pub fn sharing(self, scope: Option<&'a Scope>) -> Self {
+        Pipeline {
+            once: scope,
+            ..self
         }
     }
 
@@ -256,6 +278,10 @@ impl<'a> Pipeline<'a> {
         {
             let (hook, why) = match err {
                 ReleaseError::HookFailed { hook, why, .. } => (hook, why),
+                ReleaseError::OnceFailed { .. } => {
+                    layout.record_failed(id, &err.to_string())?;
+                    return Err(err);
+                }
                 other => ("(none)".to_string(), other.to_string()),
             };
             layout.record_failed(id, &format!("its prepare hook {hook} failed: {why}"))?;

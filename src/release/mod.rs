@@ -21,8 +21,11 @@ pub mod layout;
 pub mod legacy;
 pub mod listing;
 pub mod manifest;
+pub mod once;
+pub mod overview;
 pub mod progress;
 pub mod publish;
+pub mod roster;
 pub mod rules;
 pub mod shared;
 pub mod store;
@@ -150,6 +153,17 @@ pub struct Ready {
     store: Store,
     settings: Settings,
     stage: Stage,
+    once: Option<once::Scope>,
+}
+
+/// A boot in a group shares its release's run-once hooks with the fleet (the deploy named by the
+/// pointer it installs); alone, it is its own leader.
+fn once_scope(instance: &Instance, target: &Target) -> Option<once::Scope> {
+    instance.group().map(|_| once::Scope {
+        instance: instance.id().to_string(),
+        token: target.token(),
+        lease: instance.config.release.once_lease,
+    })
 }
 
 /// The boot's store, settings and target; none without a source. The boot does not validate here:
@@ -181,6 +195,7 @@ pub async fn stage(instance: &Instance, http: &reqwest::Client) -> Result<Staged
     let locked = pipeline.begin().await?;
     let stage = pipeline.stage(locked, &target).await?;
     Ok(Staged::Ready(Box::new(Ready {
+        once: once_scope(instance, &target),
         store,
         settings,
         stage,
@@ -196,8 +211,9 @@ pub async fn switch(staged: Staged, http: &reqwest::Client) -> Result<StepOutcom
         store,
         settings,
         stage,
+        once,
     } = *ready;
-    let pipeline = Pipeline::new(&store, &settings, http);
+    let pipeline = Pipeline::new(&store, &settings, http).sharing(once.as_ref());
     let pulled = match stage {
         Stage::Current(pulled) => pulled,
         Stage::Staged(staged) => {
@@ -220,7 +236,8 @@ pub async fn step(
     let Some((store, settings, target)) = boot_release(instance).await? else {
         return Ok(StepOutcome::NotConfigured);
     };
-    let pipeline = Pipeline::new(&store, &settings, http);
+    let once = once_scope(instance, &target);
+    let pipeline = Pipeline::new(&store, &settings, http).sharing(once.as_ref());
     let pulled = if plan {
         match pipeline.plan(&target).await? {
             Planned::Would(text) => return Ok(StepOutcome::Planned(text)),

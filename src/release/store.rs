@@ -18,7 +18,7 @@ use crate::aws::{Aws, AwsError};
 use crate::retry::{retry, Failure, Policy, Verdict};
 use std::future::Future;
 use std::sync::{PoisonError, RwLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// Parts of a streamed upload. S3's minimum part size; a few of them are all the memory a push holds.
 pub const PART_SIZE: usize = 5 * 1024 * 1024;
@@ -377,22 +377,34 @@ impl Store {
         self.list(prefix, true).await
     }
 
+    /// Every key under `prefix` with its last modification (paginated).
+    pub async fn list_modified(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(String, Option<SystemTime>)>, ReleaseError> {
+        let bucket = &self.source.bucket;
+        self.call(|c| async move { list_pages(c, bucket, prefix, false).await })
+            .await
+            .map_err(|err| self.failed("s3:ListObjectsV2", prefix, &err))
+    }
+
     /// ListObjectsV2 over every page (asked again from the start after a redirect).
     async fn list(&self, prefix: &str, dirs: bool) -> Result<Vec<String>, ReleaseError> {
         let bucket = &self.source.bucket;
         self.call(|c| async move { list_pages(c, bucket, prefix, dirs).await })
             .await
+            .map(|found| found.into_iter().map(|(key, _)| key).collect())
             .map_err(|err| self.failed("s3:ListObjectsV2", prefix, &err))
     }
 }
 
-/// ListObjectsV2 over every page: the keys, or with `dirs` the common prefixes at `/`.
+/// ListObjectsV2 over every page: the keys and their times, or with `dirs` the common prefixes at `/`.
 async fn list_pages(
     client: aws_sdk_s3::Client,
     bucket: &str,
     prefix: &str,
     dirs: bool,
-) -> Result<Vec<String>, SdkError<ListObjectsV2Error, HttpResponse>> {
+) -> Result<Vec<(String, Option<SystemTime>)>, SdkError<ListObjectsV2Error, HttpResponse>> {
     let mut found = Vec::new();
     let mut request = client.list_objects_v2().bucket(bucket).prefix(prefix);
     if dirs {
@@ -406,15 +418,15 @@ async fn list_pages(
                 page.common_prefixes()
                     .iter()
                     .filter_map(|c| c.prefix())
-                    .map(str::to_string),
+                    .map(|p| (p.to_string(), None)),
             );
         } else {
-            found.extend(
-                page.contents()
-                    .iter()
-                    .filter_map(|o| o.key())
-                    .map(str::to_string),
-            );
+            found.extend(page.contents().iter().filter_map(|o| {
+                let modified = o
+                    .last_modified()
+                    .and_then(|t| SystemTime::try_from(*t).ok());
+                o.key().map(|k| (k.to_string(), modified))
+            }));
         }
     }
     Ok(found)

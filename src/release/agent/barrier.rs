@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use super::{jittered, notify, record, Agent, Stop};
 use crate::config::BarrierTimeout;
 use crate::release::error::ReleaseError;
-use crate::release::format::sha256_hex;
 use crate::release::install::Target;
 use crate::release::store::{Condition, PutError};
 use crate::status::{Outcome, Step};
@@ -20,7 +19,7 @@ pub(super) enum Held {
 
 /// What the barrier says now.
 #[derive(Debug, PartialEq, Eq)]
-enum Barrier {
+pub(super) enum Barrier {
     /// Every InService instance of the group has its ready marker.
     Ready,
     Wait,
@@ -49,18 +48,19 @@ fn barrier(
 /// Waits until every InService instance of the group is ready, or the barrier deadline passes
 /// (then switch or hold, per `on_barrier_timeout`, notified once per release). The protocol (docs/cli.md,
 /// "The barrier at fleet scale"): S3 carries it, Auto Scaling is asked rarely. Also says whether this
-/// agent wrote `_go` (then it cleans the fleet's stale markers after the switch).
+/// agent wrote `_go` (then it cleans the fleet's stale markers after the switch), and the members the
+/// waves are made of.
 pub(super) async fn barrier_step(
     agent: &Agent<'_>,
     group: &str,
     target: &Target,
     stop: &mut Stop,
     steps: &mut Vec<Step>,
-) -> Result<(Held, bool), ReleaseError> {
+) -> Result<(Held, bool, BTreeSet<String>), ReleaseError> {
     let t = Instant::now();
     let id = target.id();
     let id = id.as_str();
-    let mut fleet = Fleet::new(agent, group, id, deploy_token(target));
+    let mut fleet = Fleet::new(agent, group, id, target.token(), Gate::Staged);
     loop {
         match fleet.check(t.elapsed()).await? {
             Barrier::Ready => {
@@ -70,7 +70,7 @@ pub(super) async fn barrier_step(
                 );
                 tracing::info!(release = %id, "{done}");
                 record(steps, "barrier", t, Outcome::Ok, done);
-                return Ok((Held::No, fleet.wrote_go));
+                return Ok((Held::No, fleet.wrote_go, fleet.opened_with()));
             }
             Barrier::TimedOut(missing) => {
                 let held = barrier_timed_out(agent, id, &missing).await;
@@ -79,7 +79,7 @@ pub(super) async fn barrier_step(
                     (Held::No, _) => Outcome::Ok,
                 };
                 record(steps, "barrier", t, outcome, held.1);
-                return Ok((held.0, false));
+                return Ok((held.0, false, fleet.opened_with()));
             }
             Barrier::Wait => {}
         }
@@ -88,6 +88,25 @@ pub(super) async fn barrier_step(
             _ = stop.changed() => return Err(ReleaseError::Failed("stopped while waiting at the barrier".into())),
         }
     }
+}
+
+/// A go object is a few hundred bytes, plus the barrier's member list (20 bytes an instance).
+const GO_LIMIT: u64 = 1 << 20;
+
+/// `ready/<id>/v-<token>/`: the validated markers of one deploy.
+fn validated_dir(agent: &Agent<'_>, id: &str, token: &str) -> String {
+    agent.store.source.key(&format!("ready/{id}/v-{token}/"))
+}
+
+/// `ready/<id>/v-<token>/<instance-id>`: this instance validated `id` in this deploy (or serves it
+/// already: it booted into it).
+pub(super) async fn write_validated(
+    agent: &Agent<'_>,
+    id: &str,
+    token: &str,
+) -> Result<(), ReleaseError> {
+    let key = format!("{}{}", validated_dir(agent, id, token), agent.instance_id);
+    put_marker(agent, &key).await
 }
 
 /// How often a waiting agent looks for `ready/<id>/_go` (one small GET).
@@ -121,6 +140,9 @@ const GO_LEAD: Duration = Duration::from_secs(2);
 struct Go {
     by: String,
     switch_at_ms: u64,
+    /// The barrier's go: the members it saw ready, from which every agent computes the same waves.
+    #[serde(default)]
+    members: BTreeSet<String>,
 }
 
 fn unix_ms() -> u64 {
@@ -138,22 +160,28 @@ struct Members {
     in_service: BTreeSet<String>,
 }
 
-/// Names this deploy of a release: a rollback to a release deployed before is a new deploy, whose
-/// barrier must not find the old one's `_go`.
-fn deploy_token(target: &Target) -> String {
-    let stamp = match target {
-        Target::Embark(pointer) => format!("{} {}", pointer.release, pointer.time),
-        Target::PullDeploy(latest) => format!("{} {}", latest.stamp, latest.epoch),
-    };
-    sha256_hex(stamp.as_bytes())[..12].to_string()
+/// What a [`Fleet`] waits for.
+#[derive(Debug, Clone)]
+pub(super) enum Gate {
+    /// Every InService instance staged the release (`ready/<id>/<instance>`): the barrier.
+    Staged,
+    /// Wave `wave`'s go (2 and up): every member of the waves before it that is still InService
+    /// (`expect`) validated the release (`ready/<id>/v-<token>/<instance>`), `bake` ago.
+    Wave {
+        wave: usize,
+        expect: BTreeSet<String>,
+    },
 }
 
-/// One agent's view of the barrier for one release.
-struct Fleet<'a, 'b> {
+/// One agent's view of one gate of one deploy: the barrier, or a wave's go.
+pub(super) struct Fleet<'a, 'b> {
     agent: &'a Agent<'b>,
     group: &'a str,
     id: &'a str,
     token: String,
+    gate: Gate,
+    /// The go that opened the gate (the barrier's names the members the waves are made of).
+    go: Option<Go>,
     members: Option<Members>,
     asg_calls: u32,
     /// When the markers were last listed or a safety-net list was drawn for (None: never listed).
@@ -162,12 +190,20 @@ struct Fleet<'a, 'b> {
 }
 
 impl<'a, 'b> Fleet<'a, 'b> {
-    fn new(agent: &'a Agent<'b>, group: &'a str, id: &'a str, token: String) -> Self {
+    pub(super) fn new(
+        agent: &'a Agent<'b>,
+        group: &'a str,
+        id: &'a str,
+        token: String,
+        gate: Gate,
+    ) -> Self {
         Fleet {
             agent,
             group,
             id,
             token,
+            gate,
+            go: None,
             members: None,
             asg_calls: 0,
             listed: None,
@@ -187,22 +223,61 @@ impl<'a, 'b> Fleet<'a, 'b> {
         self.key(&format!("_{name}-{}", self.token))
     }
 
+    /// The gate's go: `_go-<token>`, or `_go-<token>-w<wave>`.
+    fn go_key(&self) -> String {
+        match &self.gate {
+            Gate::Staged => self.shared("go"),
+            Gate::Wave { wave, .. } => self.shared(&format!("go-w{wave}")),
+        }
+    }
+
+    /// Where the markers this gate counts are: `ready/<id>/` (staged) or `ready/<id>/v-<token>/`
+    /// (validated).
+    fn marker_dir(&self) -> String {
+        match &self.gate {
+            Gate::Staged => self.key(""),
+            Gate::Wave { .. } => validated_dir(self.agent, self.id, &self.token),
+        }
+    }
+
+    /// The members the barrier's go named (empty before the gate opened, or when it timed out: then
+    /// the membership this agent knows).
+    pub(super) fn opened_with(&self) -> BTreeSet<String> {
+        match &self.go {
+            Some(go) if !go.members.is_empty() => go.members.clone(),
+            _ => self
+                .members
+                .as_ref()
+                .map(|m| m.in_service.clone())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Waiting agents do not list at once (the members of the wave before list as they validate).
+    pub(super) fn without_first_list(mut self) -> Self {
+        self.listed = Some(Instant::now());
+        self
+    }
+
     /// `_go` there → ready; else, when a list is due (at once, then now and then: [`LIST_EVERY`]; and
     /// at the deadline), the markers against the members, writing `_go` when every member is ready.
-    async fn check(&mut self, waited: Duration) -> Result<Barrier, ReleaseError> {
+    pub(super) async fn check(&mut self, waited: Duration) -> Result<Barrier, ReleaseError> {
         if self.listed.is_some() {
-            if let Some((bytes, _)) = self.agent.store.get_small(&self.shared("go"), 4096).await? {
-                // The fleet switches together at the moment `_go` names (bounded by GO_LEAD: the
-                // object is not trusted to hold anyone back longer).
-                let at = serde_json::from_slice::<Go>(&bytes).map_or(0, |go| go.switch_at_ms);
-                let wait = at.saturating_sub(unix_ms()).min(GO_LEAD.as_millis() as u64);
+            if let Some((bytes, _)) = self.agent.store.get_small(&self.go_key(), GO_LIMIT).await? {
+                // The fleet switches together at the moment `_go` names (bounded by GO_LEAD and
+                // the bake: the object is not trusted to hold anyone back longer).
+                let go = serde_json::from_slice::<Go>(&bytes).ok();
+                let at = go.as_ref().map_or(0, |go| go.switch_at_ms);
+                let most = GO_LEAD + self.bake();
+                let wait = at.saturating_sub(unix_ms()).min(most.as_millis() as u64);
                 tokio::time::sleep(Duration::from_millis(wait)).await;
+                self.go = go;
                 return Ok(Barrier::Ready);
             }
         }
         let due = match self.listed {
             None => true,
-            Some(_) if waited >= self.agent.watch.barrier => true,
+            Some(_) if waited >= self.deadline() => true,
             Some(at) if at.elapsed() >= LIST_EVERY => {
                 self.listed = Some(Instant::now()); // the next draw is a period later
                 let members = self
@@ -215,16 +290,24 @@ impl<'a, 'b> Fleet<'a, 'b> {
         };
         if due {
             let ready = self.ready().await?;
-            let members = self.members(waited, ready.len()).await?;
+            let mut members = self.members(waited, ready.len()).await?;
+            if let Gate::Wave { expect, .. } = &self.gate {
+                members = members.intersection(expect).cloned().collect();
+            }
             self.listed = Some(Instant::now());
-            let state = barrier(&members, &ready, waited, self.agent.watch.barrier);
+            let state = barrier(&members, &ready, waited, self.deadline());
             if state == Barrier::Ready {
+                let lead = GO_LEAD + self.bake();
                 let go = Go {
                     by: self.agent.instance_id.clone(),
-                    switch_at_ms: unix_ms() + GO_LEAD.as_millis() as u64,
+                    switch_at_ms: unix_ms() + lead.as_millis() as u64,
+                    members: match self.gate {
+                        Gate::Staged => members.clone(),
+                        Gate::Wave { .. } => BTreeSet::new(),
+                    },
                 };
                 let body = serde_json::to_vec(&go).unwrap_or_default();
-                let key = self.shared("go");
+                let key = self.go_key();
                 match self
                     .agent
                     .store
@@ -233,7 +316,12 @@ impl<'a, 'b> Fleet<'a, 'b> {
                 {
                     Ok(()) => {
                         self.wrote_go = true;
-                        tokio::time::sleep(GO_LEAD).await
+                        self.go = Some(go);
+                        // The writer of the barrier's go switches with the fleet; a wave's go is
+                        // written by a member of the wave before, which has nothing to wait for.
+                        if matches!(self.gate, Gate::Staged) {
+                            tokio::time::sleep(lead).await
+                        }
                     }
                     Err(PutError::Conflict) => {}
                     Err(PutError::Failed(err)) => {
@@ -253,17 +341,42 @@ impl<'a, 'b> Fleet<'a, 'b> {
         })
     }
 
-    /// The instances with a marker for this release.
+    /// How long this gate waits: the barrier's deadline; a wave's, that plus a validation and the bake
+    /// per wave before it (counted from the barrier's go).
+    fn deadline(&self) -> Duration {
+        match &self.gate {
+            Gate::Staged => self.agent.watch.barrier,
+            Gate::Wave { wave, .. } => {
+                let validation = self
+                    .agent
+                    .settings
+                    .validation
+                    .as_ref()
+                    .map_or(Duration::ZERO, |v| v.timeout);
+                (self.agent.watch.barrier + validation + self.agent.watch.bake) * (*wave as u32 - 1)
+            }
+        }
+    }
+
+    fn bake(&self) -> Duration {
+        match self.gate {
+            Gate::Staged => Duration::ZERO,
+            Gate::Wave { .. } => self.agent.watch.bake,
+        }
+    }
+
+    /// The instances with a marker in this gate's directory (directly in it: validated markers live
+    /// one level down from the staged ones).
     async fn ready(&self) -> Result<BTreeSet<String>, ReleaseError> {
-        let prefix = self.key("");
+        let prefix = self.marker_dir();
         Ok(self
             .agent
             .store
             .list_keys(&prefix)
             .await?
             .into_iter()
-            .filter_map(|k| k.rsplit('/').next().map(str::to_string))
-            .filter(|name| !name.starts_with('_'))
+            .filter_map(|k| k.strip_prefix(&prefix).map(str::to_string))
+            .filter(|name| !name.starts_with('_') && !name.contains('/'))
             .collect())
     }
 
@@ -337,23 +450,7 @@ impl<'a, 'b> Fleet<'a, 'b> {
 /// The group's InService instances. Instances that left the group (terminated, detached, unhealthy)
 /// are not waited for.
 async fn in_service(agent: &Agent<'_>, group: &str) -> Result<BTreeSet<String>, ReleaseError> {
-    let asg = aws_sdk_autoscaling::Client::new(&agent.aws.config);
-    let answer = asg
-        .describe_auto_scaling_groups()
-        .auto_scaling_group_names(group)
-        .send()
-        .await
-        .map_err(|err| {
-            crate::aws::AwsError::new("autoscaling:DescribeAutoScalingGroups", &err)
-                .on(format!("for {group}"))
-        })?;
-    Ok(answer
-        .auto_scaling_groups()
-        .iter()
-        .flat_map(|g| g.instances())
-        .filter(|i| i.lifecycle_state().map(|s| s.as_str()) == Some("InService"))
-        .filter_map(|i| i.instance_id().map(str::to_string))
-        .collect())
+    Ok(crate::lifecycle::in_service(agent.aws, group).await?)
 }
 
 /// Switch or hold, per `on_barrier_timeout`; the error topic hears of it once per release.
@@ -394,10 +491,14 @@ pub(super) async fn write_marker(agent: &Agent<'_>, id: &str) -> Result<(), Rele
         .store
         .source
         .key(&format!("ready/{id}/{}", agent.instance_id));
+    put_marker(agent, &marker).await
+}
+
+async fn put_marker(agent: &Agent<'_>, key: &str) -> Result<(), ReleaseError> {
     let body = format!("{{\"time\": \"{}\"}}", crate::status::now());
     match agent
         .store
-        .put_bytes(&marker, body.into_bytes(), Condition::None)
+        .put_bytes(key, body.into_bytes(), Condition::None)
         .await
     {
         Ok(()) | Err(PutError::Conflict) => Ok(()),

@@ -2,6 +2,7 @@
 //! pipeline, writes its ready marker, waits for the fleet barrier (`barrier.rs`), switches.
 
 mod barrier;
+mod waves;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -10,11 +11,14 @@ use tokio::sync::watch as signal_watch;
 
 use super::error::ReleaseError;
 use super::install::{read_target, Pipeline, Settings, Stage, Target};
+use super::once::Scope;
+use super::roster::{self, Entry, Roster, State};
 use super::store::{Polled, Store};
 use crate::aws::Aws;
 use crate::config::{BarrierTimeout, ReleaseFormat, WatchConfig};
 use crate::status::{Outcome, Report, RunStatus, Step};
 use barrier::{barrier_step, clean_markers, write_marker, Held};
+use waves::{Plan, WaveGate};
 
 /// Everything the agent needs, resolved before its loop starts.
 pub struct Agent<'a> {
@@ -33,12 +37,48 @@ pub struct Agent<'a> {
     pub barrier_noted: std::sync::Mutex<BTreeSet<String>>,
     /// Work to do after every poll and every switch (the log streams' sync); never fails the agent.
     pub after_poll: Option<AfterPoll>,
+    /// How long a run-once hook's leader holds its lease (`[release] once_lease`).
+    pub once_lease: Duration,
+    /// This instance's status object at the source.
+    pub roster: Roster,
 }
 
 impl Agent<'_> {
-    fn pipeline(&self) -> Pipeline<'_> {
-        Pipeline::new(self.store, self.settings, self.http)
+    fn pipeline<'s>(&'s self, once: Option<&'s Scope>) -> Pipeline<'s> {
+        Pipeline::new(self.store, self.settings, self.http).sharing(once)
     }
+
+    /// The pointer's key (`current`, or pull-deploy's `latest-deploy`).
+    fn pointer_key(&self) -> String {
+        match self.settings.format {
+            ReleaseFormat::Embark => self.store.source.pointer_key(),
+            ReleaseFormat::PullDeploy => self.store.source.key(super::legacy::POINTER),
+        }
+    }
+
+    /// Says what this instance is doing now, in its status object at the source.
+    async fn say(&self, state: State, deploying: Option<&str>, detail: Said) {
+        let entry = Entry {
+            instance: self.instance_id.clone(),
+            group: self.group.clone(),
+            serves: self.settings.layout.current(),
+            deploying: deploying.map(str::to_string),
+            state,
+            wave: detail.wave,
+            reason: detail.reason,
+            since: crate::status::now(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            heartbeat_s: roster::heartbeat(self.watch.interval).as_secs(),
+        };
+        self.roster.set(self.store, entry).await;
+    }
+}
+
+/// The details of a status: its wave, why.
+#[derive(Default)]
+struct Said {
+    wave: Option<(usize, usize)>,
+    reason: Option<String>,
 }
 
 /// See [`Agent::after_poll`].
@@ -55,16 +95,18 @@ enum Deployed {
     Held,
     /// The release failed here or in the fleet before: not tried again (it says why, once).
     Skipped(String),
+    /// The pointer moved while this instance's wave waited: given up, the next poll deploys the new one.
+    Superseded(String),
 }
 
 /// Ends on SIGTERM or SIGINT, between steps (a deploy being staged is dropped: `current` is untouched
 /// and the next start resumes).
 pub async fn run(agent: &Agent<'_>) -> Result<(), ReleaseError> {
     let mut stop = stop_on_signals();
-    let key = match agent.settings.format {
-        ReleaseFormat::Embark => agent.store.source.pointer_key(),
-        ReleaseFormat::PullDeploy => agent.store.source.key(super::legacy::POINTER),
-    };
+    let key = agent.pointer_key();
+    agent.roster.clear(agent.store, &agent.instance_id).await;
+    agent.say(State::Serving, None, Said::default()).await;
+    let heartbeat = roster::heartbeat(agent.watch.interval);
     tracing::info!(
         instance_id = %agent.instance_id,
         "watching {} every {} (barrier {}, then {})",
@@ -89,6 +131,7 @@ pub async fn run(agent: &Agent<'_>) -> Result<(), ReleaseError> {
         if let Some(work) = &agent.after_poll {
             work().await;
         }
+        agent.roster.beat_if_due(agent.store, heartbeat).await;
         tokio::select! {
             _ = tokio::time::sleep(pause) => {},
             _ = stop.changed() => break,
@@ -175,7 +218,7 @@ async fn after_poll(
                 notify(agent, agent.success_topic.as_deref(), &subject, &text).await;
             }
             // Remembered only once the release is current: a hold or a failure is tried again.
-            if !matches!(outcome, Deployed::Held) {
+            if !matches!(outcome, Deployed::Held | Deployed::Superseded(_)) {
                 poll.seen_etag = Some(etag);
                 poll.notified_failure = None;
             }
@@ -227,7 +270,9 @@ async fn deploy(
         Some(agent.instance_id.clone()),
         agent.group.clone(),
     );
-    let mut result = deploy_steps(agent, target, stop, &mut report.steps).await;
+    let pointer = (agent.pointer_key(), etag.to_string());
+    let pointer = (pointer.0.as_str(), pointer.1.as_str());
+    let mut result = deploy_steps(agent, target, pointer, stop, &mut report.steps).await;
     if let Err(err) = &result {
         if let Some(failure) = fleet_failure(agent, err) {
             // The release is bad for the fleet: say so at the source, and move the pointer back.
@@ -246,13 +291,60 @@ async fn deploy(
             "it failed here at {time} ({reason})"
         )));
     }
+    let id = target.id();
+    if let Err(err @ ReleaseError::OnceFailed { .. }) = &result {
+        // Its leader reports it to the fleet (one notification); here, nothing switched.
+        let why = err.to_string();
+        let reason = Some(why.clone());
+        agent
+            .say(
+                State::Failed,
+                Some(&id),
+                Said {
+                    reason,
+                    ..Said::default()
+                },
+            )
+            .await;
+        result = Ok(Deployed::Skipped(why));
+    }
+    match &result {
+        Ok(Deployed::Held) => agent.say(State::Held, Some(&id), Said::default()).await,
+        Ok(Deployed::Superseded(why)) => {
+            let reason = Some(why.clone());
+            agent
+                .say(
+                    State::Serving,
+                    None,
+                    Said {
+                        reason,
+                        ..Said::default()
+                    },
+                )
+                .await
+        }
+        Err(err) => {
+            let reason = Some(err.to_string());
+            agent
+                .say(
+                    State::Failed,
+                    Some(&id),
+                    Said {
+                        reason,
+                        ..Said::default()
+                    },
+                )
+                .await
+        }
+        Ok(_) => {}
+    }
     if matches!(result, Ok(Deployed::Current) | Ok(Deployed::Skipped(_))) {
         return result; // nothing happened: keep the last real deploy's report
     }
     report.finished = Some(crate::status::now());
     report.duration_ms = started.elapsed().as_millis() as u64;
     match &result {
-        Ok(Deployed::Held) => report.status = RunStatus::Held,
+        Ok(Deployed::Held) | Ok(Deployed::Superseded(_)) => report.status = RunStatus::Held,
         Ok(_) => report.status = RunStatus::Done,
         Err(err) => {
             report.status = RunStatus::Error;
@@ -319,18 +411,24 @@ fn record(steps: &mut Vec<Step>, name: &str, started: Instant, outcome: Outcome,
 async fn deploy_steps(
     agent: &Agent<'_>,
     target: &Target,
+    (pointer_key, etag): (&str, &str),
     stop: &mut Stop,
     steps: &mut Vec<Step>,
 ) -> Result<Deployed, ReleaseError> {
+    let id = target.id();
+    if agent.settings.layout.current().as_deref() != Some(id.as_str()) {
+        agent.say(State::Staging, Some(&id), Said::default()).await;
+    }
     if !stage_step(agent, target, steps).await? {
         return Ok(Deployed::Current);
     }
-    let id = target.id();
     write_marker(agent, &id).await?;
     tracing::info!(release = %id, "release {id} staged and verified; ready marker written");
+    agent.say(State::Ready, Some(&id), Said::default()).await;
     let t = Instant::now();
     let rollback = target.pointer().and_then(|p| p.rollback_of.clone());
-    let cleaner = match (&agent.group, rollback) {
+    let mut plan = None;
+    let cleaner = match (&agent.group, &rollback) {
         (_, Some(failed)) => {
             record(
                 steps,
@@ -342,8 +440,35 @@ async fn deploy_steps(
             false
         }
         (Some(group), None) => match barrier_step(agent, group, target, stop, steps).await? {
-            (Held::Yes, _) => return Ok(Deployed::Held),
-            (Held::No, wrote_go) => wrote_go,
+            (Held::Yes, _, _) => return Ok(Deployed::Held),
+            (Held::No, wrote_go, members) => {
+                if agent.watch.rollout.is_staged() {
+                    let waves = Plan::new(agent, target, &members);
+                    let wave = Some((waves.wave, waves.total));
+                    if waves.wave > 1 {
+                        agent
+                            .say(
+                                State::Waiting,
+                                Some(&id),
+                                Said {
+                                    wave,
+                                    ..Said::default()
+                                },
+                            )
+                            .await;
+                    }
+                    let pointer = (pointer_key, etag);
+                    match waves::wait_for_wave(agent, group, target, pointer, &waves, stop, steps)
+                        .await?
+                    {
+                        WaveGate::Open => {}
+                        WaveGate::Held => return Ok(Deployed::Held),
+                        WaveGate::Superseded(why) => return Ok(Deployed::Superseded(why)),
+                    }
+                    plan = Some((group.clone(), waves));
+                }
+                wrote_go
+            }
         },
         (None, None) => {
             record(
@@ -356,7 +481,46 @@ async fn deploy_steps(
             false
         }
     };
-    switch_step(agent, target, steps, cleaner).await
+    let wave = plan.as_ref().map(|(_, p)| (p.wave, p.total));
+    agent
+        .say(
+            State::Switching,
+            Some(&id),
+            Said {
+                wave,
+                ..Said::default()
+            },
+        )
+        .await;
+    let once = agent.group.as_ref().map(|_| Scope {
+        instance: agent.instance_id.clone(),
+        token: target.token(),
+        lease: agent.once_lease,
+    });
+    let deployed = switch_step(agent, target, steps, cleaner, once.as_ref()).await?;
+    match &rollback {
+        Some(failed) => {
+            let reason = Some(format!("release {failed} failed in the fleet"));
+            let said = Said { wave, reason };
+            agent.say(State::RolledBack, Some(failed), said).await
+        }
+        None => {
+            agent
+                .say(
+                    State::Validated,
+                    None,
+                    Said {
+                        wave,
+                        ..Said::default()
+                    },
+                )
+                .await
+        }
+    }
+    if let Some((group, waves)) = &plan {
+        waves::validated(agent, group, target, waves).await;
+    }
+    Ok(deployed)
 }
 
 /// Stages the release under the lock; `false` when it is current here already (a boot pulled it):
@@ -367,12 +531,16 @@ async fn stage_step(
     steps: &mut Vec<Step>,
 ) -> Result<bool, ReleaseError> {
     let t = Instant::now();
-    let pipeline = agent.pipeline();
+    let pipeline = agent.pipeline(None);
     let locked = pipeline.begin().await?;
     let staged = match pipeline.stage(locked, target).await {
         Ok(Stage::Staged(staged)) => staged,
         Ok(Stage::Current(_)) => {
             write_marker(agent, &target.id()).await?;
+            if agent.group.is_some() && agent.watch.rollout.is_staged() {
+                // Serving it already (it booted into it): the waves do not wait for it.
+                barrier::write_validated(agent, &target.id(), &target.token()).await?;
+            }
             return Ok(false);
         }
         Err(err) => {
@@ -391,9 +559,10 @@ async fn switch_step(
     target: &Target,
     steps: &mut Vec<Step>,
     cleaner: bool,
+    once: Option<&Scope>,
 ) -> Result<Deployed, ReleaseError> {
     let t = Instant::now();
-    let pipeline = agent.pipeline();
+    let pipeline = agent.pipeline(once);
     let locked = pipeline.begin().await?;
     let staged = match pipeline.stage(locked, target).await? {
         Stage::Current(_) => return Ok(Deployed::Current),

@@ -4,6 +4,7 @@ use super::Pipeline;
 use crate::config::{Hook, HookPhase};
 use crate::hooks::{self, HookEnv};
 use crate::release::error::ReleaseError;
+use crate::release::once;
 
 impl Pipeline<'_> {
     /// The hooks of `phase` for this role, in order, in release `id`'s directory; the first failure
@@ -32,8 +33,13 @@ impl Pipeline<'_> {
             .filter(|hook| hook.phase == phase)
             .collect();
         for (index, hook) in selected.iter().enumerate() {
-            tracing::info!(release = %id, "running hook {}", hooks::describe(hook));
-            if let Err(why) = hooks::run(hook, &env, self.http).await {
+            let result = if hook.once {
+                self.run_once(hook, id, &env).await?
+            } else {
+                tracing::info!(release = %id, "running hook {}", hooks::describe(hook));
+                hooks::run(hook, &env, self.http).await.map(|_| ())
+            };
+            if let Err(why) = result {
                 return Err(ReleaseError::HookFailed {
                     link: settings.layout.link.clone(),
                     release: id.to_string(),
@@ -45,5 +51,49 @@ impl Pipeline<'_> {
             }
         }
         Ok(selected.len())
+    }
+
+    /// A run-once hook: run here when this instance leads (or has no fleet to share it with), else
+    /// the leader's outcome; a failure elsewhere is [`ReleaseError::OnceFailed`].
+    async fn run_once(
+        &self,
+        hook: &Hook,
+        id: &str,
+        env: &HookEnv<'_>,
+    ) -> Result<Result<(), String>, ReleaseError> {
+        let name = hooks::describe(hook);
+        let Some(scope) = self.once else {
+            tracing::info!(release = %id, "running the run-once hook {name} (no fleet: this instance is its own leader)");
+            return Ok(hooks::run(hook, env, self.http).await.map(|_| ()));
+        };
+        // Its place among every release hook: the same on every instance of one configuration.
+        let index = self
+            .settings
+            .hooks
+            .iter()
+            .position(|h| h == hook)
+            .unwrap_or_default();
+        let work = || async {
+            tracing::info!(release = %id, "running the run-once hook {name} (this instance leads)");
+            hooks::run(hook, env, self.http).await
+        };
+        let ran = once::run(self.store, scope, id, index, &name, hook.timeout, work).await?;
+        match ran {
+            once::Ran::Here(result) => Ok(result.map(|_| ())),
+            once::Ran::Elsewhere(outcome) if outcome.ok => {
+                tracing::info!(release = %id, "the run-once hook {name} ran on {} at {}: not run here", outcome.instance, outcome.time);
+                Ok(Ok(()))
+            }
+            once::Ran::Elsewhere(outcome) => Err(ReleaseError::OnceFailed {
+                release: id.to_string(),
+                hook: name,
+                on: format!(
+                    "{} at {}: {}",
+                    outcome.instance,
+                    outcome.time,
+                    outcome.output.trim_end()
+                ),
+            }),
+        }
     }
 }

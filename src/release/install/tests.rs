@@ -146,6 +146,7 @@ fn logging_hook(log: &Path) -> Hook {
         timeout: Duration::from_secs(10),
         user: None,
         phase: HookPhase::Switch,
+        once: false,
     }
 }
 
