@@ -43,9 +43,11 @@ impl TryFrom<Vec<String>> for Rollout {
                 },
                 None => match text.parse::<u32>() {
                     Ok(n) if n >= 1 => Size::Count(n),
-                    _ => return Err(format!(
+                    _ => {
+                        return Err(format!(
                         "{wave:?} is neither a number of instances (\"1\") nor a share (\"25%\")"
-                    )),
+                    ))
+                    }
                 },
             };
             sizes.push(size);

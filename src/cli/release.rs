@@ -382,7 +382,8 @@ pub async fn fleet_status(
                 bar.set_message(line);
             }
             None if line != said => {
-                say_line(&line);
+                // Progress on stderr: stdout holds the final report (the JSON one with --json).
+                eprintln!("{line}");
                 said = line;
             }
             None => {}

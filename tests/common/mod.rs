@@ -315,6 +315,15 @@ impl Running {
         );
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its `EMBARK_STATE_DIR` (the agent's `deploy.json` is there).
+    pub fn state(&self) -> PathBuf {
+        self.state_dir.path().join("state")
+    }
+
     /// Has it exited (without waiting)?
     pub fn exited(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(Some(_)))
