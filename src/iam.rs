@@ -193,6 +193,27 @@ pub fn instance_policy(f: &Features) -> Value {
                 format!("arn:{}:s3:::{}/{prefix}current", f.partition, source.bucket),
             ]),
         ));
+        // Each agent's status object (`status/<instance-id>/<entry>`, replaced at every change of
+        // state, the one before deleted), read by `release status`; S3 cannot scope a resource to
+        // the calling instance, so every agent of the source may write every status.
+        statements.push(statement(
+            "DeployAgentStatus",
+            &["s3:PutObject", "s3:DeleteObject"],
+            json!(format!(
+                "arn:{}:s3:::{}/{prefix}status/*",
+                f.partition, source.bucket
+            )),
+        ));
+        // Run-once hooks: the lease (created with If-None-Match, renewed and taken over with
+        // If-Match) and the outcome, under `once/<release>/<deploy>/`.
+        statements.push(statement(
+            "DeployAgentRunOnceLeases",
+            &["s3:PutObject"],
+            json!(format!(
+                "arn:{}:s3:::{}/{prefix}once/*",
+                f.partition, source.bucket
+            )),
+        ));
     }
     statements.extend(group_statements(f));
     if !f.target_groups.is_empty() {
@@ -377,6 +398,13 @@ pub fn publisher_policy(
         ),
     ];
     statements.extend(release_kms(kms_keys, partition));
+    // `release status --wait` after a push: the group's InService instances (read-only; Describe*
+    // calls cannot be scoped to one group).
+    statements.push(statement(
+        "ReleaseStatusGroup",
+        &["autoscaling:DescribeAutoScalingGroups"],
+        json!("*"),
+    ));
     if !sign_keys.is_empty() {
         statements.push(statement(
             "ReleaseSign",
@@ -504,6 +532,8 @@ mod tests {
             "arn:aws:s3:::bucket-b/app/ready/*",
             "arn:aws:s3:::bucket-b/app/failed/*",
             "arn:aws:s3:::bucket-b/app/current",
+            "arn:aws:s3:::bucket-b/app/status/*",
+            "arn:aws:s3:::bucket-b/app/once/*",
             "autoscaling:CompleteLifecycleAction",
             "sns:Publish",
         ] {

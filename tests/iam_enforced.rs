@@ -174,6 +174,19 @@ fn the_printed_policies_are_all_a_fleet_and_its_publisher_need() {
 
     let agent = on_instance().spawn(&["release", "watch"]);
     let v2 = push("<?php echo 2;");
+    // What a CI job runs after its push: the fleet's status objects and the group's InService
+    // instances, with the publisher's rights only.
+    let waited = publisher().run(&[
+        "release",
+        "status",
+        "--from",
+        &source,
+        "--wait",
+        "--timeout",
+        "60s",
+    ]);
+    assert_eq!(waited.code(), 0, "{}\n{}", waited.stdout(), waited.stderr());
+    assert!(waited.stdout().contains(&format!("1/1 on {v2}")), "{}", waited.stdout());
     let switched = wait_for_current(root.path(), &v2);
     let rollback = publisher().run(&["release", "rollback", "--from", &source]);
     assert_eq!(rollback.code(), 0, "{}", rollback.stderr());
