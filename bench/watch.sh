@@ -10,6 +10,10 @@
 #       (default 3 agents, 5 rounds, 2 s, 10 rps; needs jq, curl, bc, `make emulator-env static`)
 #   BENCH_SHOW=1: per round, the requests by operation, when agents saw the push and staged, the markers
 #   and `_go`; BENCH_LOG=DIR: each round's request log saved there (roundN.json, roundN.pushed)
+#   BENCH_ROLLOUT='["1", "10%", "100%"]': `[watch] rollout` (default one wave); BENCH_ONCE=1: a run-once
+#   prepare hook (it counts its runs); either one also validates every switch against a local app
+#   (`[health] url`, 2 successes) and reports push → last instance validated (from the agents'
+#   deploy.json) and the time and requests of one `embark release status` of the whole fleet
 set -euo pipefail
 
 agents=${1:-3}
@@ -32,12 +36,27 @@ push() { echo "<?php return '$1';" >"$tree/version.php"; AWS_REGION=eu-west-1 "$
 push v0 >/dev/null
 control POST throttle "{\"service\": \"autoscaling\", \"rps\": $throttle}" >/dev/null
 
+# An app every agent validates against (one local HTTP server answering 200), when the rollout is gated.
+extra=""
+if [ -n "${BENCH_ROLLOUT:-}${BENCH_ONCE:-}" ]; then
+    mkdir -p "$work/app"; echo ok >"$work/app/health.php"
+    (cd "$work/app" && exec python3 -u -m http.server 0 --bind 127.0.0.1 >"$work/app.log" 2>&1) &
+    app_pid=$!
+    for _ in $(seq 1 100); do port=$(sed -n 's/.*port \([0-9]*\).*/\1/p' "$work/app.log" | head -1); [ -n "$port" ] && break; sleep 0.1; done
+    extra=$(printf '[health]\nurl = "http://127.0.0.1:%s/health.php"\ntimeout = "30s"\nsuccesses = 2\n' "$port")
+fi
+watch_extra=${BENCH_ROLLOUT:+rollout = $BENCH_ROLLOUT}
+hooks=""
+# shellcheck disable=SC2016 # $EMBARK_RELEASE is the hook's own, expanded when it runs
+[ -n "${BENCH_ONCE:-}" ] && hooks=$(printf '[[release.hooks]]\nphase = "prepare"\nonce = true\nrun = ["sh", "-c", "echo $EMBARK_RELEASE >> %s"]\n' "$work/once.log")
+
 pids=()
 control POST launch "{\"group\": \"wbench\", \"count\": $agents}" | jq -r '.[].imds_endpoint' >"$work/imds"
 n=0
 while read -r imds; do
     n=$((n + 1)); mkdir -p "$work/a$n"
-    printf '[release]\nroot = "%s"\n[watch]\ninterval = "%ss"\nbarrier = "2m"\n' "$work/a$n/www" "$interval" >"$work/a$n/c.toml"
+    printf '[release]\nroot = "%s"\n%s\n[watch]\ninterval = "%ss"\nbarrier = "2m"\n%s\n%s\n' \
+        "$work/a$n/www" "$hooks" "$interval" "$watch_extra" "$extra" >"$work/a$n/c.toml"
     AWS_ACCESS_KEY_ID=bench$n AWS_EC2_METADATA_SERVICE_ENDPOINT=$imds EMBARK_STATE_DIR=$work/a$n/state \
         "$embark" -q --config "$work/a$n/c.toml" release watch 2>"$work/a$n/log" &
     pids+=($!)
@@ -54,7 +73,7 @@ stop_agents() {  # SIGTERM, up to 20 s to exit (the agent's contract), then any 
         echo "${#left[@]} agents did not exit within 20 s of SIGTERM: killed" >&2
         kill -9 "${left[@]}" 2>/dev/null || true
     fi
-    kill "$emu_pid" 2>/dev/null; rm -rf "$work"
+    kill "$emu_pid" 2>/dev/null; [ -n "${app_pid:-}" ] && kill "$app_pid" 2>/dev/null; rm -rf "$work"
 }
 trap stop_agents EXIT
 
@@ -71,11 +90,14 @@ wait_all() {  # until every agent's link points at $1 (at most 5 minutes)
 }
 : >"$work/last"; : >"$work/spread"; : >"$work/asg"
 wait_all "$(curl -sf "$endpoint/_embark/s3/wbench-deploy/app/current" | jq -r .release)"
-# Idle: three intervals with nothing pushed, in the steady state (right after a switch an agent's next
-# poll comes anywhere within the interval, so the first interval after a deploy holds a few extra).
+# Idle: ten intervals with nothing pushed (at least one heartbeat period of every agent: its status object
+# is written again every ten intervals, or every minute when that is rarer), in the steady state (right
+# after a switch an agent's next poll comes anywhere within the interval, so the first interval after a
+# deploy holds a few extra).
 sleep $((interval + interval / 5 + 1))
 control DELETE requests >/dev/null
-sleep $((interval * 3))
+idle_intervals=10; [ $((interval * 10)) -lt 60 ] && idle_intervals=$(( (60 + interval - 1) / interval ))
+sleep $((interval * idle_intervals))
 curl -sf "$endpoint/_embark/requests" >"$work/idle.json"
 idle=$(jq '[.[] | select(.service != "imds")] | length' "$work/idle.json")
 polls=$(jq '[.[] | select(.operation == "GetObject" and (.path | endswith("/app/current")))] | length' "$work/idle.json")
@@ -110,6 +132,12 @@ for r in $(seq 1 "$rounds"); do
     first=$(echo "$times" | head -1); last=$(echo "$times" | tail -1)
     echo "$last - $pushed" | bc >>"$work/last"
     echo "$last - $first" | bc >>"$work/spread"
+    if [ -n "$extra" ]; then  # the last validation: the latest `finished` of the agents' reports of this deploy
+        validated=$(cat "$work"/a*/state/deploy.json | jq -r --arg id "$id" 'select(.command | endswith($id)) | .finished' |
+            sort | tail -1)
+        echo "$(date -d "$validated" +%s.%N) - $pushed" | bc >>"$work/validated"
+    fi
+    [ -n "${BENCH_ONCE:-}" ] && grep -c "^$id\$" "$work/once.log" >>"$work/once"
 done
 median() { sort -n "$1" | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 calls=$(awk '{s += $1} END {print s}' "$work/asg"); throttled=$(awk '{s += $2} END {print s}' "$work/asg")
@@ -119,4 +147,15 @@ echo "agents: $agents, rounds: $rounds (interval ${interval} s ± 20 %, Auto Sca
 echo "push → last instance switched: median $(median "$work/last")s"
 echo "spread first → last switch:    median $(median "$work/spread")s"
 echo "Auto Scaling calls per deploy: $(echo "scale=2; $calls / $rounds" | bc) in all, $(echo "scale=3; $calls / $rounds / $agents" | bc) per agent (most by one agent in its last deploy: ${most:-n/a}); throttled: $throttled"
-echo "idle: $(echo "scale=3; $idle / $agents / 3" | bc) AWS requests per agent per interval, $(echo "scale=3; $idle / $polls" | bc) per poll ($polls pointer GETs${others:+; others: $others})"
+if [ -n "$extra" ]; then
+    echo "push → last instance validated: median $(median "$work/validated")s (rollout ${BENCH_ROLLOUT:-[\"100%\"]})"
+    control DELETE requests >/dev/null
+    started=$(date +%s.%N)
+    AWS_REGION=eu-west-1 "$embark" -q release status --from s3://wbench-deploy/app --json >"$work/status.json"
+    took=$(echo "$(date +%s.%N) - $started" | bc)
+    counted=$(curl -sf "$endpoint/_embark/requests" | jq -r '[.[] | select(.service != "imds") | select(.access_key == "bench")]
+        | group_by(.operation) | map("\(.[0].operation)=\(length)") | join(" ")')
+    echo "release status of $(jq '.instances | length' "$work/status.json") instances: ${took}s, requests: $counted; $(jq -r .summary.text "$work/status.json")"
+fi
+[ -n "${BENCH_ONCE:-}" ] && echo "run-once hook runs per deploy: $(sort -u "$work/once" | tr '\n' ' ')"
+echo "idle: $(echo "scale=3; $idle / $agents / $idle_intervals" | bc) AWS requests per agent per interval, $(echo "scale=3; $idle / $polls" | bc) per poll ($polls pointer GETs${others:+; others: $others})"

@@ -186,7 +186,11 @@ fn the_printed_policies_are_all_a_fleet_and_its_publisher_need() {
         "60s",
     ]);
     assert_eq!(waited.code(), 0, "{}\n{}", waited.stdout(), waited.stderr());
-    assert!(waited.stdout().contains(&format!("1/1 on {v2}")), "{}", waited.stdout());
+    assert!(
+        waited.stdout().contains(&format!("1/1 on {v2}")),
+        "{}",
+        waited.stdout()
+    );
     let switched = wait_for_current(root.path(), &v2);
     let rollback = publisher().run(&["release", "rollback", "--from", &source]);
     assert_eq!(rollback.code(), 0, "{}", rollback.stderr());
