@@ -90,13 +90,13 @@ wait_all() {  # until every agent's link points at $1 (at most 5 minutes)
 }
 : >"$work/last"; : >"$work/spread"; : >"$work/asg"
 wait_all "$(curl -sf "$endpoint/_embark/s3/wbench-deploy/app/current" | jq -r .release)"
-# Idle: ten intervals with nothing pushed (at least one heartbeat period of every agent: its status object
-# is written again every ten intervals, or every minute when that is rarer), in the steady state (right
+# Idle: twelve intervals with nothing pushed (one heartbeat period of every agent: its status object is
+# written again every twelve intervals, or every minute when that is rarer), in the steady state (right
 # after a switch an agent's next poll comes anywhere within the interval, so the first interval after a
 # deploy holds a few extra).
 sleep $((interval + interval / 5 + 1))
 control DELETE requests >/dev/null
-idle_intervals=10; [ $((interval * 10)) -lt 60 ] && idle_intervals=$(( (60 + interval - 1) / interval ))
+idle_intervals=12; [ $((interval * 12)) -lt 60 ] && idle_intervals=$(( (60 + interval - 1) / interval ))
 sleep $((interval * idle_intervals))
 curl -sf "$endpoint/_embark/requests" >"$work/idle.json"
 idle=$(jq '[.[] | select(.service != "imds")] | length' "$work/idle.json")
@@ -133,6 +133,10 @@ for r in $(seq 1 "$rounds"); do
     echo "$last - $pushed" | bc >>"$work/last"
     echo "$last - $first" | bc >>"$work/spread"
     if [ -n "$extra" ]; then  # the last validation: the latest `finished` of the agents' reports of this deploy
+        for _ in $(seq 1 600); do  # every agent's report of this deploy written (at most 2 minutes)
+            [ "$(cat "$work"/a*/state/deploy.json 2>/dev/null | jq -r --arg id "$id" 'select(.command | endswith($id)) | select(.finished) | .finished' | wc -l)" = "$agents" ] && break
+            sleep 0.2
+        done
         validated=$(cat "$work"/a*/state/deploy.json | jq -r --arg id "$id" 'select(.command | endswith($id)) | .finished' |
             sort | tail -1)
         echo "$(date -d "$validated" +%s.%N) - $pushed" | bc >>"$work/validated"

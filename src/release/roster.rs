@@ -86,10 +86,11 @@ pub struct Entry {
 /// The most of a reason a status object keeps (an S3 key is at most 1024 bytes).
 const REASON: usize = 160;
 
-/// How often an idle agent says it is alive: once a minute, or every ten polls when that is rarer, so
-/// that a heartbeat costs at most a tenth of a request per poll interval.
+/// How often an idle agent says it is alive: once a minute, or every twelve polls when that is rarer,
+/// so that a heartbeat costs under a tenth of a request per poll interval (idle: ≤ 1.1 requests per
+/// agent per interval, the pointer's conditional GET included, with room for the polls' jitter).
 pub fn heartbeat(interval: Duration) -> Duration {
-    (interval * 10).max(Duration::from_secs(60))
+    (interval * 12).max(Duration::from_secs(60))
 }
 
 fn prefix(store: &Store) -> String {
@@ -273,6 +274,6 @@ mod tests {
         assert!(!heard(299).silent(now));
         assert!(heard(301).silent(now));
         assert_eq!(heartbeat(Duration::from_secs(2)), Duration::from_secs(60));
-        assert_eq!(heartbeat(Duration::from_secs(10)), Duration::from_secs(100));
+        assert_eq!(heartbeat(Duration::from_secs(10)), Duration::from_secs(120));
     }
 }
