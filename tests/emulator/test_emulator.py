@@ -96,6 +96,26 @@ def test_imds_ttl_echoed_and_expiry(emu, account):
     assert requests.get(url, headers={TOKEN: r.text}, timeout=5).status_code == 401
 
 
+def test_imds_default_instance_answers_unprefixed_paths_as_on_ec2(emu, account):
+    inst = launch(emu, group="pyweb")
+    base = inst["imds_endpoint"].rsplit("/", 1)[0]
+    assert token(base).status_code == 404, "no default instance: nothing at /latest"
+    assert ctl(emu, "POST", "imds/default", {"instance_id": inst["instance_id"]}).status_code == 200
+    try:
+        tok = token(base).text
+        r = requests.get(f"{base}/latest/meta-data/instance-id", headers={TOKEN: tok}, timeout=5)
+        assert r.text == inst["instance_id"]
+        # The prefixed form still answers for each instance.
+        other = launch(emu, group="pyweb")
+        tok = token(other["imds_endpoint"]).text
+        r = requests.get(f"{other['imds_endpoint']}/latest/meta-data/instance-id",
+                         headers={TOKEN: tok}, timeout=5)
+        assert r.text == other["instance_id"]
+    finally:
+        ctl(emu, "POST", "imds/default", {"instance_id": None})
+    assert token(base).status_code == 404
+
+
 def test_token_of_one_instance_is_refused_by_another(emu, account):
     a = launch(emu, group="pyweb")
     b = launch(emu, group="pyweb")

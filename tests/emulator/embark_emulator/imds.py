@@ -41,6 +41,10 @@ class Imds:
         self.server = None
         self.thread = None
         self.down_until = 0.0
+        # The instance that un-prefixed paths (`/latest/...`, as on EC2) answer for: set only by an
+        # end-to-end test that runs the emulator on the link-local address inside a network namespace
+        # of its own, so that shipped units and user-data run unchanged (docs/emulator.md).
+        self.default_instance: str | None = None
 
     # ---- serving, stopping and restarting (unreachable IMDS) ----
     def start(self) -> None:
@@ -68,6 +72,7 @@ class Imds:
 
     def reset(self) -> None:
         with self.lock:
+            self.default_instance = None
             self.tokens.clear()
             self.token_lifetime = None
 
@@ -88,6 +93,8 @@ class Imds:
 
     def handle(self, request: Request) -> Response:
         parts = request.path.strip("/").split("/", 1)
+        if parts[0] == "latest" and self.default_instance is not None:
+            parts = [self.default_instance, request.path.strip("/")]
         if len(parts) < 2 or not parts[1].startswith("latest"):
             return _text("Not Found", 404)
         instance_id, rest = parts[0], parts[1][len("latest"):].lstrip("/")

@@ -21,6 +21,8 @@ Everything listens on 127.0.0.1 only. The control API lives under /_embark/ on t
   POST   /_embark/throttle            {service, operation?, rps}
   DELETE /_embark/faults              clears faults and throttles
   POST   /_embark/imds/unavailable    {seconds}: IMDS refuses connections for that long
+  POST   /_embark/imds/default        {instance_id|null}: `/latest/...` (no instance prefix, as on EC2)
+                                      answers as that instance (end-to-end tests in a namespace)
   POST   /_embark/imds/token-lifetime {seconds|null}: tokens stop working that soon, whatever their TTL
   GET    /_embark/requests            the request log (?service=, ?operation= filter);  DELETE clears it
   POST   /_embark/buckets             {name, region?}: create a bucket; requests signed for another
@@ -624,6 +626,9 @@ class Emulator:
         if path == "imds/token-lifetime" and method == "POST":
             seconds = spec.get("seconds")
             self.imds.tokens_expire_after(None if seconds is None else float(seconds))
+            return json_response({"ok": True})
+        if path == "imds/default" and method == "POST":
+            self.imds.default_instance = spec.get("instance_id")
             return json_response({"ok": True})
         if path == "imds/unavailable" and method == "POST":
             self.imds.unavailable_for(float(spec["seconds"]))
