@@ -5,7 +5,7 @@ STATIC := target/$(TARGET)/release/embark
 VENV := tests/emulator/.venv
 PYTHON ?= python3
 
-.PHONY: demo test static dist emulator-env lint lint-shipping clean-env
+.PHONY: demo test e2e static dist emulator-env lint lint-shipping clean-env
 
 # The main job: the emulator, a simulated instance in a group, and embark run against it.
 demo: emulator-env static
@@ -19,6 +19,12 @@ test: emulator-env static
 	if [ "$$(id -u)" = 0 ]; then set -x; cargo test --locked -- --include-ignored; \
 	else echo "not root: the root-only tests are left out (cargo lists them as ignored)"; set -x; cargo test --locked; fi
 	cd tests/emulator && .venv/bin/python -m pytest -q
+
+# The end-to-end suite (root; tests/e2e/run.sh): the image baked by packer/install.sh booted under a real
+# systemd (systemd-nspawn) and user-data under a real cloud-init, against the emulator, in a network
+# namespace of its own. One line per scenario; it says SKIPPED where containers cannot run.
+e2e: emulator-env static
+	tests/e2e/run.sh
 
 # The portable binary: static-pie on the gnu target, no host libc needed at run time.
 # getrandom finds glibc's getrandom() with dlsym, which a static binary cannot do, and then falls back
@@ -47,7 +53,7 @@ lint:
 LINTVENV := .ci/.lintvenv
 LINT_KMS_KEY := arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab
 lint-shipping: static $(LINTVENV)/.installed
-	shellcheck userdata/boot.sh packer/install.sh scripts/*.sh bench/*.sh .ci/run
+	shellcheck userdata/boot.sh packer/install.sh scripts/*.sh bench/*.sh tests/e2e/run.sh .ci/run
 	cloud-init schema --config-file userdata/cloud-config.yaml
 	packer validate packer/
 	@# arm64: the template and its locals (the aarch64 binary is built by the release workflow, not here)

@@ -40,7 +40,11 @@ if [ "${INSTALL_CLOUDWATCH_AGENT:-false}" = true ]; then
 fi
 install -d -m 0755 /opt/aws/amazon-cloudwatch-agent/etc/amazon-cloudwatch-agent.d
 
-systemctl daemon-reload
+# `daemon-reload` only where systemd runs: a chroot build (Packer's amazon-chroot builder, the end-to-end
+# suite's bake) has no manager to reload, and `enable` works on the files alone.
+if [ -d /run/systemd/system ]; then
+    systemctl daemon-reload
+fi
 systemctl enable embark-boot.service embark-watch.service
 
 # Nothing of the builder instance may reach the fleet.
