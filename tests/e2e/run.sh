@@ -25,8 +25,8 @@ skip() { echo "e2e: SKIPPED, nothing was tested: $*"; exit 0; }
 # ---- stage 1, in the machine's own network: the base file system and the bake (both need the mirror) ----
 if [ -z "${E2E_INSIDE:-}" ]; then
     [ "$(id -u)" = 0 ] || skip "not root (systemd-nspawn, debootstrap and network namespaces need root)"
-    for tool in systemd-nspawn debootstrap unshare nsenter ip curl jq chroot; do
-        command -v "$tool" >/dev/null || skip "$tool is missing (apt-get install systemd-container debootstrap iproute2 curl jq)"
+    for tool in systemd-nspawn debootstrap unshare nsenter ip curl jq chroot pgrep; do
+        command -v "$tool" >/dev/null || skip "$tool is missing (apt-get install systemd-container debootstrap iproute2 curl jq procps)"
     done
     [ -x "$embark" ] || { echo "e2e: build the static binary first: make static" >&2; exit 2; }
     [ -x "$here/tests/emulator/.venv/bin/python" ] || { echo "e2e: make emulator-env first" >&2; exit 2; }
@@ -42,6 +42,7 @@ if [ -z "${E2E_INSIDE:-}" ]; then
         # probing of other clouds), and a locale a minbase image has.
         printf 'datasource_list: [NoCloud, None]\nlocale: C.UTF-8\n' >"$rootfs/etc/cloud/cloud.cfg.d/90-e2e.cfg"
         rm -f "$rootfs/etc/machine-id"; touch "$rootfs/etc/machine-id"
+        chmod 0755 "$rootfs"   # mktemp's 0700 would be the image's / (services running as users could not reach anything)
         tar -C "$rootfs" -cf "$base.tmp" . && mv "$base.tmp" "$base"
         rm -rf "$rootfs"
     fi
@@ -50,7 +51,7 @@ if [ -z "${E2E_INSIDE:-}" ]; then
 
     # Bake: packer/install.sh in a copy of the base, as the template's provisioner runs it (the same files
     # uploaded to /tmp, the same variable, `sudo -E bash install.sh`), then `embark check --image` in it.
-    image=$work/image; mkdir -p "$image"; tar -C "$image" -xf "$base"
+    image=$work/image; mkdir -p "$image"; tar -C "$image" -xf "$base"; chmod 0755 "$image"
     cp "$embark" "$image/tmp/embark"
     cp "$here/packer/embark.toml" "$image/tmp/embark.toml"
     cp "$here/packer/embark-boot.service" "$here/packer/embark-watch.service" "$here/packer/install.sh" "$image/tmp/"
@@ -68,7 +69,7 @@ if [ -z "${E2E_INSIDE:-}" ]; then
         exit 1
     fi
     tar -C "$image" -cf "$work/image.tar" . && rm -rf "$image"
-    mkdir -p "$work/stock"; tar -C "$work/stock" -xf "$base"; tar -C "$work/stock" -cf "$work/stock.tar" . && rm -rf "$work/stock"
+    mkdir -p "$work/stock"; tar -C "$work/stock" -xf "$base"; chmod 0755 "$work/stock"; tar -C "$work/stock" -cf "$work/stock.tar" . && rm -rf "$work/stock"
     status=0
     unshare --net -- env E2E_INSIDE=1 E2E_WORK="$work" E2E_STARTED="$started" \
         E2E_MACHINE_NETNS="$(readlink /proc/self/ns/net)" "$0" || status=$?
@@ -92,8 +93,15 @@ endpoint=http://169.254.169.254:4566
 emu_pid=$!
 containers=()
 # shellcheck disable=SC2317 # called by the trap
-cleanup() {
+cleanup() {  # containers asked to stop (nspawn shuts the container down), then killed after 20 s
     for c in "${containers[@]}"; do kill "$c" 2>/dev/null || true; done
+    for _ in $(seq 1 100); do
+        local left=0
+        for c in "${containers[@]}"; do kill -0 "$c" 2>/dev/null && left=1; done
+        [ "$left" = 0 ] && break
+        sleep 0.2
+    done
+    for c in "${containers[@]}"; do kill -9 "$c" 2>/dev/null || true; done
     kill "$emu_pid" 2>/dev/null || true
 }
 trap cleanup EXIT
@@ -119,10 +127,10 @@ boot_container() {
     local tar=$1 id=$2 name=$3
     root=$work/$name
     if [ ! -d "$root" ]; then
-        mkdir -p "$root"; tar -C "$root" -xf "$tar"
-        mkdir -p "$root/etc/systemd/system.conf.d"
-        printf '[Manager]\nDefaultEnvironment=AWS_ENDPOINT_URL=%s\n' "$endpoint" >"$root/etc/systemd/system.conf.d/e2e-aws.conf"
+        mkdir -p "$root"; tar -C "$root" -xf "$tar"; chmod 0755 "$root"
     fi
+    mkdir -p "$root/etc/systemd/system.conf.d"
+    printf '[Manager]\nDefaultEnvironment=AWS_ENDPOINT_URL=%s\n' "$endpoint" >"$root/etc/systemd/system.conf.d/e2e-aws.conf"
     control POST imds/default "{\"instance_id\": \"$id\"}" >/dev/null
     systemd-nspawn -D "$root" --register=no --keep-unit -b --machine="$name" >>"$work/$name.console" 2>&1 &
     nspawn=$!
@@ -168,7 +176,7 @@ tree=$work/tree; mkdir -p "$tree/public"; echo '<?php echo 1;' >"$tree/public/in
 
 # ---- image boot: the baked image under systemd, from Pending:Wait into service; a deploy; a reboot; a drain
 scenario_start=$(date +%s)
-control POST seed '{"name": "e2eimg", "pool_size": 1, "group_tags": {"embark:release": "s3://e2eimg-deploy/app"}}' >/dev/null
+control POST seed '{"name": "e2eimg", "pool_size": 1, "terminating_hook": true, "group_tags": {"embark:release": "s3://e2eimg-deploy/app"}}' >/dev/null
 v1=$(push "$tree" s3://e2eimg-deploy/app)
 inst=$(control POST launch '{"group": "e2eimg", "role": "e2e-role"}' | jq -r '.[0].instance_id')
 before=$(lifecycle "$inst")
@@ -305,7 +313,7 @@ for variant in boot.sh cloud-config.yaml; do
             -e 's#run = \["systemctl", "reload", "php8.2-fpm"\]#run = ["true"]#' \
             -e '/owner = "www-data"/d' "$here/userdata/cloud-config.yaml" >"$work/user-data"
     fi
-    rm -rf "$work/ud-$variant"; mkdir -p "$work/ud-$variant"; tar -C "$work/ud-$variant" -xf "$work/stock.tar"
+    rm -rf "$work/ud-$variant"; mkdir -p "$work/ud-$variant"; tar -C "$work/ud-$variant" -xf "$work/stock.tar"; chmod 0755 "$work/ud-$variant"
     seed_nocloud "$work/ud-$variant" "$inst" "$work/user-data"
     boot_container "$work/stock.tar" "$inst" "ud-$variant"
     until_true 300 cloud_init_finished && inside cloud-init status 2>/dev/null | grep -q "status: done" ||
