@@ -173,18 +173,53 @@ impl Read for ChannelReader {
     }
 }
 
+/// The bundle comes as byte ranges of [`RANGE`] bytes, [`RANGES_AT_ONCE`] of them in flight on as many
+/// connections (S3 serves one connection at a rate and scales by connections: AWS's performance
+/// guidelines, "byte-range fetches"), each retried on its own, fed to the unpacker in order. Memory is
+/// bounded by the window: at most `RANGES_AT_ONCE` ranges fetched or in flight, one queued and one
+/// being read: (6 + 2) × 4 MiB = 32 MiB. A bundle of one range is one GET.
+pub const RANGE: u64 = 4 << 20;
+pub const RANGES_AT_ONCE: usize = 6;
+
+/// The most a bundle of `nodes` can be: every file's bytes, a tar header and padding per entry, the
+/// archive's end, and zstd's worst case on incompressible data (it never grows data by more than a
+/// small fraction). A `Content-Range` claiming more is refused before anything more is fetched.
+fn bundle_bound(nodes: &[Node]) -> u64 {
+    let files: u64 = nodes
+        .iter()
+        .map(|n| match n {
+            Node::File { size, .. } => *size,
+            _ => 0,
+        })
+        .fold(0u64, u64::saturating_add);
+    files
+        .saturating_add(files / 64)
+        .saturating_add(1024 * nodes.len() as u64)
+        .saturating_add(1 << 20)
+}
+
 async fn fetch_bundle(
     store: &Store,
     id: &str,
     nodes: &[Node],
     partial: &Path,
 ) -> Result<u64, Fetch> {
+    use futures_util::StreamExt;
     let key = store.source.bundle_key(id);
-    let (mut body, size) = store
-        .get_stream(&key)
+    let most = bundle_bound(nodes);
+    let first = store
+        .get_range(&key, (0, RANGE), None, most)
         .await
         .map_err(|e| Fetch::Transport(e.to_string()))?;
-    let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(8);
+    let size = first.total;
+    if size > most {
+        return Err(Fetch::Fatal(ReleaseError::Failed(format!(
+            "{} claims {size} bytes, more than a bundle of release {id} can hold ({most} bytes for its {} entries): refused, nothing more fetched",
+            store.url(&key),
+            nodes.len()
+        ))));
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(1);
     let by_path: HashMap<String, Node> = nodes
         .iter()
         .map(|n| (n.path().to_string(), n.clone()))
@@ -203,20 +238,33 @@ async fn fetch_bundle(
         )
     });
     let mut progress = Progress::new("fetching the bundle", size);
-    let mut received = 0u64;
+    let mut received = first.bytes.len() as u64;
+    progress.add(received);
     let mut transport = None;
-    while let Some(chunk) = body.next().await {
-        match chunk {
-            Ok(chunk) => {
-                received += chunk.len() as u64;
-                progress.add(chunk.len() as u64);
-                if tx.send(chunk).await.is_err() {
-                    break; // the unpacker stopped; its error says why
-                }
+    if tx.send(first.bytes).await.is_ok() {
+        // The rest, of the version the first range came from (If-Match).
+        let etag = first.etag;
+        let ranges = (1..size.div_ceil(RANGE)).map(|k| {
+            let (key, etag) = (&key, &etag);
+            async move {
+                let start = k * RANGE;
+                store.get_range(key, (start, RANGE), Some(etag), size).await
             }
-            Err(err) => {
-                transport = Some(crate::output::error_chain(&err));
-                break;
+        });
+        let mut parts = futures_util::stream::iter(ranges).buffered(RANGES_AT_ONCE);
+        while let Some(part) = parts.next().await {
+            match part {
+                Ok(part) => {
+                    received += part.bytes.len() as u64;
+                    progress.add(part.bytes.len() as u64);
+                    if tx.send(part.bytes).await.is_err() {
+                        break; // the unpacker stopped; its error says why
+                    }
+                }
+                Err(err) => {
+                    transport = Some(err.to_string());
+                    break;
+                }
             }
         }
     }
@@ -492,6 +540,46 @@ mod tests {
                 reuse: 9_900
             }
         );
+    }
+
+    #[tokio::test]
+    async fn a_bundle_whose_size_claim_exceeds_the_manifest_is_refused_before_more_is_fetched() {
+        let dir = tempfile::tempdir().unwrap();
+        let body: &'static [u8] = b"\x28\xb5\x2f\xfd";
+        let bundle = mock!(aws_sdk_s3::Client::get_object)
+            .match_requests(|r| {
+                r.key() == Some("app/releases/20261206T000000Z-000001/bundle.tar.zst")
+            })
+            .sequence()
+            .output(move || {
+                GetObjectOutput::builder()
+                    .content_length(body.len() as i64)
+                    .content_range("bytes 0-3/999999999999")
+                    .body(ByteStream::from_static(body))
+                    .build()
+            })
+            .repeatedly()
+            .build();
+        let store = Store::mocked(
+            &[&bundle],
+            SourceUrl::parse("s3://deploy-bucket/app").unwrap(),
+        );
+        let nodes = vec![file("index.php", b"<?php echo 1;")];
+        let partial = dir.path().join(".partial-x");
+        let err = fill(
+            &store,
+            "20261206T000000Z-000001",
+            &nodes,
+            &partial,
+            &HashMap::new(),
+            None,
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("claims 999999999999 bytes"), "{err}");
+        assert_eq!(bundle.num_calls(), 1, "nothing more was fetched");
+        assert!(bundle_bound(&nodes) < 2 << 20);
     }
 
     #[tokio::test]

@@ -1,6 +1,6 @@
 //! The store's streamed transfers: a file under its content address, a stream as a multipart upload
 //! (a few parts in memory), and a download written to a new file, hashed and bounded as it arrives,
-//! each retried on its own.
+//! each retried on its own; and one byte range of an object (the bundle's parallel fetch).
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -229,4 +229,109 @@ impl Store {
             return Ok(hash.finish());
         }
     }
+
+    /// Bytes `start..start + len` of `key` (fewer at its end), its whole size from `Content-Range`, and
+    /// its ETag; with `if_match`, only of that version (a bundle replaced mid-fetch is refused, never
+    /// mixed). Read bounded by `len`, retried on its own when the body breaks off. When the object
+    /// claims to be larger than `most`, nothing of its body is read: the answer has no bytes and that
+    /// size, for the caller to refuse.
+    pub async fn get_range(
+        &self,
+        key: &str,
+        (start, len): (u64, u64),
+        if_match: Option<&str>,
+        most: u64,
+    ) -> Result<Ranged, ReleaseError> {
+        let bucket = &self.source.bucket;
+        let range = format!("bytes={start}-{}", start + len.max(1) - 1);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let answer = self
+                .call(|c| {
+                    let range = range.clone();
+                    async move {
+                        c.get_object()
+                            .bucket(bucket)
+                            .key(key)
+                            .range(range)
+                            .set_if_match(if_match.map(str::to_string))
+                            .send()
+                            .await
+                    }
+                })
+                .await
+                .map_err(|err| self.failed("s3:GetObject", key, &err))?;
+            let total = answer
+                .content_range()
+                .and_then(|r| r.rsplit('/').next())
+                .and_then(|t| t.parse::<u64>().ok())
+                .ok_or_else(|| {
+                    ReleaseError::Failed(format!(
+                        "{} answered a range request without a usable Content-Range ({:?})",
+                        self.url(key),
+                        answer.content_range()
+                    ))
+                })?;
+            let etag = answer.e_tag().unwrap_or_default().to_string();
+            if total > most {
+                return Ok(Ranged {
+                    bytes: Bytes::new(),
+                    total,
+                    etag,
+                });
+            }
+            let mut body = answer.body;
+            let mut bytes = bytes::BytesMut::with_capacity(len.min(total) as usize);
+            let mut broken = None;
+            while let Some(chunk) = body.next().await {
+                match chunk {
+                    Ok(chunk) if (bytes.len() + chunk.len()) as u64 > len => {
+                        return Err(ReleaseError::Failed(format!(
+                            "{} sent more than the {len} bytes of the range asked for",
+                            self.url(key)
+                        )))
+                    }
+                    Ok(chunk) => bytes.extend_from_slice(&chunk),
+                    Err(err) => {
+                        broken = Some(crate::output::error_chain(&err));
+                        break;
+                    }
+                }
+            }
+            if let Some(why) = broken {
+                if attempt < OBJECT_ATTEMPTS {
+                    tracing::debug!("reading {key} {range} broke off ({why}); again");
+                    continue;
+                }
+                return Err(ReleaseError::Failed(format!(
+                    "reading {} ({range}) failed {attempt} times: {why}",
+                    self.url(key)
+                )));
+            }
+            let expected = len.min(total.saturating_sub(start));
+            if bytes.len() as u64 != expected {
+                if attempt < OBJECT_ATTEMPTS {
+                    continue;
+                }
+                return Err(ReleaseError::Failed(format!(
+                    "{} ({range}) came with {} bytes, not {expected}",
+                    self.url(key),
+                    bytes.len()
+                )));
+            }
+            return Ok(Ranged {
+                bytes: bytes.freeze(),
+                total,
+                etag,
+            });
+        }
+    }
+}
+
+/// One range of an object, and what the answer said of the whole.
+pub struct Ranged {
+    pub bytes: Bytes,
+    pub total: u64,
+    pub etag: String,
 }
