@@ -14,7 +14,7 @@ use futures_util::stream::{self, TryStreamExt};
 use super::error::{io_failed, ReleaseError};
 use super::format::Node;
 use super::layout::chown_tree;
-use super::progress::Progress;
+use super::progress::{human_bytes, Progress};
 use super::store::{Store, FETCHES_AT_ONCE};
 use super::unpack::{copy_hashed, create_dir, make_symlink, unpack};
 use crate::fsutil::remove_tree;
@@ -43,12 +43,24 @@ pub enum Way {
     },
 }
 
-/// The cost model that picks the way (docs/release-format.md): a request costs [`REQUEST_SECONDS`]
-/// (S3's first-byte latency), [`FETCHES_AT_ONCE`] run at once, and one stream carries
-/// [`STREAM_BYTES_PER_SECOND`]. The bundle is priced at the release's uncompressed size (it is never
-/// more), and chosen only when it is clearly cheaper (half the time): the objects reuse local bytes.
+/// The cost model that picks the way (docs/cli.md, `release pull`): a request costs [`REQUEST_SECONDS`]
+/// (S3's first-byte latency), one connection carries [`STREAM_BYTES_PER_SECOND`] (AWS's performance
+/// guidelines: ~85–90 MB/s per connection, scale by connections), and S3 serves connections in
+/// parallel: the objects on [`FETCHES_AT_ONCE`], the bundle's ranges on [`RANGES_AT_ONCE`]. The bundle is
+/// priced at the release's uncompressed size (it is never more) and chosen only when it is clearly
+/// cheaper (half the time): the objects reuse local bytes and leave nothing to unpack.
 const REQUEST_SECONDS: f64 = 0.020;
 const STREAM_BYTES_PER_SECOND: f64 = 90e6;
+
+/// Seconds to fetch `count` requests of `bytes` in all, `at_once` in parallel.
+fn seconds(count: u64, bytes: u64, at_once: usize) -> f64 {
+    if count == 0 {
+        return 0.0;
+    }
+    let streams = count.min(at_once as u64) as f64;
+    count.div_ceil(at_once as u64) as f64 * REQUEST_SECONDS
+        + bytes as f64 / (STREAM_BYTES_PER_SECOND * streams)
+}
 
 impl Way {
     pub fn choose(nodes: &[Node], local: &HashMap<String, PathBuf>) -> Way {
@@ -68,14 +80,15 @@ impl Way {
                 }
             }
         }
-        let rounds = fetch.div_ceil(FETCHES_AT_ONCE) as f64;
-        let objects = rounds * REQUEST_SECONDS + bytes as f64 / STREAM_BYTES_PER_SECOND;
-        let bundle = REQUEST_SECONDS + total as f64 / STREAM_BYTES_PER_SECOND;
+        let objects = seconds(fetch as u64, bytes, FETCHES_AT_ONCE);
+        let bundle = seconds(total.div_ceil(RANGE).max(1), total, RANGES_AT_ONCE);
         if bundle * 2.0 < objects {
             return Way::Bundle(format!(
-                "{fetch} of {} files changed: one GET of the bundle (~{:.2} s) is cheaper than {fetch} object GETs (~{:.2} s)",
+                "{fetch} of {} files changed ({}): the bundle (~{:.2} s, {} ranges) is cheaper than {fetch} object GETs (~{:.2} s)",
                 nodes.iter().filter(|n| matches!(n, Node::File { .. })).count(),
+                human_bytes(bytes),
                 bundle,
+                total.div_ceil(RANGE).max(1),
                 objects
             ));
         }
@@ -524,6 +537,14 @@ mod tests {
             panic!("20,000 changed small files must take the bundle");
         };
         assert!(why.contains("20000 of 20000 files changed"), "{why}");
+        // The tree: 4,000 files, 92 MB, every one changed: the bundle's ranges (~0.25 s)
+        // against 250 rounds of object GETs (~5 s).
+        let big = files(4_000, 23_000);
+        let changed = files(4_000, 23_001);
+        let Way::Bundle(why) = Way::choose(&changed, &local_of(&big)) else {
+            panic!("4,000 changed files of 23 KB must take the bundle");
+        };
+        assert!(why.contains("22 ranges"), "{why}");
         // 1% of 10,000 files of 9 KB changed: the objects (the bundle would be ~90 MB).
         let mut tree = files(10_000, 9_000);
         let local = local_of(&tree);
