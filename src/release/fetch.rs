@@ -83,12 +83,13 @@ impl Way {
         let objects = seconds(fetch as u64, bytes, FETCHES_AT_ONCE);
         let bundle = seconds(total.div_ceil(RANGE).max(1), total, RANGES_AT_ONCE);
         if bundle * 2.0 < objects {
+            let ranges = total.div_ceil(RANGE).max(1);
             return Way::Bundle(format!(
-                "{fetch} of {} files changed ({}): the bundle (~{:.2} s, {} ranges) is cheaper than {fetch} object GETs (~{:.2} s)",
+                "{fetch} of {} files changed ({}): the bundle (~{:.2} s, {}) is cheaper than {fetch} object GETs (~{:.2} s)",
                 nodes.iter().filter(|n| matches!(n, Node::File { .. })).count(),
                 human_bytes(bytes),
                 bundle,
-                total.div_ceil(RANGE).max(1),
+                crate::output::count(ranges, "range", "ranges"),
                 objects
             ));
         }
