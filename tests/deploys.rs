@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{
-    assert_has, current_release, emulator, wait_until, AppServer, Embark, Emulator, Fleet,
+    assert_has, current_release, emulator, lines, wait_until, AppServer, Embark, Emulator, Fleet,
     Instance, Published, Running,
 };
 use serde_json::{json, Value};
@@ -30,14 +30,6 @@ run = ["sh", "-c", "echo failure $EMBARK_FAILED_RELEASE now=$EMBARK_RELEASE >> {
 
 fn health(url: &str) -> String {
     format!("\n[health]\nurl = \"{url}\"\ntimeout = \"3s\"\nsuccesses = 2\n")
-}
-
-fn lines(log: &Path) -> Vec<String> {
-    fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_string)
-        .collect()
 }
 
 #[test]

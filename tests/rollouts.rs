@@ -8,7 +8,9 @@ use std::fs;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use common::{current_release, emulator, wait_until, AppServer, Embark, Emulator, Fleet, Running};
+use common::{
+    current_release, emulator, lines, wait_until, AppServer, Embark, Emulator, Fleet, Running,
+};
 use serde_json::{json, Value};
 
 struct Agent {
@@ -284,14 +286,6 @@ fn once_hook(shared: &Path, body: &str) -> String {
         "once_lease = \"3s\"\n[[release.hooks]]\nphase = \"prepare\"\nonce = true\ntimeout = \"60s\"\nrun = [\"sh\", \"-c\", '''cd {} && echo \"$PPID $$\" >> started && {body}''']\n",
         shared.display()
     )
-}
-
-fn lines(path: &Path) -> Vec<String> {
-    fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_string)
-        .collect()
 }
 
 #[test]

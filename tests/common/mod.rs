@@ -407,6 +407,15 @@ pub fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
     check()
 }
 
+/// The lines of a text file (none when it does not exist): hook logs, counters.
+pub fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
 pub fn file_exists(p: &Path) -> bool {
     p.exists()
 }
