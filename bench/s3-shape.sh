@@ -1,7 +1,7 @@
 #!/bin/bash
 # Benchmark (run by hand, never in CI): pulls and a push at S3's real shape, scaled down. bench/pace.py
-# stands between embark and the emulator: 20 ms before every request, every connection's responses paced
-# at 8 MB/s (S3 serves one connection at ~90 MB/s and scales by connections; this is that, scaled down).
+# stands between embark and the emulator: 20 ms before every request, every connection paced at 8 MB/s
+# each way, responses and uploads (S3 serves one connection at ~90 MB/s and scales by connections; this is that, scaled down).
 # Two binaries side by side in one run, each with a source of its own (pushed by itself):
 #   push of the tree, cold pull, warm pull with 1 % of the files changed, warm pull with every file changed;
 # against the floors (the bundle's bytes over one stream, and over eight) and `aws s3 sync` of the same
@@ -88,8 +88,10 @@ get() { awk -v l="$1" '$1 == l {print $'"$2"'}' "$work/results"; }
 ratio() { [ -n "$1" ] && [ -n "$2" ] && echo "scale=2; $1 / $2" | bc || echo "-"; }
 one=$(echo "scale=2; $bundle / $rate" | bc); eight=$(echo "scale=2; $bundle / ($rate * 8)" | bc)
 push_eight=$(echo "scale=2; $tree_bytes / ($rate * 8)" | bc)
-echo "tree: $files files, $tree_bytes bytes; bundle $bundle bytes; ${rate} B/s per stream, ${latency_ms} ms per request"
+upload_eight=$(echo "scale=2; ($tree_bytes + $bundle) / ($rate * 8)" | bc)
+echo "tree: $files files, $tree_bytes bytes; bundle $bundle bytes; ${rate} B/s per stream each way, ${latency_ms} ms per request"
 echo "floors: bundle over one stream ${one} s, over eight ${eight} s; the tree over eight streams ${push_eight} s"
+echo "  (a first push uploads the tree's objects and the bundle: $((tree_bytes + bundle)) bytes, ${upload_eight} s over eight streams)"
 printf '%-10s %10s %10s %8s %8s %14s\n' "" "old s" "new s" "old MiB" "new MiB" "new/8-stream"
 for what in push cold warm1 warm100; do
     printf '%-10s %10s %10s %8s %8s %14s\n' "$what" "$(get old-$what 2)" "$(get new-$what 2)" "$(get old-$what 3)" \

@@ -9,6 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use futures_util::future::Either;
 use futures_util::stream::{self, TryStreamExt};
 
 use super::error::{io_failed, ReleaseError};
@@ -187,13 +188,34 @@ impl Read for ChannelReader {
     }
 }
 
-/// The bundle comes as byte ranges of [`RANGE`] bytes, [`RANGES_AT_ONCE`] of them in flight on as many
-/// connections (S3 serves one connection at a rate and scales by connections: AWS's performance
+/// The bundle comes as byte ranges of at most [`RANGE`] bytes, [`RANGES_AT_ONCE`] of them in flight on
+/// as many connections (S3 serves one connection at a rate and scales by connections: AWS's performance
 /// guidelines, "byte-range fetches"), each retried on its own, fed to the unpacker in order. Memory is
 /// bounded by the window: at most `RANGES_AT_ONCE` ranges fetched or in flight, one queued and one
-/// being read: (6 + 2) × 4 MiB = 32 MiB. A bundle of one range is one GET.
+/// being read: (8 + 2) × 4 MiB = 40 MiB. A bundle of one range is one GET.
 pub const RANGE: u64 = 4 << 20;
-pub const RANGES_AT_ONCE: usize = 6;
+pub const RANGES_AT_ONCE: usize = 8;
+/// The smallest range after the first: below it, a request's latency outweighs its bytes.
+const MIN_RANGE: u64 = 1 << 20;
+
+/// The ranges after the first `RANGE` bytes of a bundle of `size`: with the first, as many as the
+/// window takes in whole rounds (a multiple of [`RANGES_AT_ONCE`]), of equal length, none over
+/// [`RANGE`] or, unless fewer bytes are left, under [`MIN_RANGE`]. Whole rounds keep every connection
+/// busy to the end, instead of a last round of one or two ranges.
+fn later_ranges(size: u64) -> Vec<(u64, u64)> {
+    let rest = size.saturating_sub(RANGE);
+    if rest == 0 {
+        return Vec::new();
+    }
+    let window = RANGES_AT_ONCE as u64;
+    let rounds = (rest.div_ceil(RANGE) + 1).div_ceil(window);
+    let count = (rounds * window - 1).min(rest.div_ceil(MIN_RANGE));
+    let len = rest.div_ceil(count);
+    (0..count)
+        .map(|k| (RANGE + k * len, len))
+        .take_while(|(start, _)| *start < size)
+        .collect()
+}
 
 /// The most a bundle of `nodes` can be: every file's bytes, a tar header and padding per entry, the
 /// archive's end, and zstd's worst case on incompressible data (it never grows data by more than a
@@ -221,8 +243,10 @@ async fn fetch_bundle(
     use futures_util::StreamExt;
     let key = store.source.bundle_key(id);
     let most = bundle_bound(nodes);
+    // The first range's head says how large the bundle is and which version it is; the other ranges
+    // are asked for at once, while the first one's body is still arriving.
     let first = store
-        .get_range(&key, (0, RANGE), None, most)
+        .open_range(&key, (0, RANGE), None, most)
         .await
         .map_err(|e| Fetch::Transport(e.to_string()))?;
     let size = first.total;
@@ -252,33 +276,31 @@ async fn fetch_bundle(
         )
     });
     let mut progress = Progress::new("fetching the bundle", size);
-    let mut received = first.bytes.len() as u64;
-    progress.add(received);
+    let mut received = 0u64;
     let mut transport = None;
-    if tx.send(first.bytes).await.is_ok() {
-        // The rest, of the version the first range came from (If-Match).
-        let etag = first.etag;
-        let ranges = (1..size.div_ceil(RANGE)).map(|k| {
-            let (key, etag) = (&key, &etag);
-            async move {
-                let start = k * RANGE;
-                store.get_range(key, (start, RANGE), Some(etag), size).await
+    // The rest, of the version the first range came from (If-Match).
+    let etag = first.etag.clone();
+    let (key, etag) = (&key, &etag);
+    let rest = later_ranges(size).into_iter().map(|range| {
+        Either::Right(async move {
+            let ranged = store.get_range(key, range, Some(etag), size).await?;
+            Ok(ranged.bytes)
+        })
+    });
+    let ranges = std::iter::once(Either::Left(store.read_range(key, first))).chain(rest);
+    let mut parts = futures_util::stream::iter(ranges).buffered(RANGES_AT_ONCE);
+    while let Some(part) = parts.next().await {
+        match part {
+            Ok(bytes) => {
+                received += bytes.len() as u64;
+                progress.add(bytes.len() as u64);
+                if tx.send(bytes).await.is_err() {
+                    break; // the unpacker stopped; its error says why
+                }
             }
-        });
-        let mut parts = futures_util::stream::iter(ranges).buffered(RANGES_AT_ONCE);
-        while let Some(part) = parts.next().await {
-            match part {
-                Ok(part) => {
-                    received += part.bytes.len() as u64;
-                    progress.add(part.bytes.len() as u64);
-                    if tx.send(part.bytes).await.is_err() {
-                        break; // the unpacker stopped; its error says why
-                    }
-                }
-                Err(err) => {
-                    transport = Some(err.to_string());
-                    break;
-                }
+            Err(err) => {
+                transport = Some(err.to_string());
+                break;
             }
         }
     }
@@ -511,6 +533,45 @@ mod tests {
             sha256: sha256_hex(body),
             mode: 0o640,
         }
+    }
+
+    #[test]
+    fn the_ranges_after_the_first_tile_the_bundle_in_whole_rounds_of_the_window() {
+        const MIB: u64 = 1 << 20;
+        for size in [
+            1,
+            RANGE,
+            RANGE + 1,
+            RANGE + MIB / 2,
+            10 * MIB,
+            56_210_422,
+            300 * MIB + 7,
+            1 << 40,
+        ] {
+            let ranges = later_ranges(size);
+            // They follow the first range and each other without a gap or an overlap, to the end.
+            let mut next = RANGE;
+            for &(start, len) in &ranges {
+                assert_eq!(start, next, "{size}: {ranges:?}");
+                assert!(len <= RANGE, "{size}: {len}");
+                next = start + len;
+            }
+            assert!(next >= size, "{size}: ends at {next}");
+            assert_eq!(ranges.is_empty(), size <= RANGE, "{size}");
+            // Only the last may run past the end (the store answers up to the end).
+            if let Some(&(start, _)) = ranges.last() {
+                assert!(start < size);
+            }
+            let rest = size.saturating_sub(RANGE);
+            if rest >= RANGES_AT_ONCE as u64 * MIN_RANGE {
+                assert_eq!((ranges.len() + 1) % RANGES_AT_ONCE, 0, "{size}: {}", ranges.len());
+                assert!(ranges.iter().all(|r| r.1 >= MIN_RANGE), "{size}");
+            }
+        }
+        // The bundle: 56 MB is the first range and 15 more, two whole rounds of eight.
+        assert_eq!(later_ranges(56_210_422).len(), 15);
+        // 300 MiB: the first and 75 ranges of 4 MiB, rounded up to 80 in all (~3.75 MiB each).
+        assert_eq!(later_ranges(300 * MIB + 7).len(), 79);
     }
 
     #[test]

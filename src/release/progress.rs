@@ -1,9 +1,16 @@
 //! Progress of long transfers, and sizes for people.
 
 use std::io::IsTerminal;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+
+/// Every bar of the process, drawn together: a push shows its objects and its bundle at once.
+fn bars() -> &'static MultiProgress {
+    static BARS: OnceLock<MultiProgress> = OnceLock::new();
+    BARS.get_or_init(MultiProgress::new)
+}
 
 /// Progress of a long transfer: a bar on a terminal, a plain line every few seconds otherwise.
 pub struct Progress {
@@ -19,7 +26,7 @@ const PLAIN_EVERY: Duration = Duration::from_secs(5);
 impl Progress {
     pub fn new(what: &'static str, total: u64) -> Progress {
         let bar = std::io::stderr().is_terminal().then(|| {
-            let bar = ProgressBar::new(total);
+            let bar = bars().add(ProgressBar::new(total));
             // Without a known total (a bundle being written as it is uploaded) there is no bar to fill
             // and no "of" to show: the bytes so far and the rate.
             let template = if total > 0 {
@@ -66,6 +73,7 @@ impl Progress {
     pub fn finish(self) {
         if let Some(bar) = self.bar {
             bar.finish_and_clear();
+            bars().remove(&bar);
         }
     }
 }

@@ -430,3 +430,32 @@ def test_the_sso_portal_answers_signed_in_tokens_only(emu):
     assert bad.status_code == 401 and bad.headers["x-amzn-ErrorType"] == "UnauthorizedException"
     other = requests.get(url.replace("Dev", "Admin"), headers={"x-amz-sso_bearer_token": "tok-1"}, timeout=5)
     assert other.status_code == 404
+
+
+def test_ranged_gets_read_only_their_range_and_answer_as_s3_does(emu):
+    """A single-range GET is served from the range alone (embark_emulator/ranges.py), with S3's answer:
+    206, Content-Range with the whole size, the object's ETag, If-Match honoured, 416 past the end; a
+    GET without a range, or with several, is the whole object as before."""
+    import botocore.exceptions
+
+    s3 = aws(emu, "s3")
+    s3.create_bucket(Bucket="pyranges", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    body = bytes(range(256)) * 40_000  # 10,240,000 bytes
+    etag = s3.put_object(Bucket="pyranges", Key="big", Body=body)["ETag"]
+    got = s3.get_object(Bucket="pyranges", Key="big", Range="bytes=5000000-5999999")
+    assert got["ResponseMetadata"]["HTTPStatusCode"] == 206
+    assert got["ContentRange"] == f"bytes 5000000-5999999/{len(body)}"
+    assert got["ETag"] == etag
+    assert got["Body"].read() == body[5_000_000:6_000_000]
+    tail = s3.get_object(Bucket="pyranges", Key="big", Range="bytes=10000000-20000000", IfMatch=etag)
+    assert tail["ContentRange"] == f"bytes 10000000-{len(body) - 1}/{len(body)}"
+    assert tail["Body"].read() == body[10_000_000:]
+    with pytest.raises(botocore.exceptions.ClientError) as failed:
+        s3.get_object(Bucket="pyranges", Key="big", Range="bytes=0-9", IfMatch='"another"')
+    assert failed.value.response["Error"]["Code"] == "PreconditionFailed"
+    with pytest.raises(botocore.exceptions.ClientError) as past:
+        s3.get_object(Bucket="pyranges", Key="big", Range=f"bytes={len(body)}-")
+    assert past.value.response["Error"]["Code"] == "InvalidRange"
+    assert s3.get_object(Bucket="pyranges", Key="big")["Body"].read() == body
+    several = s3.get_object(Bucket="pyranges", Key="big", Range="bytes=0-9,20-29")
+    assert several["Body"].read() == body

@@ -14,6 +14,14 @@ use crate::release::format::Node;
 use crate::release::progress::Progress;
 use crate::release::store::{Store, PART_SIZE};
 
+/// zstd's level: fast, and a bundle about the size `tar | zstd` makes.
+const LEVEL: i32 = 3;
+/// zstd's job size with worker threads; its smallest is 512 KiB.
+const JOB_SIZE: u32 = 1024 * 1024;
+/// At most this many compressing threads, whatever the machine: memory is about
+/// workers × 2 × (JOB_SIZE + the window) on top of the parts being uploaded.
+const MAX_WORKERS: usize = 4;
+
 /// Stream the tree as tar.zst into a (multipart) upload; never more than a few parts in memory.
 pub async fn upload_bundle(
     store: &Store,
@@ -84,7 +92,17 @@ fn write_bundle(root: &Path, nodes: &[Node], tx: mpsc::Sender<Bytes>) -> Result<
         buf: Vec::with_capacity(PART_SIZE),
         sent_any: false,
     };
-    let encoder = zstd::Encoder::new(part, 3).map_err(fail)?;
+    let mut encoder = zstd::Encoder::new(part, LEVEL).map_err(fail)?;
+    // Every core compresses (zstd's own worker threads), in jobs of JOB_SIZE: each worker holds one
+    // job's input and its compressed output, so the encoder's memory is bounded by the cores, not the
+    // tree. One core: no workers, as before.
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_WORKERS));
+    if workers > 1 {
+        encoder.multithread(workers as u32).map_err(fail)?;
+        encoder
+            .set_parameter(zstd::zstd_safe::CParameter::JobSize(JOB_SIZE))
+            .map_err(fail)?;
+    }
     let mut tar = tar::Builder::new(encoder);
     tar.mode(tar::HeaderMode::Deterministic);
     for node in nodes {

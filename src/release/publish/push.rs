@@ -24,7 +24,10 @@ use crate::release::rules::{check_mode, check_nodes};
 use crate::release::store::{Condition, PutError, Store};
 
 pub const IGNORE_FILE: &str = ".embarkignore";
-const UPLOADS_AT_ONCE: usize = 8;
+/// New objects on the wire at once. Most are small, so a push waits on S3's per-request latency rather
+/// than on bytes: 32 at once is ~1,600 requests a second at 20 ms each, under S3's 3,500 PUTs a second
+/// a prefix (AWS's performance guidelines).
+const UPLOADS_AT_ONCE: usize = 32;
 
 pub struct Pushed {
     pub release: String,
@@ -260,8 +263,14 @@ pub async fn push(
         None => None,
     };
 
-    let (uploaded_objects, uploaded_bytes) = upload_objects(store, &root, &nodes).await?;
-    let bundle_bytes = upload_bundle(store, &root, &nodes, &id).await?;
+    // The objects (many small requests: latency) and the bundle (CPU, then a few large parts) go up
+    // side by side. Both end before an error is reported: an abandoned multipart upload is aborted.
+    let (objects, bundle) = tokio::join!(
+        upload_objects(store, &root, &nodes),
+        upload_bundle(store, &root, &nodes, &id)
+    );
+    let (uploaded_objects, uploaded_bytes) = objects?;
+    let bundle_bytes = bundle?;
     if let Some(signature) = &signature {
         let bytes = serde_json::to_vec_pretty(signature)
             .map_err(|e| ReleaseError::Failed(format!("cannot encode the signature: {e}")))?;

@@ -8,11 +8,15 @@ use std::sync::Mutex;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::Bytes;
+use futures_util::stream::{self, StreamExt};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 use super::*;
 use crate::release::progress::Progress;
+
+/// Parts of a multipart upload on the wire at once: (this + 2) × [`PART_SIZE`] in memory.
+pub const PARTS_AT_ONCE: usize = 3;
 
 impl Store {
     /// Upload one file under its content address; S3 checks the body against the sha256.
@@ -111,6 +115,8 @@ impl Store {
         result
     }
 
+    /// The parts, [`PARTS_AT_ONCE`] on the wire at once (S3 scales by connections), completed in
+    /// their order. In memory: the parts in flight, one waiting in the channel, one being written.
     async fn upload_parts(
         &self,
         key: &str,
@@ -119,40 +125,23 @@ impl Store {
         chunks: &mut mpsc::Receiver<Bytes>,
         sent: &mut impl FnMut(u64),
     ) -> Result<u64, ReleaseError> {
+        let rest = stream::unfold(chunks, |chunks| async move {
+            chunks.recv().await.map(|chunk| (chunk, chunks))
+        });
+        let mut uploads = std::pin::pin!(stream::iter(head)
+            .chain(rest)
+            .enumerate()
+            .map(|(index, chunk)| self.upload_part(key, upload_id, index as i32 + 1, chunk))
+            .buffer_unordered(PARTS_AT_ONCE));
         let mut parts = Vec::new();
         let mut total = 0u64;
-        let mut pending: Vec<Bytes> = head.into();
-        pending.reverse();
-        loop {
-            let chunk = match pending.pop() {
-                Some(chunk) => chunk,
-                None => match chunks.recv().await {
-                    Some(chunk) => chunk,
-                    None => break,
-                },
-            };
-            let number = parts.len() as i32 + 1;
-            let size = chunk.len() as u64;
-            let part = self
-                .client()
-                .upload_part()
-                .bucket(&self.source.bucket)
-                .key(key)
-                .upload_id(upload_id)
-                .part_number(number)
-                .body(ByteStream::from(chunk))
-                .send()
-                .await
-                .map_err(|err| self.failed("s3:UploadPart", key, &err))?;
-            parts.push(
-                CompletedPart::builder()
-                    .part_number(number)
-                    .set_e_tag(part.e_tag().map(str::to_string))
-                    .build(),
-            );
+        while let Some(done) = uploads.next().await {
+            let (part, size) = done?;
+            parts.push(part);
             total += size;
             sent(size);
         }
+        parts.sort_by_key(|p| p.part_number());
         self.client()
             .complete_multipart_upload()
             .bucket(&self.source.bucket)
@@ -167,6 +156,32 @@ impl Store {
             .await
             .map_err(|err| self.failed("s3:CompleteMultipartUpload", key, &err))?;
         Ok(total)
+    }
+
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        chunk: Bytes,
+    ) -> Result<(CompletedPart, u64), ReleaseError> {
+        let size = chunk.len() as u64;
+        let part = self
+            .client()
+            .upload_part()
+            .bucket(&self.source.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(number)
+            .body(ByteStream::from(chunk))
+            .send()
+            .await
+            .map_err(|err| self.failed("s3:UploadPart", key, &err))?;
+        let done = CompletedPart::builder()
+            .part_number(number)
+            .set_e_tag(part.e_tag().map(str::to_string))
+            .build();
+        Ok((done, size))
     }
 
     /// GET `key` into a new file at `target`, hashing as it goes (a body that breaks off is fetched
@@ -230,59 +245,89 @@ impl Store {
         }
     }
 
-    /// Bytes `start..start + len` of `key` (fewer at its end), its whole size from `Content-Range`, and
-    /// its ETag; with `if_match`, only of that version (a bundle replaced mid-fetch is refused, never
-    /// mixed). Read bounded by `len`, retried on its own when the body breaks off. When the object
-    /// claims to be larger than `most`, nothing of its body is read: the answer has no bytes and that
-    /// size, for the caller to refuse.
+    /// Bytes `start..start + len` of `key` (fewer at its end), with its whole size and ETag: see
+    /// [`Store::open_range`] and [`Store::read_range`].
     pub async fn get_range(
+        &self,
+        key: &str,
+        range: (u64, u64),
+        if_match: Option<&str>,
+        most: u64,
+    ) -> Result<Ranged, ReleaseError> {
+        let opened = self.open_range(key, range, if_match, most).await?;
+        let (total, etag) = (opened.total, opened.etag.clone());
+        let bytes = if total > most {
+            Bytes::new()
+        } else {
+            self.read_range(key, opened).await?
+        };
+        Ok(Ranged { bytes, total, etag })
+    }
+
+    /// Asks for bytes `start..start + len` of `key` and reads the answer's head only: the object's
+    /// whole size (from `Content-Range`) and its ETag; with `if_match`, only of that version (a bundle
+    /// replaced mid-fetch is refused, never mixed). The body is left to [`Store::read_range`], and is
+    /// never read when the object claims to be larger than `most`: the caller refuses it first.
+    pub async fn open_range(
         &self,
         key: &str,
         (start, len): (u64, u64),
         if_match: Option<&str>,
         most: u64,
-    ) -> Result<Ranged, ReleaseError> {
+    ) -> Result<OpenRange, ReleaseError> {
         let bucket = &self.source.bucket;
         let range = format!("bytes={start}-{}", start + len.max(1) - 1);
-        let mut attempt = 0;
+        let answer = self
+            .call(|c| {
+                let range = range.clone();
+                async move {
+                    c.get_object()
+                        .bucket(bucket)
+                        .key(key)
+                        .range(range)
+                        .set_if_match(if_match.map(str::to_string))
+                        .send()
+                        .await
+                }
+            })
+            .await
+            .map_err(|err| self.failed("s3:GetObject", key, &err))?;
+        let total = answer
+            .content_range()
+            .and_then(|r| r.rsplit('/').next())
+            .and_then(|t| t.parse::<u64>().ok())
+            .ok_or_else(|| {
+                ReleaseError::Failed(format!(
+                    "{} answered a range request without a usable Content-Range ({:?})",
+                    self.url(key),
+                    answer.content_range()
+                ))
+            })?;
+        let etag = answer.e_tag().unwrap_or_default().to_string();
+        Ok(OpenRange {
+            total,
+            etag,
+            most,
+            range: (start, len),
+            body: answer.body,
+        })
+    }
+
+    /// The body of an opened range, read bounded by its length. A body that breaks off or comes
+    /// short is asked for again (of the same version, by its ETag), [`OBJECT_ATTEMPTS`] tries in all.
+    pub async fn read_range(&self, key: &str, opened: OpenRange) -> Result<Bytes, ReleaseError> {
+        let OpenRange {
+            total,
+            etag,
+            most,
+            range: (start, len),
+            mut body,
+        } = opened;
+        let range = format!("bytes={start}-{}", start + len.max(1) - 1);
+        let expected = len.min(total.saturating_sub(start));
+        let mut attempt = 1;
         loop {
-            attempt += 1;
-            let answer = self
-                .call(|c| {
-                    let range = range.clone();
-                    async move {
-                        c.get_object()
-                            .bucket(bucket)
-                            .key(key)
-                            .range(range)
-                            .set_if_match(if_match.map(str::to_string))
-                            .send()
-                            .await
-                    }
-                })
-                .await
-                .map_err(|err| self.failed("s3:GetObject", key, &err))?;
-            let total = answer
-                .content_range()
-                .and_then(|r| r.rsplit('/').next())
-                .and_then(|t| t.parse::<u64>().ok())
-                .ok_or_else(|| {
-                    ReleaseError::Failed(format!(
-                        "{} answered a range request without a usable Content-Range ({:?})",
-                        self.url(key),
-                        answer.content_range()
-                    ))
-                })?;
-            let etag = answer.e_tag().unwrap_or_default().to_string();
-            if total > most {
-                return Ok(Ranged {
-                    bytes: Bytes::new(),
-                    total,
-                    etag,
-                });
-            }
-            let mut body = answer.body;
-            let mut bytes = bytes::BytesMut::with_capacity(len.min(total) as usize);
+            let mut bytes = bytes::BytesMut::with_capacity(expected as usize);
             let mut broken = None;
             while let Some(chunk) = body.next().await {
                 match chunk {
@@ -299,34 +344,41 @@ impl Store {
                     }
                 }
             }
-            if let Some(why) = broken {
-                if attempt < OBJECT_ATTEMPTS {
-                    tracing::debug!("reading {key} {range} broke off ({why}); again");
-                    continue;
-                }
+            let why = match broken {
+                None if bytes.len() as u64 == expected => return Ok(bytes.freeze()),
+                None => format!("it came with {} bytes, not {expected}", bytes.len()),
+                Some(why) => why,
+            };
+            if attempt >= OBJECT_ATTEMPTS {
                 return Err(ReleaseError::Failed(format!(
                     "reading {} ({range}) failed {attempt} times: {why}",
                     self.url(key)
                 )));
             }
-            let expected = len.min(total.saturating_sub(start));
-            if bytes.len() as u64 != expected {
-                if attempt < OBJECT_ATTEMPTS {
-                    continue;
-                }
+            tracing::debug!("reading {key} {range} broke off ({why}); again");
+            attempt += 1;
+            let again = self
+                .open_range(key, (start, len), Some(&etag), most)
+                .await?;
+            if again.total != total {
                 return Err(ReleaseError::Failed(format!(
-                    "{} ({range}) came with {} bytes, not {expected}",
+                    "{} changed size while it was read ({total} then {} bytes)",
                     self.url(key),
-                    bytes.len()
+                    again.total
                 )));
             }
-            return Ok(Ranged {
-                bytes: bytes.freeze(),
-                total,
-                etag,
-            });
+            body = again.body;
         }
     }
+}
+
+/// A range asked for, its head read: the object's size and ETag, and the body still to read.
+pub struct OpenRange {
+    pub total: u64,
+    pub etag: String,
+    most: u64,
+    range: (u64, u64),
+    body: ByteStream,
 }
 
 /// One range of an object, and what the answer said of the whole.

@@ -60,7 +60,7 @@ from moto.moto_server.werkzeug_app import (
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
-from . import seed
+from . import ranges, seed
 from .faults import Faults, RequestLog, request_id
 from .fleet import Fleet, LifecycleError
 from .identity import Iam, Sso
@@ -178,6 +178,7 @@ class Emulator:
     def __init__(self, host: str, port: int, imds_port: int, default_region: str):
         self.host = host
         self.default_region = default_region
+        ranges.install()
         self.moto = DomainDispatcherApplication(create_backend_app)
         self.moto.get_application = self.cached_application(self.moto.get_application)
         self.faults = Faults()
