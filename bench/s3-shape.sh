@@ -8,7 +8,10 @@
 # tree from a plain prefix through the same proxy. Wall time and peak RSS of each run.
 #
 #   bench/s3-shape.sh OLD NEW [FILES]   (default 4000 files, ~90 MB, bundle ~60 MB; needs jq, curl, bc, /usr/bin/time,
-#                                       `make emulator-env`; `aws` for the sync line, else it is skipped)
+#                                       zstd, tar, `make emulator-env`; `aws` for the sync line, else it is skipped)
+#   SHAPE_ROOTS=DIR                     where the pulled releases go (default: the work directory); e.g.
+#                                       /dev/shm, to measure the network's shape without this disk's cost
+# The local floor is the bundle unpacked where the releases go, unpaced: curl | zstd -d | tar -x.
 set -euo pipefail
 
 old=${1:?the old binary}; new=${2:?the new binary}
@@ -18,11 +21,12 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=scripts/emulator.sh
 . "$here/scripts/emulator.sh"
 work=$(mktemp -d)
+roots=$(mktemp -d -p "${SHAPE_ROOTS:-$work}")
 start_emulator "$work"
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 python3 "$here/bench/pace.py" "$port" "${endpoint##*:}" "$rate" "$latency_ms" &
 pace_pid=$!
-trap 'kill "$emu_pid" "$pace_pid" 2>/dev/null || true; rm -rf "$work"' EXIT
+trap 'kill "$emu_pid" "$pace_pid" 2>/dev/null || true; rm -rf "$work" "$roots"' EXIT
 paced=http://127.0.0.1:$port
 export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_REGION=eu-west-1
 control POST buckets '{"name": "shape-deploy"}' >/dev/null
@@ -55,29 +59,33 @@ pull() {  # pull BIN NAME ROOT
     local imds
     imds=$(control POST launch "{\"tags\": {\"embark:release\": \"s3://shape-deploy/$2\"}}" | jq -r '.[0].imds_endpoint')
     printf '[release]\nroot = "%s"\n' "$3" >"$work/$2.toml"
-    run "$2-$4" env AWS_EC2_METADATA_SERVICE_ENDPOINT="$imds" EMBARK_STATE_DIR="$work/$2-state" \
+    run "$2-$4" env AWS_EC2_METADATA_SERVICE_ENDPOINT="$imds" EMBARK_STATE_DIR="$roots/$2-state" \
         "$1" -q --config "$work/$2.toml" release pull
 }
 for who in old new; do
     bin=$old; [ $who = new ] && bin=$new
     run "$who-push" "$bin" -q release push "$work/tree" --to "s3://shape-deploy/$who"
-    pull "$bin" "$who" "$work/$who-root" cold
+    pull "$bin" "$who" "$roots/$who-root" cold
 done
 id=$(curl -sf "$endpoint/_embark/s3/shape-deploy/new/current" | jq -r .release)
 bundle=$(curl -sf "$endpoint/_embark/s3/shape-deploy/new/releases/$id/bundle.tar.zst" | wc -c)
+mkdir "$roots/tar"
+/usr/bin/time -f "%e" -o "$work/tar-time" sh -c "curl -sf '$endpoint/_embark/s3/shape-deploy/new/releases/$id/bundle.tar.zst' | zstd -dc | tar -x -C '$roots/tar'"
+local_floor=$(cat "$work/tar-time")
+rm -rf "$roots/tar"
 # 1 % of the files changed, then every file
 while IFS= read -r f; do head -c 2000 /dev/urandom >>"$f"; done < <(find "$work/tree" -type f | sort | awk 'NR % 100 == 0')
 changed1=$(find "$work/tree" -type f | sort | awk 'NR % 100 == 0' | xargs cat | wc -c)
 for who in old new; do
     bin=$old; [ $who = new ] && bin=$new
     AWS_ENDPOINT_URL=$endpoint "$bin" -q release push "$work/tree" --to "s3://shape-deploy/$who" >/dev/null
-    pull "$bin" "$who" "$work/$who-root" warm1
+    pull "$bin" "$who" "$roots/$who-root" warm1
 done
 while IFS= read -r f; do head -c 16 /dev/urandom >>"$f"; done < <(find "$work/tree" -type f)
 for who in old new; do
     bin=$old; [ $who = new ] && bin=$new
     AWS_ENDPOINT_URL=$endpoint "$bin" -q release push "$work/tree" --to "s3://shape-deploy/$who" >/dev/null
-    pull "$bin" "$who" "$work/$who-root" warm100
+    pull "$bin" "$who" "$roots/$who-root" warm100
 done
 if command -v aws >/dev/null; then
     AWS_ENDPOINT_URL=$endpoint aws s3 sync --only-show-errors "$work/tree" s3://shape-deploy/plain
@@ -92,6 +100,7 @@ upload_eight=$(echo "scale=2; ($tree_bytes + $bundle) / ($rate * 8)" | bc)
 echo "tree: $files files, $tree_bytes bytes; bundle $bundle bytes; ${rate} B/s per stream each way, ${latency_ms} ms per request"
 echo "floors: bundle over one stream ${one} s, over eight ${eight} s; the tree over eight streams ${push_eight} s"
 echo "  (a first push uploads the tree's objects and the bundle: $((tree_bytes + bundle)) bytes, ${upload_eight} s over eight streams)"
+echo "local floor: the bundle unpacked into ${SHAPE_ROOTS:-the work directory}, unpaced (curl | zstd -d | tar -x): ${local_floor} s"
 printf '%-10s %10s %10s %8s %8s %14s\n' "" "old s" "new s" "old MiB" "new MiB" "new/8-stream"
 for what in push cold warm1 warm100; do
     printf '%-10s %10s %10s %8s %8s %14s\n' "$what" "$(get old-$what 2)" "$(get new-$what 2)" "$(get old-$what 3)" \

@@ -1227,16 +1227,19 @@ fn a_bundle_pushed_in_parallel_parts_verifies_and_a_failed_part_changes_nothing(
     }
 
     let failing = emu.source("parts-fail");
-    emu.fault(json!({"service": "s3", "operation": "UploadPart", "status": 403,
+    emu.fault(
+        json!({"service": "s3", "operation": "UploadPart", "status": 403,
                      "code": "AccessDenied", "count": 1,
-                     "path": format!("/{}/app/releases/", failing.bucket)}));
+                     "path": format!("/{}/app/releases/", failing.bucket)}),
+    );
     let run = emu
         .workstation()
         .run(&["release", "push", path(tree.path()), "--to", &failing.url])
         .expect_code(1);
     assert_has(&run.stderr(), "s3:UploadPart");
     assert_eq!(
-        emu.s3_requests(&failing.bucket, "AbortMultipartUpload").len(),
+        emu.s3_requests(&failing.bucket, "AbortMultipartUpload")
+            .len(),
         1
     );
     let keys = emu.s3_keys(&failing.bucket);
@@ -1261,7 +1264,11 @@ fn a_bundle_pushed_in_parallel_parts_verifies_and_a_failed_part_changes_nothing(
     let objects = emu
         .s3_requests(&src.bucket, "GetObject")
         .into_iter()
-        .filter(|r| r["path"].as_str().is_some_and(|p| p.contains("/app/objects/")))
+        .filter(|r| {
+            r["path"]
+                .as_str()
+                .is_some_and(|p| p.contains("/app/objects/"))
+        })
         .count();
     assert_eq!(objects, 0);
 }

@@ -16,7 +16,7 @@ use super::error::{io_failed, ReleaseError};
 use super::format::Node;
 use super::layout::chown_tree;
 use super::progress::{human_bytes, Progress};
-use super::store::{Store, FETCHES_AT_ONCE};
+use super::store::{OpenRange, Store, FETCHES_AT_ONCE};
 use super::unpack::{copy_hashed, create_dir, make_symlink, unpack};
 use crate::fsutil::remove_tree;
 
@@ -109,7 +109,7 @@ pub async fn fill(
     id: &str,
     nodes: &[Node],
     partial: &Path,
-    local: &HashMap<String, PathBuf>,
+    (local, head_start): (&HashMap<String, PathBuf>, Option<OpenRange>),
     owner: Option<(u32, u32)>,
 ) -> Result<Fetched, ReleaseError> {
     let _ = remove_tree(partial);
@@ -117,7 +117,7 @@ pub async fn fill(
     let mut fetched = Fetched::default();
     if let Way::Bundle(why) = Way::choose(nodes, local) {
         tracing::info!(release = %id, "fetching the bundle: {why}");
-        match fetch_bundle(store, id, nodes, partial).await {
+        match fetch_bundle(store, id, nodes, partial, head_start).await {
             Ok(bytes) => fetched.bundle_bytes = bytes,
             Err(Fetch::Fatal(err)) => return Err(err),
             Err(Fetch::Transport(why)) => {
@@ -234,21 +234,33 @@ fn bundle_bound(nodes: &[Node]) -> u64 {
         .saturating_add(1 << 20)
 }
 
+/// The first range of release `id`'s bundle, asked for before its manifest is read (a cold pull, which
+/// fetches the bundle, asks for both at once): only the answer's head is read until the manifest bounds
+/// the bundle.
+pub async fn open_bundle(store: &Store, id: &str) -> Result<OpenRange, ReleaseError> {
+    store
+        .open_range(&store.source.bundle_key(id), (0, RANGE), None)
+        .await
+}
+
 async fn fetch_bundle(
     store: &Store,
     id: &str,
     nodes: &[Node],
     partial: &Path,
+    head_start: Option<OpenRange>,
 ) -> Result<u64, Fetch> {
     use futures_util::StreamExt;
     let key = store.source.bundle_key(id);
     let most = bundle_bound(nodes);
     // The first range's head says how large the bundle is and which version it is; the other ranges
     // are asked for at once, while the first one's body is still arriving.
-    let first = store
-        .open_range(&key, (0, RANGE), None, most)
-        .await
-        .map_err(|e| Fetch::Transport(e.to_string()))?;
+    let first = match head_start {
+        Some(first) => first,
+        None => open_bundle(store, id)
+            .await
+            .map_err(|e| Fetch::Transport(e.to_string()))?,
+    };
     let size = first.total;
     if size > most {
         return Err(Fetch::Fatal(ReleaseError::Failed(format!(
@@ -564,7 +576,12 @@ mod tests {
             }
             let rest = size.saturating_sub(RANGE);
             if rest >= RANGES_AT_ONCE as u64 * MIN_RANGE {
-                assert_eq!((ranges.len() + 1) % RANGES_AT_ONCE, 0, "{size}: {}", ranges.len());
+                assert_eq!(
+                    (ranges.len() + 1) % RANGES_AT_ONCE,
+                    0,
+                    "{size}: {}",
+                    ranges.len()
+                );
                 assert!(ranges.iter().all(|r| r.1 >= MIN_RANGE), "{size}");
             }
         }
@@ -654,7 +671,7 @@ mod tests {
             "20261206T000000Z-000001",
             &nodes,
             &partial,
-            &HashMap::new(),
+            (&HashMap::new(), None),
             None,
         )
         .await
@@ -696,7 +713,7 @@ mod tests {
             "20261202T000000Z-000002",
             &nodes,
             &partial,
-            &local,
+            (&local, None),
             None,
         )
         .await

@@ -228,7 +228,15 @@ impl<'a> Pipeline<'a> {
             }
             Target::Embark(pointer) => pointer,
         };
-        let verified = self.manifest(pointer).await?;
+        // Nothing here yet (a first boot): the bundle will be fetched, so its first range is asked
+        // for beside the manifest; only its head is read before the manifest bounds it.
+        let (verified, head_start) = if current.is_none() && !present {
+            let (verified, opened) =
+                tokio::join!(self.manifest(pointer), fetch::open_bundle(self.store, &id));
+            (verified?, opened.ok())
+        } else {
+            (self.manifest(pointer).await?, None)
+        };
         let staged = present && intact(layout, &self.settings.shared, &id, &verified);
         if current.as_deref() == Some(id.as_str()) && staged {
             return Ok(Stage::Current(already_current(id)));
@@ -243,12 +251,19 @@ impl<'a> Pipeline<'a> {
             }
             let partial = layout.partial(&id);
             let owner = self.settings.owner;
-            let filled = fetch::fill(self.store, &id, &verified.nodes, &partial, &local, owner)
-                .await
-                .and_then(|fetched| {
-                    pulled.count(fetched);
-                    layout.commit(&id, &verified.bytes)
-                });
+            let filled = fetch::fill(
+                self.store,
+                &id,
+                &verified.nodes,
+                &partial,
+                (&local, head_start),
+                owner,
+            )
+            .await
+            .and_then(|fetched| {
+                pulled.count(fetched);
+                layout.commit(&id, &verified.bytes)
+            });
             layout.drop_salvage();
             if let Err(err) = filled {
                 let _ = remove_tree(&partial);

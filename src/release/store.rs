@@ -11,6 +11,7 @@ use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
 mod transfer;
+pub use transfer::OpenRange;
 
 use super::error::ReleaseError;
 use super::format::{Pointer, SourceUrl, POINTER_LIMIT};

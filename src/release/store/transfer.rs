@@ -254,7 +254,7 @@ impl Store {
         if_match: Option<&str>,
         most: u64,
     ) -> Result<Ranged, ReleaseError> {
-        let opened = self.open_range(key, range, if_match, most).await?;
+        let opened = self.open_range(key, range, if_match).await?;
         let (total, etag) = (opened.total, opened.etag.clone());
         let bytes = if total > most {
             Bytes::new()
@@ -266,14 +266,13 @@ impl Store {
 
     /// Asks for bytes `start..start + len` of `key` and reads the answer's head only: the object's
     /// whole size (from `Content-Range`) and its ETag; with `if_match`, only of that version (a bundle
-    /// replaced mid-fetch is refused, never mixed). The body is left to [`Store::read_range`], and is
-    /// never read when the object claims to be larger than `most`: the caller refuses it first.
+    /// replaced mid-fetch is refused, never mixed). The body is left to [`Store::read_range`]: the
+    /// caller holds the size to what it expects before any of it is read.
     pub async fn open_range(
         &self,
         key: &str,
         (start, len): (u64, u64),
         if_match: Option<&str>,
-        most: u64,
     ) -> Result<OpenRange, ReleaseError> {
         let bucket = &self.source.bucket;
         let range = format!("bytes={start}-{}", start + len.max(1) - 1);
@@ -307,7 +306,6 @@ impl Store {
         Ok(OpenRange {
             total,
             etag,
-            most,
             range: (start, len),
             body: answer.body,
         })
@@ -319,7 +317,6 @@ impl Store {
         let OpenRange {
             total,
             etag,
-            most,
             range: (start, len),
             mut body,
         } = opened;
@@ -357,9 +354,7 @@ impl Store {
             }
             tracing::debug!("reading {key} {range} broke off ({why}); again");
             attempt += 1;
-            let again = self
-                .open_range(key, (start, len), Some(&etag), most)
-                .await?;
+            let again = self.open_range(key, (start, len), Some(&etag)).await?;
             if again.total != total {
                 return Err(ReleaseError::Failed(format!(
                     "{} changed size while it was read ({total} then {} bytes)",
@@ -376,7 +371,6 @@ impl Store {
 pub struct OpenRange {
     pub total: u64,
     pub etag: String,
-    most: u64,
     range: (u64, u64),
     body: ByteStream,
 }
