@@ -420,10 +420,23 @@ fn sigterm_during_staging_exits_promptly_and_the_next_start_resumes() {
         )
         .expect("write");
     }
+    // 6 MiB that zstd cannot shrink: the bundle comes in more than one range.
+    let mut x = 0x2545_f491_4f6c_dd1d_u64;
+    let noise: Vec<u8> = (0..6 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    fs::write(tree.path().join("assets.bin"), noise).expect("write");
     let v1 = fleet.push(emu, tree.path(), "v1");
     let inst = emu.launch_one(json!({"group": fleet.name}));
     let root = tempfile::tempdir().expect("root");
-    // The bundle takes 3 s to start arriving: the agent is caught with its partial directory.
+    // Every range of the bundle takes 3 s to start arriving: the first one is asked for beside the
+    // manifest, then the partial directory is made and the others are asked for, so the agent is
+    // caught with its partial directory.
     let conf = config(root.path(), &fleet, "10s", "switch");
     emu.fault(
         json!({"service": "s3", "operation": "GetObject", "latency_ms": 3000,
