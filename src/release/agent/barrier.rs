@@ -123,8 +123,12 @@ const SAFETY_LISTS: u64 = 2;
 /// The shared membership is asked of Auto Scaling again when it is older than this and the barrier
 /// still waits (an instance may have left the group).
 const MEMBERS_FRESH: Duration = Duration::from_secs(15);
-/// Before asking Auto Scaling for a membership nobody shared yet, an agent waits up to this much per
-/// ready agent (at most [`MEMBERS_SPREAD_MAX`]).
+/// An agent that did not take the lease to ask for the first membership looks for the asker's answer
+/// this often, for this long.
+const MEMBERS_POLL: Duration = Duration::from_millis(300);
+const MEMBERS_WAIT: Duration = Duration::from_secs(5);
+/// Then (or when the lease cannot be written), before asking Auto Scaling itself, an agent waits up to
+/// this much per ready agent (at most [`MEMBERS_SPREAD_MAX`]).
 const MEMBERS_SPREAD: Duration = Duration::from_millis(150);
 const MEMBERS_SPREAD_MAX: Duration = Duration::from_secs(3);
 /// Auto Scaling calls one agent makes for one deploy, at most (its Describe calls share one
@@ -218,7 +222,7 @@ impl<'a, 'b> Fleet<'a, 'b> {
             .key(&format!("ready/{}/{name}", self.id))
     }
 
-    /// `_go-<token>` / `_members-<token>`: this deploy's.
+    /// `_go-<token>` / `_members-<token>` / `_asking-<token>`: this deploy's.
     fn shared(&self, name: &str) -> String {
         self.key(&format!("_{name}-{}", self.token))
     }
@@ -380,6 +384,44 @@ impl<'a, 'b> Fleet<'a, 'b> {
             .collect())
     }
 
+    /// The deploy's first membership, when none is shared yet: one agent asks for the fleet, the one
+    /// that creates `_asking-<token>` (`If-None-Match: *`; `None` here: this agent asks). The others
+    /// look for its answer for up to [`MEMBERS_WAIT`] (an asker that died is not waited for longer),
+    /// then, like agents that could not write the lease, wait a moment scaled by how many are ready
+    /// and look once more before they ask themselves.
+    async fn first_members(
+        &self,
+        key: &str,
+        ready: usize,
+    ) -> Result<Option<Members>, ReleaseError> {
+        let lease = self.shared("asking");
+        let mine = self.agent.instance_id.as_bytes().to_vec();
+        match self
+            .agent
+            .store
+            .put_bytes(&lease, mine, Condition::Absent)
+            .await
+        {
+            Ok(()) => return Ok(None),
+            Err(PutError::Conflict) => {
+                let deadline = Instant::now() + MEMBERS_WAIT;
+                while Instant::now() < deadline {
+                    tokio::time::sleep(jittered(MEMBERS_POLL)).await;
+                    if let Some(members) = self.read_members(key).await? {
+                        return Ok(Some(members));
+                    }
+                }
+            }
+            Err(PutError::Failed(err)) => {
+                tracing::debug!("cannot write the membership's lease {lease}: {err}");
+            }
+        }
+        let window = (MEMBERS_SPREAD * ready as u32).min(MEMBERS_SPREAD_MAX);
+        let pause = rand::random::<u64>() % (window.as_millis() as u64 + 1);
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        self.read_members(key).await
+    }
+
     /// The shared membership: read from `_members`; asked of Auto Scaling by the first agent to need
     /// it (written with If-None-Match, so one answer serves the fleet), and again when it is stale and
     /// the barrier still waits — by the agents that list again ([`SAFETY_LISTS`] per period across the
@@ -392,12 +434,7 @@ impl<'a, 'b> Fleet<'a, 'b> {
         let key = self.shared("members");
         let mut shared = self.read_members(&key).await?;
         if shared.is_none() && self.members.is_none() {
-            // Agents that staged together would all ask at once: each waits a moment, scaled by how
-            // many are ready, and looks again; the first to ask answers for the others.
-            let window = (MEMBERS_SPREAD * ready as u32).min(MEMBERS_SPREAD_MAX);
-            let pause = rand::random::<u64>() % (window.as_millis() as u64 + 1);
-            tokio::time::sleep(Duration::from_millis(pause)).await;
-            shared = self.read_members(&key).await?;
+            shared = self.first_members(&key, ready).await?;
         }
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
