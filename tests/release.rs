@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{
-    assert_has, current_release, emulator, pull, unique, wait_until, Embark, Emulator, Instance,
-    Published, Source,
+    assert_has, current_release, emulator, noise, pull, unique, wait_until, Embark, Emulator,
+    Instance, Published, Source,
 };
 use embark::release::format::sha256_hex;
 use serde_json::{json, Value};
@@ -61,18 +61,11 @@ fn snapshot(dir: &Path) -> BTreeMap<String, String> {
     out
 }
 
-/// Deterministic bytes that do not compress.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..len)
-        .map(|_| {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (x >> 33) as u8
-        })
+/// The GETs `bucket` received whose path `matching` accepts.
+fn gets(emu: &Emulator, bucket: &str, matching: impl Fn(&str) -> bool) -> Vec<Value> {
+    emu.s3_requests(bucket, "GetObject")
+        .into_iter()
+        .filter(|r| r["path"].as_str().is_some_and(&matching))
         .collect()
 }
 
@@ -1153,17 +1146,12 @@ fn a_large_bundle_is_fetched_as_ranges_and_verified() {
     let src = emu.source("ranges");
     let tree = tempfile::tempdir().expect("tree");
     // ~10 MiB that zstd cannot shrink: the first range (4 MiB), then the rest in ranges side by side.
-    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
     for i in 0..5 {
-        let bytes: Vec<u8> = (0..2 << 20)
-            .map(|_| {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                seed as u8
-            })
-            .collect();
-        fs::write(tree.path().join(format!("blob{i}.bin")), bytes).expect("write");
+        fs::write(
+            tree.path().join(format!("blob{i}.bin")),
+            noise(2 << 20, 0x9e37 + i),
+        )
+        .expect("write");
     }
     let id = push(emu, tree.path(), &src, "v1");
     let inst = instance(emu, &src, "web");
@@ -1171,15 +1159,9 @@ fn a_large_bundle_is_fetched_as_ranges_and_verified() {
     pull(emu, &inst, root.path(), "").expect_code(0);
     assert_eq!(current_release(root.path()), Some(id.clone()));
     assert_eq!(verify_current(root.path()), id);
-    let bundle: Vec<Value> = emu
-        .s3_requests(&src.bucket, "GetObject")
-        .into_iter()
-        .filter(|r| {
-            r["path"]
-                .as_str()
-                .is_some_and(|p| p.contains(&format!("/releases/{id}/")) && p.ends_with(".tar.zst"))
-        })
-        .collect();
+    let bundle = gets(emu, &src.bucket, |p| {
+        p.contains(&format!("/releases/{id}/")) && p.ends_with(".tar.zst")
+    });
     // The first 4 MiB, then the other ~6 MiB in ranges of at least 1 MiB, side by side: every byte
     // of the bundle fetched once.
     assert!(bundle.len() >= 3, "{bundle:#?}");
@@ -1198,16 +1180,10 @@ fn a_large_bundle_is_fetched_as_ranges_and_verified() {
     let inst = instance(emu, &small, "web");
     let root = tempfile::tempdir().expect("root");
     pull(emu, &inst, root.path(), "").expect_code(0);
-    let gets = emu
-        .s3_requests(&small.bucket, "GetObject")
-        .into_iter()
-        .filter(|r| {
-            r["path"]
-                .as_str()
-                .is_some_and(|p| p.contains(&format!("/releases/{id}/")) && p.ends_with(".tar.zst"))
-        })
-        .count();
-    assert_eq!(gets, 1);
+    let bundle = gets(emu, &small.bucket, |p| {
+        p.contains(&format!("/releases/{id}/")) && p.ends_with(".tar.zst")
+    });
+    assert_eq!(bundle.len(), 1, "{bundle:#?}");
 }
 
 /// Issue 29, item 3: the bundle's parts go up several at once and are completed in order (S3 refuses
@@ -1261,14 +1237,6 @@ fn a_bundle_pushed_in_parallel_parts_verifies_and_a_failed_part_changes_nothing(
     assert_eq!(verify_current(root.path()), id);
     // From the bundle itself: a bundle put together wrong would have been refused, and the pull would
     // have fetched the objects instead.
-    let objects = emu
-        .s3_requests(&src.bucket, "GetObject")
-        .into_iter()
-        .filter(|r| {
-            r["path"]
-                .as_str()
-                .is_some_and(|p| p.contains("/app/objects/"))
-        })
-        .count();
+    let objects = gets(emu, &src.bucket, |p| p.contains("/app/objects/")).len();
     assert_eq!(objects, 0);
 }

@@ -7,8 +7,8 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::{
-    assert_has, current_release, emulator, unique, wait_until, Embark, Emulator, Fleet, Instance,
-    Running,
+    assert_has, current_release, emulator, noise, unique, wait_until, Embark, Emulator, Fleet,
+    Instance, Running,
 };
 use serde_json::{json, Value};
 
@@ -421,16 +421,7 @@ fn sigterm_during_staging_exits_promptly_and_the_next_start_resumes() {
         .expect("write");
     }
     // 6 MiB that zstd cannot shrink: the bundle comes in more than one range.
-    let mut x = 0x2545_f491_4f6c_dd1d_u64;
-    let noise: Vec<u8> = (0..6 << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
-    fs::write(tree.path().join("assets.bin"), noise).expect("write");
+    fs::write(tree.path().join("assets.bin"), noise(6 << 20, 3)).expect("write");
     let v1 = fleet.push(emu, tree.path(), "v1");
     let inst = emu.launch_one(json!({"group": fleet.name}));
     let root = tempfile::tempdir().expect("root");

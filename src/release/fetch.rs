@@ -20,8 +20,8 @@ use super::unpack::{copy_hashed, create_dir, make_symlink};
 use crate::fsutil::remove_tree;
 
 mod bundle;
-use bundle::{fetch_bundle, Fetch};
-pub use bundle::{open_bundle, RANGE, RANGES_AT_ONCE};
+pub use bundle::open_bundle;
+use bundle::{fetch_bundle, range_count, Fetch, RANGES_AT_ONCE};
 
 /// What fetching a release took.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -85,9 +85,9 @@ impl Way {
             }
         }
         let objects = seconds(fetch as u64, bytes, FETCHES_AT_ONCE);
-        let bundle = seconds(total.div_ceil(RANGE).max(1), total, RANGES_AT_ONCE);
+        let ranges = range_count(total);
+        let bundle = seconds(ranges, total, RANGES_AT_ONCE);
         if bundle * 2.0 < objects {
-            let ranges = total.div_ceil(RANGE).max(1);
             return Way::Bundle(format!(
                 "{fetch} of {} files changed ({}): the bundle (~{:.2} s, {}) is cheaper than {fetch} object GETs (~{:.2} s)",
                 nodes.iter().filter(|n| matches!(n, Node::File { .. })).count(),
@@ -415,7 +415,8 @@ mod tests {
         let Way::Bundle(why) = Way::choose(&changed, &local_of(&big)) else {
             panic!("4,000 changed files of 23 KB must take the bundle");
         };
-        assert!(why.contains("22 ranges"), "{why}");
+        // The ranges the fetch asks for: the first and 23 more, three whole rounds of eight.
+        assert!(why.contains("24 ranges"), "{why}");
         // 1% of 10,000 files of 9 KB changed: the objects (the bundle would be ~90 MB).
         let mut tree = files(10_000, 9_000);
         let local = local_of(&tree);

@@ -407,6 +407,21 @@ pub fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
     check()
 }
 
+/// Deterministic bytes that do not compress (a bundle of several ranges, a multipart upload).
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 33) as u8
+        })
+        .collect()
+}
+
 /// The lines of a text file (none when it does not exist): hook logs, counters.
 pub fn lines(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path)

@@ -47,8 +47,8 @@ impl Read for ChannelReader {
 /// guidelines, "byte-range fetches"), each retried on its own, fed to the unpacker in order. Memory is
 /// bounded by the window: at most `RANGES_AT_ONCE` ranges fetched or in flight, one queued and one
 /// being read: (8 + 2) × 4 MiB = 40 MiB. A bundle of one range is one GET.
-pub const RANGE: u64 = 4 << 20;
-pub const RANGES_AT_ONCE: usize = 8;
+const RANGE: u64 = 4 << 20;
+pub(super) const RANGES_AT_ONCE: usize = 8;
 /// The smallest range after the first: below it, a request's latency outweighs its bytes.
 const MIN_RANGE: u64 = 1 << 20;
 
@@ -69,6 +69,11 @@ fn later_ranges(size: u64) -> Vec<(u64, u64)> {
         .map(|k| (RANGE + k * len, len))
         .take_while(|(start, _)| *start < size)
         .collect()
+}
+
+/// How many GETs a bundle of `size` takes: the first range and [`later_ranges`].
+pub(super) fn range_count(size: u64) -> u64 {
+    1 + later_ranges(size).len() as u64
 }
 
 /// The most a bundle of `nodes` can be: every file's bytes, a tar header and padding per entry, the
@@ -147,12 +152,9 @@ pub(super) async fn fetch_bundle(
     // The rest, of the version the first range came from (If-Match).
     let etag = first.etag.clone();
     let (key, etag) = (&key, &etag);
-    let rest = later_ranges(size).into_iter().map(|range| {
-        Either::Right(async move {
-            let ranged = store.get_range(key, range, Some(etag), size).await?;
-            Ok(ranged.bytes)
-        })
-    });
+    let rest = later_ranges(size)
+        .into_iter()
+        .map(|range| Either::Right(store.get_range(key, range, etag)));
     let ranges = std::iter::once(Either::Left(store.read_range(key, first))).chain(rest);
     let mut parts = futures_util::stream::iter(ranges).buffered(RANGES_AT_ONCE);
     while let Some(part) = parts.next().await {

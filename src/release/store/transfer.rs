@@ -245,23 +245,16 @@ impl Store {
         }
     }
 
-    /// Bytes `start..start + len` of `key` (fewer at its end), with its whole size and ETag: see
+    /// Bytes `start..start + len` of `key` (fewer at its end), of the version `if_match` names: see
     /// [`Store::open_range`] and [`Store::read_range`].
     pub async fn get_range(
         &self,
         key: &str,
         range: (u64, u64),
-        if_match: Option<&str>,
-        most: u64,
-    ) -> Result<Ranged, ReleaseError> {
-        let opened = self.open_range(key, range, if_match).await?;
-        let (total, etag) = (opened.total, opened.etag.clone());
-        let bytes = if total > most {
-            Bytes::new()
-        } else {
-            self.read_range(key, opened).await?
-        };
-        Ok(Ranged { bytes, total, etag })
+        if_match: &str,
+    ) -> Result<Bytes, ReleaseError> {
+        let opened = self.open_range(key, range, Some(if_match)).await?;
+        self.read_range(key, opened).await
     }
 
     /// Asks for bytes `start..start + len` of `key` and reads the answer's head only: the object's
@@ -275,7 +268,7 @@ impl Store {
         if_match: Option<&str>,
     ) -> Result<OpenRange, ReleaseError> {
         let bucket = &self.source.bucket;
-        let range = format!("bytes={start}-{}", start + len.max(1) - 1);
+        let range = range_header(start, len);
         let answer = self
             .call(|c| {
                 let range = range.clone();
@@ -320,7 +313,7 @@ impl Store {
             range: (start, len),
             mut body,
         } = opened;
-        let range = format!("bytes={start}-{}", start + len.max(1) - 1);
+        let range = range_header(start, len);
         let expected = len.min(total.saturating_sub(start));
         let mut attempt = 1;
         loop {
@@ -375,9 +368,7 @@ pub struct OpenRange {
     body: ByteStream,
 }
 
-/// One range of an object, and what the answer said of the whole.
-pub struct Ranged {
-    pub bytes: Bytes,
-    pub total: u64,
-    pub etag: String,
+/// HTTP's `Range` for bytes `start..start + len`.
+fn range_header(start: u64, len: u64) -> String {
+    format!("bytes={start}-{}", start + len.max(1) - 1)
 }
