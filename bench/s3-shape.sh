@@ -11,6 +11,12 @@
 #                                       zstd, tar, `make emulator-env`; `aws` for the sync line, else it is skipped)
 #   SHAPE_ROOTS=DIR                     where the pulled releases go (default: the work directory); e.g.
 #                                       /dev/shm, to measure the network's shape without this disk's cost
+#   SHAPE_PUSH_S3=BIN                   times the pushes against BIN, an S3 server that answers in well
+#                                       under a millisecond (s3s-fs: `cargo install s3s-fs@0.14.1 --locked
+#                                       --features binary`), through the same pacing, its data on /dev/shm;
+#                                       the emulator spends ~3 ms of CPU on each PutObject, so 4,000 new
+#                                       objects cost ~11 s of it whatever the client does. The pulls'
+#                                       sources are then pushed to the emulator unpaced, untimed.
 # The local floor is the bundle unpacked where the releases go, unpaced: curl | zstd -d | tar -x.
 set -euo pipefail
 
@@ -26,7 +32,7 @@ start_emulator "$work"
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 python3 "$here/bench/pace.py" "$port" "${endpoint##*:}" "$rate" "$latency_ms" &
 pace_pid=$!
-trap 'kill "$emu_pid" "$pace_pid" 2>/dev/null || true; rm -rf "$work" "$roots"' EXIT
+trap 'kill "$emu_pid" "$pace_pid" ${fast_pids:-} 2>/dev/null || true; rm -rf "$work" "$roots" ${fast_root:-}' EXIT
 paced=http://127.0.0.1:$port
 export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_REGION=eu-west-1
 control POST buckets '{"name": "shape-deploy"}' >/dev/null
@@ -47,10 +53,11 @@ PY
 tree_bytes=$(du -sb "$work/tree" | cut -f1)
 sleep 1
 
-# run LABEL CMD...: wall seconds and peak RSS (MiB) of one command, through the proxy
+# run LABEL CMD...: wall seconds and peak RSS (MiB) of one command, through the proxy (the one at $at if set)
+at=
 run() {
     local label=$1; shift
-    /usr/bin/time -f "%e %M" -o "$work/time" env AWS_ENDPOINT_URL="$paced" "$@" >/dev/null 2>"$work/err" ||
+    /usr/bin/time -f "%e %M" -o "$work/time" env AWS_ENDPOINT_URL="${at:-$paced}" "$@" >/dev/null 2>"$work/err" ||
         { echo "$label failed:" >&2; tail -5 "$work/err" >&2; exit 1; }
     read -r secs kib <"$work/time"
     echo "$label $secs $((kib / 1024))" >>"$work/results"
@@ -62,9 +69,27 @@ pull() {  # pull BIN NAME ROOT
     run "$2-$4" env AWS_EC2_METADATA_SERVICE_ENDPOINT="$imds" EMBARK_STATE_DIR="$roots/$2-state" \
         "$1" -q --config "$work/$2.toml" release pull
 }
+if [ -n "${SHAPE_PUSH_S3:-}" ]; then
+    fast_root=$(mktemp -d -p /dev/shm)
+    mkdir "$fast_root/shape-push"
+    fast_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    "$SHAPE_PUSH_S3" --host 127.0.0.1 --port "$fast_port" --access-key bench --secret-key bench "$fast_root" >/dev/null 2>&1 &
+    fast_pids=$!
+    paced_push=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    python3 "$here/bench/pace.py" "$paced_push" "$fast_port" "$rate" "$latency_ms" &
+    fast_pids="$fast_pids $!"
+    sleep 1
+fi
 for who in old new; do
     bin=$old; [ $who = new ] && bin=$new
-    run "$who-push" "$bin" -q release push "$work/tree" --to "s3://shape-deploy/$who"
+    if [ -n "${SHAPE_PUSH_S3:-}" ]; then
+        at=http://127.0.0.1:$paced_push
+        run "$who-push" "$bin" -q release push "$work/tree" --to "s3://shape-push/$who"
+        at=
+        AWS_ENDPOINT_URL=$endpoint "$bin" -q release push "$work/tree" --to "s3://shape-deploy/$who" >/dev/null
+    else
+        run "$who-push" "$bin" -q release push "$work/tree" --to "s3://shape-deploy/$who"
+    fi
     pull "$bin" "$who" "$roots/$who-root" cold
 done
 id=$(curl -sf "$endpoint/_embark/s3/shape-deploy/new/current" | jq -r .release)
@@ -100,6 +125,7 @@ upload_eight=$(echo "scale=2; ($tree_bytes + $bundle) / ($rate * 8)" | bc)
 echo "tree: $files files, $tree_bytes bytes; bundle $bundle bytes; ${rate} B/s per stream each way, ${latency_ms} ms per request"
 echo "floors: bundle over one stream ${one} s, over eight ${eight} s; the tree over eight streams ${push_eight} s"
 echo "  (a first push uploads the tree's objects and the bundle: $((tree_bytes + bundle)) bytes, ${upload_eight} s over eight streams)"
+[ -n "${SHAPE_PUSH_S3:-}" ] && echo "pushes timed against $SHAPE_PUSH_S3 (data on /dev/shm), through the same pacing"
 echo "local floor: the bundle unpacked into ${SHAPE_ROOTS:-the work directory}, unpaced (curl | zstd -d | tar -x): ${local_floor} s"
 printf '%-10s %10s %10s %8s %8s %14s\n' "" "old s" "new s" "old MiB" "new MiB" "new/8-stream"
 for what in push cold warm1 warm100; do

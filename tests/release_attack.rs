@@ -335,6 +335,43 @@ fn finding_6_a_hook_never_runs_the_releases_own_program_through_a_relative_path_
 }
 
 #[test]
+fn a_bundle_larger_than_its_manifest_allows_is_refused_after_at_most_one_window_of_ranges() {
+    let emu = emulator();
+    let src = source(emu);
+    // A one-file release whose bundle was replaced by 64 MiB: its first window of ranges is fetched
+    // beside the manifest (a cold pull), then the manifest's bound refuses it.
+    let id = push(emu, tree(&[("a.php", "<?php")]).path(), &src);
+    let key = format!("app/releases/{id}/bundle.tar.zst");
+    emu.s3_put(&src.bucket, &key, common::noise(64 << 20, 8));
+    let inst = instance(emu, &src);
+    let root = tempfile::tempdir().expect("root");
+    let run = pull(emu, &inst, root.path(), "").expect_code(1);
+    assert_has(
+        &run.stderr(),
+        &format!("claims 67108864 bytes, more than a bundle of release {id} can hold"),
+    );
+    assert_eq!(current_release(root.path()), None);
+    assert!(!root.path().join("releases").join(&id).exists());
+    assert!(disk_bytes(root.path()) < 64 << 10);
+    // At most eight ranges of 4 MiB, in the bundle's first 32 MiB: nothing past the window, and
+    // no fallback to objects (a refusal is not a transport failure).
+    let bundle: Vec<Value> = emu
+        .s3_requests(&src.bucket, "GetObject")
+        .into_iter()
+        .filter(|r| r["path"].as_str().is_some_and(|p| p.ends_with(&key)))
+        .collect();
+    assert!(!bundle.is_empty() && bundle.len() <= 8, "{bundle:#?}");
+    let fetched: u64 = bundle.iter().filter_map(|r| r["bytes_out"].as_u64()).sum();
+    assert!(fetched <= 32 << 20, "{fetched} bytes fetched: {bundle:#?}");
+    let objects = emu
+        .s3_requests(&src.bucket, "GetObject")
+        .into_iter()
+        .filter(|r| r["path"].as_str().is_some_and(|p| p.contains("/objects/")))
+        .count();
+    assert_eq!(objects, 0);
+}
+
+#[test]
 fn finding_7_a_pax_global_header_is_accepted_and_a_repeated_member_is_named() {
     let emu = emulator();
     let src = source(emu);

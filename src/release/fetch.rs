@@ -15,12 +15,12 @@ use super::error::{io_failed, ReleaseError};
 use super::format::Node;
 use super::layout::chown_tree;
 use super::progress::{human_bytes, Progress};
-use super::store::{OpenRange, Store, FETCHES_AT_ONCE};
+use super::store::{Store, FETCHES_AT_ONCE};
 use super::unpack::{copy_hashed, create_dir, make_symlink};
 use crate::fsutil::remove_tree;
 
 mod bundle;
-pub use bundle::open_bundle;
+pub use bundle::{beside, Window};
 use bundle::{fetch_bundle, range_count, Fetch, RANGES_AT_ONCE};
 
 /// What fetching a release took.
@@ -107,12 +107,12 @@ impl Way {
 
 /// Fetch and verify the release `id` into `partial` (created afresh), then give it its modes and
 /// `owner` and sync it. `local`: where each content already is on this machine (empty: cold).
-pub async fn fill(
-    store: &Store,
+pub async fn fill<'a>(
+    store: &'a Store,
     id: &str,
     nodes: &[Node],
     partial: &Path,
-    (local, head_start): (&HashMap<String, PathBuf>, Option<OpenRange>),
+    (local, head_start): (&HashMap<String, PathBuf>, Option<Window<'a>>),
     owner: Option<(u32, u32)>,
 ) -> Result<Fetched, ReleaseError> {
     let _ = remove_tree(partial);

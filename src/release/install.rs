@@ -228,12 +228,11 @@ impl<'a> Pipeline<'a> {
             }
             Target::Embark(pointer) => pointer,
         };
-        // Nothing here yet (a first boot): the bundle will be fetched, so its first range is asked
-        // for beside the manifest; only its head is read before the manifest bounds it.
+        // Nothing here yet (a first boot): the bundle will be fetched, so its first window of ranges
+        // comes beside the manifest; none of it is unpacked before the manifest bounds it.
         let (verified, head_start) = if current.is_none() && !present {
-            let (verified, opened) =
-                tokio::join!(self.manifest(pointer), fetch::open_bundle(self.store, &id));
-            (verified?, opened.ok())
+            let (verified, window) = fetch::beside(self.store, &id, self.manifest(pointer)).await;
+            (verified?, window)
         } else {
             (self.manifest(pointer).await?, None)
         };
