@@ -125,15 +125,21 @@ impl Store {
         F: Fn(aws_sdk_s3::Client) -> Fut,
         Fut: Future<Output = Result<T, SdkError<E, HttpResponse>>>,
     {
-        match send(self.client()).await {
-            Err(err) if self.relocate(&err) => send(self.client()).await,
+        let (asked, client) = self
+            .located
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        match send(client).await {
+            Err(err) if self.relocate(&err, &asked) => send(self.client()).await,
             other => other,
         }
     }
 
     /// Follow a redirect to the bucket's region; false when the answer is not one (or names no
-    /// usable region, or the one already asked).
-    fn relocate<E>(&self, err: &SdkError<E, HttpResponse>) -> bool {
+    /// usable region, or the one this call asked already). Calls side by side may all be redirected:
+    /// the first moves the store, the others ask again where it moved.
+    fn relocate<E>(&self, err: &SdkError<E, HttpResponse>, asked: &str) -> bool {
         let Some(response) = err.raw_response() else {
             return false;
         };
@@ -143,9 +149,12 @@ impl Store {
         let Some(region) = response.headers().get("x-amz-bucket-region") else {
             return false;
         };
-        let mut located = self.located.write().unwrap_or_else(PoisonError::into_inner);
-        if !crate::aws::is_region(region) || located.0 == region {
+        if !crate::aws::is_region(region) || region == asked {
             return false;
+        }
+        let mut located = self.located.write().unwrap_or_else(PoisonError::into_inner);
+        if located.0 == region {
+            return true;
         }
         tracing::info!(
             "s3://{} is in {region}, not {}: asking there (set [release] region = \"{region}\" to save the detour)",

@@ -6,7 +6,7 @@ use std::io::{self, Read, Write};
 use std::path::Path;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::mpsc::{self, OwnedPermit};
 
 use crate::fsutil::HashingReader;
 use crate::release::error::{io_failed, ReleaseError};
@@ -32,7 +32,8 @@ pub async fn upload_bundle(
     let (tx, rx) = mpsc::channel::<Bytes>(1);
     let root = root.to_path_buf();
     let owned: Vec<Node> = nodes.to_vec();
-    let writer = tokio::task::spawn_blocking(move || write_bundle(&root, &owned, tx));
+    let runtime = tokio::runtime::Handle::current();
+    let writer = tokio::task::spawn_blocking(move || write_bundle(&root, &owned, tx, &runtime));
     let key = store.source.bundle_key(id);
     let mut progress = Progress::new("uploading the bundle", 0);
     let uploaded = store.upload_stream(&key, rx, |n| progress.add(n)).await;
@@ -45,14 +46,29 @@ pub async fn upload_bundle(
     uploaded
 }
 
-/// Sends the bytes written to it in parts of [`PART_SIZE`].
-struct PartWriter {
-    tx: mpsc::Sender<Bytes>,
+/// Sends the bytes written to it in parts of [`PART_SIZE`]. A part is started only once the upload
+/// has taken the one before (a slot of the channel is reserved first): the parts uploading and one
+/// more are all the parts in memory, never one waiting in the channel and another one full here.
+struct PartWriter<'a> {
+    slot: Option<OwnedPermit<Bytes>>,
+    runtime: &'a tokio::runtime::Handle,
     buf: Vec<u8>,
     sent_any: bool,
 }
 
-impl PartWriter {
+impl<'a> PartWriter<'a> {
+    fn new(tx: mpsc::Sender<Bytes>, runtime: &'a tokio::runtime::Handle) -> io::Result<Self> {
+        let slot = runtime
+            .block_on(tx.reserve_owned())
+            .map_err(|_| stopped())?;
+        Ok(PartWriter {
+            slot: Some(slot),
+            runtime,
+            buf: Vec::with_capacity(PART_SIZE),
+            sent_any: false,
+        })
+    }
+
     /// The last part: whatever is left (an empty object still gets its one part).
     fn finish(&mut self) -> io::Result<()> {
         if self.buf.is_empty() && self.sent_any {
@@ -63,14 +79,24 @@ impl PartWriter {
 
     fn send(&mut self) -> io::Result<()> {
         self.sent_any = true;
-        let part = std::mem::replace(&mut self.buf, Vec::with_capacity(PART_SIZE));
-        self.tx
-            .blocking_send(Bytes::from(part))
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the upload stopped"))
+        let slot = self.slot.take().ok_or_else(stopped)?;
+        let tx = slot.send(Bytes::from(std::mem::take(&mut self.buf)));
+        // This blocking thread waits for the upload to take the part before starting the next one.
+        self.slot = Some(
+            self.runtime
+                .block_on(tx.reserve_owned())
+                .map_err(|_| stopped())?,
+        );
+        self.buf = Vec::with_capacity(PART_SIZE);
+        Ok(())
     }
 }
 
-impl Write for PartWriter {
+fn stopped() -> io::Error {
+    io::Error::new(io::ErrorKind::BrokenPipe, "the upload stopped")
+}
+
+impl Write for PartWriter<'_> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         let room = PART_SIZE - self.buf.len();
         let n = data.len().min(room);
@@ -85,13 +111,14 @@ impl Write for PartWriter {
     }
 }
 
-fn write_bundle(root: &Path, nodes: &[Node], tx: mpsc::Sender<Bytes>) -> Result<(), ReleaseError> {
+fn write_bundle(
+    root: &Path,
+    nodes: &[Node],
+    tx: mpsc::Sender<Bytes>,
+    runtime: &tokio::runtime::Handle,
+) -> Result<(), ReleaseError> {
     let fail = |e: io::Error| ReleaseError::Failed(format!("writing the bundle failed: {e}"));
-    let part = PartWriter {
-        tx,
-        buf: Vec::with_capacity(PART_SIZE),
-        sent_any: false,
-    };
+    let part = PartWriter::new(tx, runtime).map_err(fail)?;
     let mut encoder = zstd::Encoder::new(part, LEVEL).map_err(fail)?;
     // Every core compresses (zstd's own worker threads), in jobs of JOB_SIZE: each worker holds one
     // job's input and its compressed output, so the encoder's memory is bounded by the cores, not the

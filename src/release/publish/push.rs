@@ -25,9 +25,9 @@ use crate::release::store::{Condition, PutError, Store};
 
 pub const IGNORE_FILE: &str = ".embarkignore";
 /// New objects on the wire at once. Most are small, so a push waits on S3's per-request latency rather
-/// than on bytes: 32 at once is ~1,600 requests a second at 20 ms each, under S3's 3,500 PUTs a second
-/// a prefix (AWS's performance guidelines).
-const UPLOADS_AT_ONCE: usize = 32;
+/// than on bytes: 64 at once is ~3,200 requests a second at 20 ms each (fewer at S3's usual latency),
+/// under S3's 3,500 PUTs a second a prefix (AWS's performance guidelines).
+const UPLOADS_AT_ONCE: usize = 64;
 
 pub struct Pushed {
     pub release: String,
@@ -223,16 +223,21 @@ pub async fn push(
 ) -> Result<Pushed, ReleaseError> {
     let root = root.to_path_buf();
     let walk_root = root.clone();
-    let nodes = tokio::task::spawn_blocking(move || {
-        let mut nodes = walk(&walk_root)?;
-        hash_all(&walk_root, &mut nodes)?;
-        Ok::<_, ReleaseError>(nodes)
-    })
-    .await
-    .map_err(|e| ReleaseError::Failed(format!("hashing the tree stopped: {e}")))??;
-
-    // What `current` is now: the pointer is replaced only if nobody changed it meanwhile.
-    let (base, previous) = match store.read_pointer().await? {
+    let hashed = async {
+        tokio::task::spawn_blocking(move || {
+            let mut nodes = walk(&walk_root)?;
+            hash_all(&walk_root, &mut nodes)?;
+            Ok::<_, ReleaseError>(nodes)
+        })
+        .await
+        .map_err(|e| ReleaseError::Failed(format!("hashing the tree stopped: {e}")))?
+    };
+    // While the tree is hashed: what `current` is now (the pointer is replaced only if nobody
+    // changed it meanwhile) and which objects the source has.
+    let (nodes, pointer, present) =
+        tokio::join!(hashed, store.read_pointer(), present_objects(store));
+    let (nodes, present) = (nodes?, present?);
+    let (base, previous) = match pointer? {
         Some((pointer, etag)) => (Condition::Unchanged(etag), Some(pointer)),
         None => (Condition::Absent, None),
     };
@@ -266,21 +271,34 @@ pub async fn push(
     // The objects (many small requests: latency) and the bundle (CPU, then a few large parts) go up
     // side by side. Both end before an error is reported: an abandoned multipart upload is aborted.
     let (objects, bundle) = tokio::join!(
-        upload_objects(store, &root, &nodes),
+        upload_objects(store, &root, &nodes, &present),
         upload_bundle(store, &root, &nodes, &id)
     );
     let (uploaded_objects, uploaded_bytes) = objects?;
     let bundle_bytes = bundle?;
-    if let Some(signature) = &signature {
+    // The signature, the delta and the manifest side by side; all before the pointer names them.
+    let signed = async {
+        let Some(signature) = &signature else {
+            return Ok(());
+        };
         let bytes = serde_json::to_vec_pretty(signature)
             .map_err(|e| ReleaseError::Failed(format!("cannot encode the signature: {e}")))?;
-        put_new(store, &store.source.signature_key(&id), bytes, &id).await?;
-    }
-    let delta = match &previous {
-        Some(previous) => upload_delta(store, previous, &id, &manifest_bytes).await,
-        None => None,
+        put_new(store, &store.source.signature_key(&id), bytes, &id).await
     };
-    put_new(store, &store.source.manifest_key(&id), manifest_bytes, &id).await?;
+    let delta = async {
+        match &previous {
+            Some(previous) => upload_delta(store, previous, &id, &manifest_bytes).await,
+            None => None,
+        }
+    };
+    let manifest_key = store.source.manifest_key(&id);
+    let (signed, delta, written) = tokio::join!(
+        signed,
+        delta,
+        put_new(store, &manifest_key, manifest_bytes.clone(), &id)
+    );
+    signed?;
+    written?;
 
     write_pointer(store, &manifest, manifest_sha256, delta, signature, base).await?;
     Ok(Pushed {
@@ -407,18 +425,23 @@ async fn write_pointer(
     Ok(())
 }
 
-/// Upload the content-addressed objects the source does not have yet.
-async fn upload_objects(
-    store: &Store,
-    root: &Path,
-    nodes: &[Node],
-) -> Result<(usize, u64), ReleaseError> {
-    let present: BTreeSet<String> = store
+/// The content addresses of the objects the source has.
+async fn present_objects(store: &Store) -> Result<BTreeSet<String>, ReleaseError> {
+    Ok(store
         .list_keys(&store.source.key("objects/"))
         .await?
         .into_iter()
         .filter_map(|k| k.rsplit('/').next().map(str::to_string))
-        .collect();
+        .collect())
+}
+
+/// Upload the content-addressed objects the source does not have yet (`present`: those it has).
+async fn upload_objects(
+    store: &Store,
+    root: &Path,
+    nodes: &[Node],
+    present: &BTreeSet<String>,
+) -> Result<(usize, u64), ReleaseError> {
     let mut seen = BTreeSet::new();
     let missing: Vec<(PathBuf, String, u64)> = nodes
         .iter()

@@ -15,8 +15,9 @@ use tokio::sync::mpsc;
 use super::*;
 use crate::release::progress::Progress;
 
-/// Parts of a multipart upload on the wire at once: (this + 2) × [`PART_SIZE`] in memory.
-pub const PARTS_AT_ONCE: usize = 3;
+/// Parts of a multipart upload on the wire at once: (this + 1) × [`PART_SIZE`] in memory (the
+/// bundle's writer starts a part only once the one before is taken).
+pub const PARTS_AT_ONCE: usize = 4;
 
 impl Store {
     /// Upload one file under its content address; S3 checks the body against the sha256.
@@ -116,7 +117,7 @@ impl Store {
     }
 
     /// The parts, [`PARTS_AT_ONCE`] on the wire at once (S3 scales by connections), completed in
-    /// their order. In memory: the parts in flight, one waiting in the channel, one being written.
+    /// their order. In memory: the parts in flight, and one waiting in the channel or being written.
     async fn upload_parts(
         &self,
         key: &str,
