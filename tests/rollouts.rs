@@ -119,7 +119,11 @@ fn a_canary_that_fails_validation_is_the_only_instance_that_ever_switches() {
         "a later wave got its go: {gos:?}"
     );
     // (Two agents that see the fleet ready at once may both write the barrier's go: the same one.)
-    assert!(!gos.is_empty(), "{gos:?}");
+    // None: the canary passed its barrier without a go (a barrier that timed out?): say why.
+    if gos.is_empty() {
+        show(agents);
+        panic!("no go was written for {v2}, yet {canary} switched to it");
+    }
     // Only the canary switched: the others' reports of v2 (written once they saw the pointer move
     // back) have no switch.
     assert!(
