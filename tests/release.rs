@@ -61,14 +61,6 @@ fn snapshot(dir: &Path) -> BTreeMap<String, String> {
     out
 }
 
-/// The GETs `bucket` received whose path `matching` accepts.
-fn gets(emu: &Emulator, bucket: &str, matching: impl Fn(&str) -> bool) -> Vec<Value> {
-    emu.s3_requests(bucket, "GetObject")
-        .into_iter()
-        .filter(|r| r["path"].as_str().is_some_and(&matching))
-        .collect()
-}
-
 /// A small PHP-like tree of `n` files.
 fn small_tree(dir: &Path, n: usize) {
     for i in 0..n {
@@ -1159,7 +1151,7 @@ fn a_large_bundle_is_fetched_as_ranges_and_verified() {
     pull(emu, &inst, root.path(), "").expect_code(0);
     assert_eq!(current_release(root.path()), Some(id.clone()));
     assert_eq!(verify_current(root.path()), id);
-    let bundle = gets(emu, &src.bucket, |p| {
+    let bundle = emu.s3_gets(&src.bucket, |p| {
         p.contains(&format!("/releases/{id}/")) && p.ends_with(".tar.zst")
     });
     // The first 4 MiB, then the other ~6 MiB in ranges of at least 1 MiB, side by side: every byte
@@ -1180,7 +1172,7 @@ fn a_large_bundle_is_fetched_as_ranges_and_verified() {
     let inst = instance(emu, &small, "web");
     let root = tempfile::tempdir().expect("root");
     pull(emu, &inst, root.path(), "").expect_code(0);
-    let bundle = gets(emu, &small.bucket, |p| {
+    let bundle = emu.s3_gets(&small.bucket, |p| {
         p.contains(&format!("/releases/{id}/")) && p.ends_with(".tar.zst")
     });
     assert_eq!(bundle.len(), 1, "{bundle:#?}");
@@ -1237,6 +1229,8 @@ fn a_bundle_pushed_in_parallel_parts_verifies_and_a_failed_part_changes_nothing(
     assert_eq!(verify_current(root.path()), id);
     // From the bundle itself: a bundle put together wrong would have been refused, and the pull would
     // have fetched the objects instead.
-    let objects = gets(emu, &src.bucket, |p| p.contains("/app/objects/")).len();
+    let objects = emu
+        .s3_gets(&src.bucket, |p| p.contains("/app/objects/"))
+        .len();
     assert_eq!(objects, 0);
 }

@@ -355,20 +355,14 @@ fn a_bundle_larger_than_its_manifest_allows_is_refused_after_at_most_one_window_
     assert!(disk_bytes(root.path()) < 64 << 10);
     // At most eight ranges of 4 MiB, in the bundle's first 32 MiB: nothing past the window, and
     // no fallback to objects (a refusal is not a transport failure).
-    let bundle: Vec<Value> = emu
-        .s3_requests(&src.bucket, "GetObject")
-        .into_iter()
-        .filter(|r| r["path"].as_str().is_some_and(|p| p.ends_with(&key)))
-        .collect();
+    let bundle = emu.s3_gets(&src.bucket, |p| p.ends_with(&key));
     assert!(!bundle.is_empty() && bundle.len() <= 8, "{bundle:#?}");
     let fetched: u64 = bundle.iter().filter_map(|r| r["bytes_out"].as_u64()).sum();
     assert!(fetched <= 32 << 20, "{fetched} bytes fetched: {bundle:#?}");
-    let objects = emu
-        .s3_requests(&src.bucket, "GetObject")
-        .into_iter()
-        .filter(|r| r["path"].as_str().is_some_and(|p| p.contains("/objects/")))
-        .count();
-    assert_eq!(objects, 0);
+    assert_eq!(
+        emu.s3_gets(&src.bucket, |p| p.contains("/objects/")).len(),
+        0
+    );
 }
 
 #[test]

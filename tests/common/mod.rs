@@ -488,6 +488,14 @@ impl Emulator {
             .collect()
     }
 
+    /// The GETs `bucket` received whose path `matching` accepts.
+    pub fn s3_gets(&self, bucket: &str, matching: impl Fn(&str) -> bool) -> Vec<Value> {
+        self.s3_requests(bucket, "GetObject")
+            .into_iter()
+            .filter(|r| r["path"].as_str().is_some_and(&matching))
+            .collect()
+    }
+
     /// A bucket of a test's own (named from `prefix`) and the source `s3://bucket/app` in it.
     pub fn source(&self, prefix: &str) -> Source {
         let bucket = unique(prefix);
