@@ -596,6 +596,58 @@ fn a_corrupt_object_is_refused_and_current_stays() {
     assert!(!root.path().join("releases").join(&v2).exists());
 }
 
+#[test]
+fn a_new_instance_refuses_a_release_the_fleet_recorded_as_failed_with_no_way_back_until_retried() {
+    let emu = emulator();
+    // Large enough that a new instance fetches the bundle (its first ranges come while the fleet's
+    // record is asked): the refusal must still come before anything is written.
+    let set = Published::new(emu, |t| small_tree(t, 300));
+    let (src, inst, root, v1) = (&set.src, &set.inst, &set.root, &set.first);
+    let record = json!({"release": v1, "instance": "i-0failed", "reason": "validation: 500",
+                        "time": "2026-12-06T00:00:00Z", "rolled_back_to": null});
+    emu.s3_put(
+        &src.bucket,
+        &format!("app/failed/{v1}.json"),
+        serde_json::to_vec(&record).expect("json"),
+    );
+    let run = set.pull(emu, "").expect_code(1);
+    assert_has(
+        &run.stderr(),
+        &format!(
+            "release {v1} failed on i-0failed (validation: 500) and names no release to go back to"
+        ),
+    );
+    assert_eq!(current_release(root.path()), None);
+    assert!(!root.path().join("releases").join(v1).exists());
+    assert_eq!(leftovers(root.path()), Vec::<String>::new());
+
+    let run = Embark::new(emu, inst)
+        .config(&format!(
+            "[release]\nroot = \"{}\"\n",
+            root.path().display()
+        ))
+        .run(&["release", "pull", "--retry-failed"])
+        .expect_code(0);
+    assert_eq!(verify_current(root.path()), *v1, "{}", run.stderr());
+    // Current now: the next pull asks for the pointer alone, not the record.
+    let record_lists = || {
+        emu.requests_of("ListObjectsV2")
+            .iter()
+            .filter(|r| {
+                r["path"]
+                    .as_str()
+                    .is_some_and(|p| p.trim_end_matches('/') == format!("/{}", src.bucket))
+                    && r["query"].as_str().is_some_and(|q| q.contains("failed"))
+            })
+            .count()
+    };
+    // Asked by the refused pull; `--retry-failed` does not ask.
+    let asked = record_lists();
+    assert_eq!(asked, 1);
+    set.pull(emu, "").expect_code(0);
+    assert_eq!(record_lists(), asked);
+}
+
 /// A source in a bucket of another region than the instance's (and than the workstation's).
 fn far_source(emu: &Emulator, region: &str) -> Source {
     let bucket = unique("far");

@@ -94,11 +94,12 @@ pub async fn pull_release(
     let pipeline = Pipeline::new(&store, &settings, &http);
     let pull = async {
         let target = read_target(&store, settings.format).await?;
-        let target = failure::avoid(&store, &settings, target).await?;
         if plan {
+            let target = failure::avoid(&store, &settings, target).await?;
             pipeline.plan(&target).await
         } else {
-            pipeline.install(&target).await.map(Planned::Current)
+            let resolved = pipeline.resolve(target).await?;
+            pipeline.install(resolved).await.map(Planned::Current)
         }
     };
     let planned = tokio::select! {

@@ -127,16 +127,35 @@ pub async fn avoid(
     settings: &super::install::Settings,
     target: Target,
 ) -> Result<Target, ReleaseError> {
-    let Target::Embark(pointer) = &target else {
-        return Ok(target);
+    let record = recorded(store, settings, &target).await?;
+    Ok(instead(store, record).await?.unwrap_or(target))
+}
+
+/// The fleet's record of the target's failure, if one is worth asking: not for a release current
+/// here already (an up-to-date pull stays one GET), nor for one tried again on purpose.
+pub async fn recorded(
+    store: &Store,
+    settings: &super::install::Settings,
+    target: &Target,
+) -> Result<Option<FailureRecord>, ReleaseError> {
+    let Target::Embark(pointer) = target else {
+        return Ok(None);
     };
-    // Current here already: nothing to install (and an up-to-date pull stays one GET).
     let current = settings.layout.current();
     if settings.retry_failed || current.as_deref() == Some(pointer.release.as_str()) {
-        return Ok(target);
+        return Ok(None);
     }
-    let Some(record) = read(store, &pointer.release).await? else {
-        return Ok(target);
+    read(store, &pointer.release).await
+}
+
+/// What a record means for its release: nothing (none), a refusal (no instance went back anywhere),
+/// or the release its instance went back to, said in a warning.
+pub async fn instead(
+    store: &Store,
+    record: Option<FailureRecord>,
+) -> Result<Option<Target>, ReleaseError> {
+    let Some(record) = record else {
+        return Ok(None);
     };
     let Some(to) = &record.rolled_back_to else {
         return Err(ReleaseError::FailedInFleet {
@@ -154,5 +173,5 @@ pub async fn avoid(
         record.reason
     );
     let (pointer, _) = manifest::pointer_for(store, to).await?;
-    Ok(Target::Embark(Box::new(pointer)))
+    Ok(Some(Target::Embark(Box::new(pointer))))
 }

@@ -17,7 +17,8 @@ use std::fs;
 use std::path::PathBuf;
 
 use super::error::{io_failed, ReleaseError};
-use super::fetch::{self, Fetched};
+use super::failure;
+use super::fetch::{self, Fetched, Window};
 use super::format::{Node, Pointer};
 use super::layout::{Layout, Lock};
 use super::legacy::Latest;
@@ -87,6 +88,28 @@ pub async fn read_target(store: &Store, format: ReleaseFormat) -> Result<Target,
         ReleaseFormat::Embark => Target::Embark(Box::new(manifest::read_pointer(store).await?)),
         ReleaseFormat::PullDeploy => Target::PullDeploy(super::legacy::read_latest(store).await?),
     })
+}
+
+/// The target to stage, and what a machine with no release fetched of it while the fleet's failure
+/// record was asked ([`Pipeline::resolve`]). From a bare target: nothing fetched yet.
+pub struct Resolved<'a> {
+    pub target: Target,
+    early: Option<Early<'a>>,
+}
+
+/// The target's manifest (read and verified, or why not) and its bundle's first window of ranges.
+struct Early<'a> {
+    verified: Result<Verified, ReleaseError>,
+    window: Option<Window<'a>>,
+}
+
+impl From<Target> for Resolved<'_> {
+    fn from(target: Target) -> Self {
+        Resolved {
+            target,
+            early: None,
+        }
+    }
 }
 
 /// What a plan found: current already, or what would be done.
@@ -188,9 +211,50 @@ impl<'a> Pipeline<'a> {
         Ok(Locked { lock })
     }
 
+    /// The target, unless the fleet recorded it as failed ([`failure::avoid`]): then the release
+    /// its instance went back to. On a machine with no release yet the bundle will be fetched, so
+    /// the record is asked beside the manifest and the bundle's first window, which the stage then
+    /// uses: a first boot waits on one round of requests, not two. Nothing here changes.
+    pub async fn resolve(&self, target: Target) -> Result<Resolved<'a>, ReleaseError> {
+        let pointer = match &target {
+            Target::Embark(pointer) if self.bare(&pointer.release) => pointer.clone(),
+            _ => {
+                return Ok(failure::avoid(self.store, self.settings, target)
+                    .await?
+                    .into())
+            }
+        };
+        let asked = async {
+            tokio::join!(
+                failure::recorded(self.store, self.settings, &target),
+                self.manifest(&pointer)
+            )
+        };
+        let ((record, verified), window) = fetch::beside(self.store, &pointer.release, asked).await;
+        // A release the fleet went back from: what was fetched of it goes unused.
+        if let Some(instead) = failure::instead(self.store, record?).await? {
+            return Ok(instead.into());
+        }
+        Ok(Resolved {
+            target,
+            early: Some(Early { verified, window }),
+        })
+    }
+
+    /// No release is current here and `id` is not staged: its bundle will be fetched.
+    fn bare(&self, id: &str) -> bool {
+        let layout = &self.settings.layout;
+        layout.current().is_none() && !present(layout, id)
+    }
+
     /// Fetches and verifies the target into `releases/<id>`, unless it is current already or staged
     /// already. A failure leaves nothing behind and nothing switched.
-    pub async fn stage(&self, locked: Locked, target: &Target) -> Result<Stage, ReleaseError> {
+    pub async fn stage(
+        &self,
+        locked: Locked,
+        resolved: Resolved<'a>,
+    ) -> Result<Stage, ReleaseError> {
+        let Resolved { target, early } = resolved;
         let layout = &self.settings.layout;
         let id = target.id();
         let current = layout.current();
@@ -205,13 +269,13 @@ impl<'a> Pipeline<'a> {
             tracing::info!(release = %id, "trying release {id} again, which failed here at {} ({})", failed.time, failed.reason);
             layout.forget_failed(&id)?;
         }
-        let present = layout.release(&id).is_dir() && layout.manifest_copy(&id).is_file();
+        let present = present(layout, &id);
         let mut pulled = Pulled {
             release: id.clone(),
             previous: current.clone(),
             ..Pulled::default()
         };
-        let pointer = match target {
+        let pointer = match &target {
             Target::PullDeploy(latest) => {
                 self.refuse_unsigned(&id)?;
                 pulled.files = latest.count;
@@ -229,12 +293,16 @@ impl<'a> Pipeline<'a> {
             Target::Embark(pointer) => pointer,
         };
         // Nothing here yet (a first boot): the bundle will be fetched, so its first window of ranges
-        // comes beside the manifest; none of it is unpacked before the manifest bounds it.
-        let (verified, head_start) = if current.is_none() && !present {
-            let (verified, window) = fetch::beside(self.store, &id, self.manifest(pointer)).await;
-            (verified?, window)
-        } else {
-            (self.manifest(pointer).await?, None)
+        // comes beside the manifest (or came while the target was resolved); none of it is unpacked
+        // before the manifest bounds it.
+        let (verified, head_start) = match early {
+            Some(Early { verified, window }) => (verified?, window),
+            None if current.is_none() && !present => {
+                let (verified, window) =
+                    fetch::beside(self.store, &id, self.manifest(pointer)).await;
+                (verified?, window)
+            }
+            None => (self.manifest(pointer).await?, None),
         };
         let staged = present && intact(layout, &self.settings.shared, &id, &verified);
         if current.as_deref() == Some(id.as_str()) && staged {
@@ -368,9 +436,9 @@ impl<'a> Pipeline<'a> {
     }
 
     /// Every phase in order: the target installed, live and validated (or current already).
-    pub async fn install(&self, target: &Target) -> Result<Pulled, ReleaseError> {
+    pub async fn install(&self, resolved: Resolved<'a>) -> Result<Pulled, ReleaseError> {
         let locked = self.begin().await?;
-        match self.stage(locked, target).await? {
+        match self.stage(locked, resolved).await? {
             Stage::Current(pulled) => Ok(pulled),
             Stage::Staged(staged) => {
                 let live = self.switch(self.prepare(staged).await?).await?;
@@ -385,7 +453,7 @@ impl<'a> Pipeline<'a> {
         let id = target.id();
         let current = layout.current();
         let from = current.as_deref().unwrap_or("nothing");
-        let present = layout.release(&id).is_dir() && layout.manifest_copy(&id).is_file();
+        let present = present(layout, &id);
         let pointer = match target {
             Target::PullDeploy(latest) => {
                 self.refuse_unsigned(&id)?;
@@ -458,6 +526,11 @@ impl<'a> Pipeline<'a> {
         }
         result
     }
+}
+
+/// Release `id` is in `releases/` with its manifest's copy (whether intact is asked separately).
+fn present(layout: &Layout, id: &str) -> bool {
+    layout.release(id).is_dir() && layout.manifest_copy(id).is_file()
 }
 
 fn already_current(release: String) -> Pulled {

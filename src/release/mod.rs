@@ -167,8 +167,8 @@ fn once_scope(instance: &Instance, target: &Target) -> Option<once::Scope> {
 }
 
 /// The boot's store, settings and target; none without a source. The boot does not validate here:
-/// its health step probes the same URL before CONTINUE. A release the fleet recorded as failed gives
-/// way to the release its instance went back to.
+/// its health step probes the same URL before CONTINUE. The target is resolved against the fleet's
+/// failure record by the pipeline (`Pipeline::resolve`).
 async fn boot_release(
     instance: &Instance,
 ) -> Result<Option<(Store, Settings, Target)>, ReleaseError> {
@@ -182,7 +182,6 @@ async fn boot_release(
         ..settings(config)?
     };
     let target = install::read_target(&store, settings.format).await?;
-    let target = failure::avoid(&store, &settings, target).await?;
     Ok(Some((store, settings, target)))
 }
 
@@ -192,10 +191,12 @@ pub async fn stage(instance: &Instance, http: &reqwest::Client) -> Result<Staged
         return Ok(Staged::NotConfigured);
     };
     let pipeline = Pipeline::new(&store, &settings, http);
+    let resolved = pipeline.resolve(target).await?;
+    let once = once_scope(instance, &resolved.target);
     let locked = pipeline.begin().await?;
-    let stage = pipeline.stage(locked, &target).await?;
+    let stage = pipeline.stage(locked, resolved).await?;
     Ok(Staged::Ready(Box::new(Ready {
-        once: once_scope(instance, &target),
+        once,
         store,
         settings,
         stage,
@@ -233,18 +234,16 @@ pub async fn step(
     http: &reqwest::Client,
     plan: bool,
 ) -> Result<StepOutcome, ReleaseError> {
+    if !plan {
+        return switch(stage(instance, http).await?, http).await;
+    }
     let Some((store, settings, target)) = boot_release(instance).await? else {
         return Ok(StepOutcome::NotConfigured);
     };
-    let once = once_scope(instance, &target);
-    let pipeline = Pipeline::new(&store, &settings, http).sharing(once.as_ref());
-    let pulled = if plan {
-        match pipeline.plan(&target).await? {
-            Planned::Would(text) => return Ok(StepOutcome::Planned(text)),
-            Planned::Current(pulled) => pulled,
-        }
-    } else {
-        pipeline.install(&target).await?
+    let target = failure::avoid(&store, &settings, target).await?;
+    let pulled = match Pipeline::new(&store, &settings, http).plan(&target).await? {
+        Planned::Would(text) => return Ok(StepOutcome::Planned(text)),
+        Planned::Current(pulled) => pulled,
     };
     Ok(StepOutcome::Pulled {
         pulled,

@@ -533,7 +533,7 @@ async fn stage_step(
     let t = Instant::now();
     let pipeline = agent.pipeline(None);
     let locked = pipeline.begin().await?;
-    let staged = match pipeline.stage(locked, target).await {
+    let staged = match pipeline.stage(locked, target.clone().into()).await {
         Ok(Stage::Staged(staged)) => staged,
         Ok(Stage::Current(_)) => {
             write_marker(agent, &target.id()).await?;
@@ -564,7 +564,7 @@ async fn switch_step(
     let t = Instant::now();
     let pipeline = agent.pipeline(once);
     let locked = pipeline.begin().await?;
-    let staged = match pipeline.stage(locked, target).await? {
+    let staged = match pipeline.stage(locked, target.clone().into()).await? {
         Stage::Current(_) => return Ok(Deployed::Current),
         Stage::Staged(staged) => staged,
     };

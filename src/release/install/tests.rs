@@ -198,7 +198,7 @@ async fn a_stage_that_fails_verification_switches_nothing_and_leaves_nothing() {
     let http = http();
     let pipeline = Pipeline::new(&store, &settings, &http);
     let err = pipeline
-        .install(&Target::Embark(Box::new(pointer)))
+        .install(Target::Embark(Box::new(pointer)).into())
         .await
         .unwrap_err();
     assert!(matches!(err, ReleaseError::Corrupt { .. }), "{err}");
@@ -236,7 +236,7 @@ async fn an_interrupted_switch_is_finished_before_a_new_release_is_staged() {
     assert_eq!(fs::read_to_string(&log).unwrap(), format!("{OLD}\n"));
     assert_eq!(layout.state().hooks_due, None);
     let Stage::Staged(staged) = pipeline
-        .stage(locked, &Target::Embark(Box::new(pointer)))
+        .stage(locked, Target::Embark(Box::new(pointer)).into())
         .await
         .unwrap()
     else {
@@ -283,7 +283,7 @@ async fn pruning_after_a_switch_keeps_the_release_just_left_however_old() {
     let http = http();
     let pipeline = Pipeline::new(&store, &settings, &http);
     let pulled = pipeline
-        .install(&Target::Embark(Box::new(pointer)))
+        .install(Target::Embark(Box::new(pointer)).into())
         .await
         .unwrap();
     assert_eq!(pulled.previous.as_deref(), Some(ids[0]));
@@ -308,7 +308,7 @@ async fn a_manifest_that_names_another_release_is_refused_before_anything_is_wri
     let target = Target::Embark(Box::new(pointer));
     let planned = pipeline.plan(&target).await;
     assert!(matches!(planned, Err(ReleaseError::Refused { .. })));
-    let err = pipeline.install(&target).await.unwrap_err();
+    let err = pipeline.install(target.into()).await.unwrap_err();
     let ReleaseError::Refused { release, why, .. } = &err else {
         panic!("{err}");
     };
