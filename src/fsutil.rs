@@ -113,20 +113,27 @@ pub fn remove_tree(path: &Path) -> io::Result<()> {
 }
 
 /// A new file only, never through a link (`O_EXCL | O_NOFOLLOW`), readable by its owner alone until
-/// its mode is set; its parent directories are created first.
+/// its mode is set; its parent directories are created if they are missing (asked only then: one
+/// system call per file where they exist, as in a release being unpacked).
 pub fn open_new(path: &Path) -> io::Result<std::fs::File> {
-    if let Some(parent) = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty() && !p.is_dir())
-    {
-        std::fs::create_dir_all(parent)?;
+    let open = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(path)
+    };
+    match open() {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                Some(parent) => std::fs::create_dir_all(parent)?,
+                None => return Err(e),
+            }
+            open()
+        }
+        opened => opened,
     }
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(path)
 }
 
 #[cfg(test)]

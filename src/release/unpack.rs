@@ -7,6 +7,10 @@
 //! tar crate and reads every header first: extension records above [`EXTENSION_LIMIT`] are refused
 //! before anything buffers them, and the bodies of all entries together may not exceed what the
 //! manifest promises.
+//!
+//! Files up to [`HANDED_MAX`] are read whole and handed to a second thread, which checks and writes
+//! them while the next entries are decompressed: a bundle of many small files is unpacked on two
+//! cores. At most [`HANDED_AT_ONCE`] wait, so the memory this adds is bounded too.
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
@@ -26,6 +30,15 @@ pub const EXTENSION_LIMIT: u64 = 8 * 1024;
 pub const ZSTD_WINDOW_LOG_MAX: u32 = 24;
 
 const BLOCK: usize = 512;
+
+/// The largest file handed to the writing thread; larger ones are written where they are read.
+pub const HANDED_MAX: u64 = 256 << 10;
+
+/// Files read and waiting for the writing thread: with [`HANDED_MAX`], 4 MiB at most.
+pub const HANDED_AT_ONCE: usize = 16;
+
+/// A file's entry in the manifest and its bytes, read from the bundle but not checked yet.
+type Handed<'a> = (&'a Node, Vec<u8>);
 
 /// Reads a tar stream block by block and checks every header before handing it on.
 pub struct TarGuard<R> {
@@ -205,6 +218,32 @@ pub fn unpack(
     dest: &Path,
     id: &str,
 ) -> Result<(), ReleaseError> {
+    std::thread::scope(|scope| {
+        let (hand, handed) = std::sync::mpsc::sync_channel::<Handed>(HANDED_AT_ONCE);
+        let writer = scope.spawn(move || {
+            handed
+                .into_iter()
+                .try_for_each(|(node, body)| write_checked(&body, node, dest, id))
+        });
+        let read = read_entries(reader, nodes, dest, id, &hand);
+        drop(hand);
+        let written = writer
+            .join()
+            .unwrap_or_else(|_| Err(corrupt(id, "the thread writing its files stopped".into())));
+        // A writer that failed stopped the reading too: its error is the cause.
+        written.and(read)
+    })
+}
+
+/// The bundle's entries in order: directories, links and large files placed here, small files
+/// handed on through `hand`.
+fn read_entries<'a>(
+    reader: impl Read,
+    nodes: &'a HashMap<String, Node>,
+    dest: &Path,
+    id: &str,
+    hand: &std::sync::mpsc::SyncSender<Handed<'a>>,
+) -> Result<(), ReleaseError> {
     let corrupt = |why: String| corrupt(id, why);
     let refused = |why: String| refused(id, why);
     let mut decoder = zstd::Decoder::new(reader).map_err(|e| corrupt(e.to_string()))?;
@@ -242,7 +281,7 @@ pub fn unpack(
         if !seen.insert(path.clone()) {
             return Err(refused(format!("repeats the entry '{}'", quote(&path))));
         }
-        place(&mut entry, node, &path, dest, id)?;
+        place(&mut entry, node, &path, dest, id, hand)?;
     }
     if let Some(missing) = nodes.keys().find(|p| !seen.contains(*p)) {
         return Err(corrupt(format!("it lacks '{missing}'")));
@@ -251,12 +290,13 @@ pub fn unpack(
 }
 
 /// One entry, written where the manifest says, only if it is the manifest's kind (and size, link).
-fn place<R: Read>(
+fn place<'a, R: Read>(
     entry: &mut tar::Entry<R>,
-    node: &Node,
+    node: &'a Node,
     path: &str,
     dest: &Path,
     id: &str,
+    hand: &std::sync::mpsc::SyncSender<Handed<'a>>,
 ) -> Result<(), ReleaseError> {
     let target = dest.join(path);
     match (entry.header().entry_type(), node) {
@@ -282,7 +322,20 @@ fn place<R: Read>(
                     format!("'{path}' has another size than the manifest says"),
                 ));
             }
-            write_verified(entry, &target, node, id)
+            if *size > HANDED_MAX {
+                return write_verified(entry, &target, node, id);
+            }
+            // Within HANDED_MAX: the manifest's size, so this buffer is bounded by it.
+            let mut body = Vec::with_capacity(*size as usize);
+            entry
+                .take(size.saturating_add(1))
+                .read_to_end(&mut body)
+                .map_err(|e| {
+                    ReleaseError::Failed(format!("reading '{path}' of release {id} failed: {e}"))
+                })?;
+            // A closed channel: the writer failed, and its error is reported instead.
+            hand.send((node, body))
+                .map_err(|_| corrupt(id, "the thread writing its files stopped".into()))
         }
         (kind, _) if !kind.is_file() && !kind.is_dir() && !kind.is_symlink() => Err(refused(
             id,
@@ -348,7 +401,29 @@ pub(super) fn check_content(
     Ok(())
 }
 
-/// Copy `reader` to a new file, hashing as it goes; the file is kept only if it matches the manifest.
+/// A file read whole: checked against the manifest, then written with its mode.
+fn write_checked(body: &[u8], node: &Node, dest: &Path, id: &str) -> Result<(), ReleaseError> {
+    let Node::File {
+        path: name,
+        size,
+        sha256,
+        mode,
+    } = node
+    else {
+        return Ok(());
+    };
+    let got = super::format::sha256_hex(body);
+    check_content(name, id, *size, sha256, body.len() as u64, &got)?;
+    let path = dest.join(name);
+    let mut file = open_new(&path).map_err(|e| io_failed("writing", &path, &e))?;
+    file.write_all(body)
+        .map_err(|e| io_failed("writing", &path, &e))?;
+    file.set_permissions(fs::Permissions::from_mode(*mode))
+        .map_err(|e| io_failed("setting the mode of", &path, &e))
+}
+
+/// Copy `reader` to a new file, hashing as it goes, then check it against the manifest (a file that
+/// does not match is left to the caller, which removes the partial tree).
 pub(super) fn write_verified(
     reader: &mut impl Read,
     path: &Path,
@@ -382,7 +457,9 @@ pub(super) fn copy_hashed(
 ) -> Result<(String, u64), ReleaseError> {
     let mut file = open_new(path).map_err(|e| io_failed("writing", path, &e))?;
     let mut reader = HashingReader::new(reader.take(size.saturating_add(1)));
-    let mut buf = vec![0u8; 64 * 1024];
+    // No larger than the file (+1) needs: a buffer is zeroed for every file.
+    let mut buf =
+        vec![0u8; usize::try_from(size.saturating_add(1)).map_or(64 << 10, |n| n.min(64 << 10))];
     loop {
         let n = reader.read(&mut buf).map_err(|e| {
             ReleaseError::Failed(format!("reading '{name}' of release {id} failed: {e}"))

@@ -242,6 +242,98 @@ fn a_file_whose_size_differs_is_refused_by_size() {
 }
 
 #[test]
+fn a_file_whose_bytes_differ_is_refused_whether_handed_on_or_written_where_read() {
+    let large = (HANDED_MAX + 1) as usize;
+    for (size, handed) in [(5, true), (HANDED_MAX as usize, true), (large, false)] {
+        let promised = vec![b'a'; size];
+        let mut sent = promised.clone();
+        sent[size - 1] = b'b';
+        // Many good files around it: the bad one is not the last thing the writer sees.
+        let mut entries: Vec<Raw> = (0..40)
+            .map(|i| file(&format!("f{i}.php"), format!("<?php {i}").as_bytes()))
+            .collect();
+        let mut nodes: Vec<Node> = (0..40)
+            .map(|i| node(&format!("f{i}.php"), format!("<?php {i}").as_bytes()))
+            .collect();
+        entries.insert(3, file("bad.php", &sent));
+        nodes.push(node("bad.php", &promised));
+        let (result, tmp) = run(&entries, nodes);
+        let err = result.unwrap_err();
+        assert!(
+            matches!(&err, ReleaseError::Corrupt { path, .. } if path == "bad.php"),
+            "{size} (handed on: {handed}): {err}"
+        );
+        // Handed on, it is checked before it is written (written on the spot, the caller removes
+        // the partial tree).
+        if handed {
+            assert!(!tmp.path().join("partial/bad.php").exists(), "{size}");
+        }
+    }
+}
+
+#[test]
+fn many_small_files_and_a_large_one_unpack_through_both_paths() {
+    let large = vec![7u8; (HANDED_MAX as usize) * 2 + 3];
+    let mut entries: Vec<Raw> = (0..(HANDED_AT_ONCE * 4))
+        .map(|i| {
+            file(
+                &format!("d/f{i}.php"),
+                format!("<?php {i}").repeat(i).as_bytes(),
+            )
+        })
+        .collect();
+    let mut nodes: Vec<Node> = (0..(HANDED_AT_ONCE * 4))
+        .map(|i| {
+            node(
+                &format!("d/f{i}.php"),
+                format!("<?php {i}").repeat(i).as_bytes(),
+            )
+        })
+        .collect();
+    entries.insert(10, file("d/large.bin", &large));
+    nodes.push(node("d/large.bin", &large));
+    let (result, tmp) = run(&entries, nodes);
+    result.unwrap();
+    let partial = tmp.path().join("partial/d");
+    for i in 0..(HANDED_AT_ONCE * 4) {
+        let path = partial.join(format!("f{i}.php"));
+        assert_eq!(
+            fs::read(&path).unwrap(),
+            format!("<?php {i}").repeat(i).as_bytes()
+        );
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o644
+        );
+    }
+    assert_eq!(fs::read(partial.join("large.bin")).unwrap(), large);
+}
+
+#[test]
+fn a_refusal_after_files_were_handed_on_returns_with_the_writer_stopped() {
+    // Files handed on, then an entry the manifest does not list: the refusal is the error, and
+    // nothing is written after unpack returns (the writer is joined first).
+    let mut entries: Vec<Raw> = (0..(HANDED_AT_ONCE * 2))
+        .map(|i| file(&format!("f{i}.php"), b"<?php"))
+        .collect();
+    let nodes: Vec<Node> = (0..(HANDED_AT_ONCE * 2))
+        .map(|i| node(&format!("f{i}.php"), b"<?php"))
+        .collect();
+    // Empty: within the bytes the manifest promises, so the name is what refuses it.
+    entries.push(file("evil.php", b""));
+    let (result, tmp) = run(&entries, nodes);
+    let err = result.unwrap_err().to_string();
+    assert!(
+        err.contains("'evil.php', which the manifest does not list"),
+        "{err}"
+    );
+    let after = walk(tmp.path()).len();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert_eq!(walk(tmp.path()).len(), after);
+    assert!(!tmp.path().join("partial/evil.php").exists());
+}
+
+#[test]
 fn devices_and_hard_links_are_refused() {
     for kind in [
         tar::EntryType::Char,
