@@ -15,7 +15,7 @@ use crate::release::listing::{list, Listing};
 use crate::release::publish::sign::{Signer, SigningKey};
 use crate::release::publish::{push, rollback};
 use crate::release::store::Store;
-use crate::release::{failure, layout, manifest, settings, store_of, trust, ReleaseError};
+use crate::release::{layout, manifest, settings, store_of, trust, ReleaseError};
 
 /// The store a command names with `--to` / `--from`, reached without asking IMDS (a laptop, CI).
 pub async fn standalone_store(ctx: &Context, url: &str) -> Result<Store, ReleaseError> {
@@ -95,7 +95,7 @@ pub async fn pull_release(
     let pull = async {
         let target = read_target(&store, settings.format).await?;
         if plan {
-            let target = failure::avoid(&store, &settings, target).await?;
+            let target = pipeline.avoid(target).await?;
             pipeline.plan(&target).await
         } else {
             let resolved = pipeline.resolve(target).await?;

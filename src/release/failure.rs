@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::error::ReleaseError;
-use super::install::Target;
+use super::format::Pointer;
 use super::manifest;
 use super::store::{Condition, PutError, Store};
 
@@ -120,40 +120,14 @@ pub async fn publish(
     }
 }
 
-/// The target, unless the fleet recorded it as failed: then the release the failing instance went
-/// back to, said in a warning (a boot after a bad deploy installs the good release).
-pub async fn avoid(
-    store: &Store,
-    settings: &super::install::Settings,
-    target: Target,
-) -> Result<Target, ReleaseError> {
-    let record = recorded(store, settings, &target).await?;
-    Ok(instead(store, record).await?.unwrap_or(target))
-}
-
-/// The fleet's record of the target's failure, if one is worth asking: not for a release current
-/// here already (an up-to-date pull stays one GET), nor for one tried again on purpose.
-pub async fn recorded(
-    store: &Store,
-    settings: &super::install::Settings,
-    target: &Target,
-) -> Result<Option<FailureRecord>, ReleaseError> {
-    let Target::Embark(pointer) = target else {
-        return Ok(None);
-    };
-    let current = settings.layout.current();
-    if settings.retry_failed || current.as_deref() == Some(pointer.release.as_str()) {
-        return Ok(None);
-    }
-    read(store, &pointer.release).await
-}
-
 /// What a record means for its release: nothing (none), a refusal (no instance went back anywhere),
-/// or the release its instance went back to, said in a warning.
+/// or the pointer of the release its instance went back to, said in a warning (a boot after a bad
+/// deploy installs the good release). Whether a record is worth asking is the install pipeline's
+/// (`Pipeline::avoid`).
 pub async fn instead(
     store: &Store,
     record: Option<FailureRecord>,
-) -> Result<Option<Target>, ReleaseError> {
+) -> Result<Option<Pointer>, ReleaseError> {
     let Some(record) = record else {
         return Ok(None);
     };
@@ -173,5 +147,5 @@ pub async fn instead(
         record.reason
     );
     let (pointer, _) = manifest::pointer_for(store, to).await?;
-    Ok(Some(Target::Embark(Box::new(pointer))))
+    Ok(Some(pointer))
 }

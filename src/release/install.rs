@@ -17,7 +17,7 @@ use std::fs;
 use std::path::PathBuf;
 
 use super::error::{io_failed, ReleaseError};
-use super::failure;
+use super::failure::{self, FailureRecord};
 use super::fetch::{self, Fetched, Window};
 use super::format::{Node, Pointer};
 use super::layout::{Layout, Lock};
@@ -211,34 +211,48 @@ impl<'a> Pipeline<'a> {
         Ok(Locked { lock })
     }
 
-    /// The target, unless the fleet recorded it as failed ([`failure::avoid`]): then the release
+    /// The target, unless the fleet recorded it as failed ([`Pipeline::avoid`]): then the release
     /// its instance went back to. On a machine with no release yet the bundle will be fetched, so
     /// the record is asked beside the manifest and the bundle's first window, which the stage then
     /// uses: a first boot waits on one round of requests, not two. Nothing here changes.
     pub async fn resolve(&self, target: Target) -> Result<Resolved<'a>, ReleaseError> {
         let pointer = match &target {
             Target::Embark(pointer) if self.bare(&pointer.release) => pointer.clone(),
-            _ => {
-                return Ok(failure::avoid(self.store, self.settings, target)
-                    .await?
-                    .into())
-            }
+            _ => return Ok(self.avoid(target).await?.into()),
         };
-        let asked = async {
-            tokio::join!(
-                failure::recorded(self.store, self.settings, &target),
-                self.manifest(&pointer)
-            )
-        };
+        let asked = async { tokio::join!(self.recorded(&target), self.manifest(&pointer)) };
         let ((record, verified), window) = fetch::beside(self.store, &pointer.release, asked).await;
         // A release the fleet went back from: what was fetched of it goes unused.
         if let Some(instead) = failure::instead(self.store, record?).await? {
-            return Ok(instead.into());
+            return Ok(Target::Embark(Box::new(instead)).into());
         }
         Ok(Resolved {
             target,
             early: Some(Early { verified, window }),
         })
+    }
+
+    /// The target, unless the fleet recorded it as failed: then the release the failing instance
+    /// went back to, said in a warning; with no release to go back to, a refusal.
+    pub async fn avoid(&self, target: Target) -> Result<Target, ReleaseError> {
+        let record = self.recorded(&target).await?;
+        Ok(match failure::instead(self.store, record).await? {
+            Some(pointer) => Target::Embark(Box::new(pointer)),
+            None => target,
+        })
+    }
+
+    /// The fleet's record of the target's failure, if one is worth asking: not for a release current
+    /// here already (an up-to-date pull stays one GET), nor for one tried again on purpose.
+    async fn recorded(&self, target: &Target) -> Result<Option<FailureRecord>, ReleaseError> {
+        let Target::Embark(pointer) = target else {
+            return Ok(None);
+        };
+        let current = self.settings.layout.current();
+        if self.settings.retry_failed || current.as_deref() == Some(pointer.release.as_str()) {
+            return Ok(None);
+        }
+        failure::read(self.store, &pointer.release).await
     }
 
     /// No release is current here and `id` is not staged: its bundle will be fetched.

@@ -240,8 +240,9 @@ pub async fn step(
     let Some((store, settings, target)) = boot_release(instance).await? else {
         return Ok(StepOutcome::NotConfigured);
     };
-    let target = failure::avoid(&store, &settings, target).await?;
-    let pulled = match Pipeline::new(&store, &settings, http).plan(&target).await? {
+    let pipeline = Pipeline::new(&store, &settings, http);
+    let target = pipeline.avoid(target).await?;
+    let pulled = match pipeline.plan(&target).await? {
         Planned::Would(text) => return Ok(StepOutcome::Planned(text)),
         Planned::Current(pulled) => pulled,
     };
