@@ -241,6 +241,17 @@ fn a_file_whose_size_differs_is_refused_by_size() {
     assert!(disk_bytes(tmp.path()) <= 2);
 }
 
+/// `n` files named by `name` with bodies by `body`: their entries, and the manifest's nodes for them.
+fn files(
+    n: usize,
+    name: impl Fn(usize) -> String,
+    body: impl Fn(usize) -> Vec<u8>,
+) -> (Vec<Raw>, Vec<Node>) {
+    (0..n)
+        .map(|i| (file(&name(i), &body(i)), node(&name(i), &body(i))))
+        .unzip()
+}
+
 #[test]
 fn a_file_whose_bytes_differ_is_refused_whether_handed_on_or_written_where_read() {
     let large = (HANDED_MAX + 1) as usize;
@@ -249,12 +260,11 @@ fn a_file_whose_bytes_differ_is_refused_whether_handed_on_or_written_where_read(
         let mut sent = promised.clone();
         sent[size - 1] = b'b';
         // Many good files around it: the bad one is not the last thing the writer sees.
-        let mut entries: Vec<Raw> = (0..40)
-            .map(|i| file(&format!("f{i}.php"), format!("<?php {i}").as_bytes()))
-            .collect();
-        let mut nodes: Vec<Node> = (0..40)
-            .map(|i| node(&format!("f{i}.php"), format!("<?php {i}").as_bytes()))
-            .collect();
+        let (mut entries, mut nodes) = files(
+            40,
+            |i| format!("f{i}.php"),
+            |i| format!("<?php {i}").into_bytes(),
+        );
         entries.insert(3, file("bad.php", &sent));
         nodes.push(node("bad.php", &promised));
         let (result, tmp) = run(&entries, nodes);
@@ -274,22 +284,11 @@ fn a_file_whose_bytes_differ_is_refused_whether_handed_on_or_written_where_read(
 #[test]
 fn many_small_files_and_a_large_one_unpack_through_both_paths() {
     let large = vec![7u8; (HANDED_MAX as usize) * 2 + 3];
-    let mut entries: Vec<Raw> = (0..(HANDED_AT_ONCE * 4))
-        .map(|i| {
-            file(
-                &format!("d/f{i}.php"),
-                format!("<?php {i}").repeat(i).as_bytes(),
-            )
-        })
-        .collect();
-    let mut nodes: Vec<Node> = (0..(HANDED_AT_ONCE * 4))
-        .map(|i| {
-            node(
-                &format!("d/f{i}.php"),
-                format!("<?php {i}").repeat(i).as_bytes(),
-            )
-        })
-        .collect();
+    let (mut entries, mut nodes) = files(
+        HANDED_AT_ONCE * 4,
+        |i| format!("d/f{i}.php"),
+        |i| format!("<?php {i}").repeat(i).into_bytes(),
+    );
     entries.insert(10, file("d/large.bin", &large));
     nodes.push(node("d/large.bin", &large));
     let (result, tmp) = run(&entries, nodes);
@@ -313,12 +312,11 @@ fn many_small_files_and_a_large_one_unpack_through_both_paths() {
 fn a_refusal_after_files_were_handed_on_returns_with_the_writer_stopped() {
     // Files handed on, then an entry the manifest does not list: the refusal is the error, and
     // nothing is written after unpack returns (the writer is joined first).
-    let mut entries: Vec<Raw> = (0..(HANDED_AT_ONCE * 2))
-        .map(|i| file(&format!("f{i}.php"), b"<?php"))
-        .collect();
-    let nodes: Vec<Node> = (0..(HANDED_AT_ONCE * 2))
-        .map(|i| node(&format!("f{i}.php"), b"<?php"))
-        .collect();
+    let (mut entries, nodes) = files(
+        HANDED_AT_ONCE * 2,
+        |i| format!("f{i}.php"),
+        |_| b"<?php".to_vec(),
+    );
     // Empty: within the bytes the manifest promises, so the name is what refuses it.
     entries.push(file("evil.php", b""));
     let (result, tmp) = run(&entries, nodes);
